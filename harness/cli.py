@@ -1,0 +1,215 @@
+"""The command line: run, score, compare, list.
+
+    python run_eval.py run --model NAME [--model-arg k=v ...] --tasks vqav2,okvqa --shots 0 4 32 --seeds 0 1 2
+    python run_eval.py score --task vqav2 --predictions preds.json [--split val] [--json]
+    python run_eval.py compare results/A results/B [--format markdown|csv|latex] [--plot out.png]
+    python run_eval.py list tasks|models
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from . import __version__
+from .errors import HarnessError
+from .options import describe_options, parse_key_values
+from .registry import get_model_class, get_task_class, include, load_builtins, model_names, task_names
+
+log = logging.getLogger("harness")
+
+#: What ``run`` evaluates when no --model/--tasks are given: the default sweep on bundled data.
+DEFAULT_MODELS = ("demo-majority", "support-prior")
+DEFAULT_TASKS = ("easyvqa",)
+
+
+def _split_names(values: Sequence[str] | None) -> list[str]:
+    return [n.strip() for v in values or [] for n in v.split(",") if n.strip()]
+
+
+def _targeted(items: list[str] | None, flag: str, names: Sequence[str]) -> dict[str, dict[str, str]]:
+    """``[name:]key=value`` items -> {name: {key: value}}; an untargeted item applies to every name."""
+    out: dict[str, dict[str, str]] = {n: {} for n in names}
+    for target, key, value in parse_key_values(items, flag):
+        if target is not None and target not in out:
+            raise HarnessError(f"{flag} {target}:{key}={value}: {target!r} is not one of {', '.join(names)}")
+        for n in ([target] if target else names):
+            out[n][key] = value
+    return out
+
+
+def build_tasks(names: Sequence[str], task_args: list[str] | None, data_dir: str | None):
+    opts = _targeted(task_args, "--task-arg", names)
+    return [get_task_class(n)(data_dir, opts[n]) for n in names]
+
+
+def build_models(names: Sequence[str], model_args: list[str] | None, labels: list[str] | None):
+    opts = _targeted(model_args, "--model-arg", names)
+    labels = list(labels or [])
+    if labels and len(labels) != len(names):
+        raise HarnessError(f"--label given {len(labels)} times for {len(names)} models; give one per --model")
+    out = []
+    for i, n in enumerate(names):
+        cls = get_model_class(n)
+        log.info("loading model %s", n)
+        model = cls(opts[n])
+        label = labels[i] if labels else _default_label(n, opts[n])
+        out.append((model, label))
+    return out
+
+
+def _default_label(name: str, opts: dict[str, str]) -> str:
+    path = opts.get("path") or opts.get("checkpoint")
+    return f"{name}@{Path(path).name}" if path else name
+
+
+# ---- subcommands ---------------------------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
+    from .report import render, summary_table
+    from .sweep import SweepSpec, run_sweep
+
+    model_list = _split_names(args.model) or list(DEFAULT_MODELS)
+    task_list = _split_names(args.tasks) or list(DEFAULT_TASKS)
+    if len(set(model_list)) != len(model_list):
+        raise HarnessError("the same --model is named twice; run it twice with different --output or --label")
+    tasks = build_tasks(task_list, args.task_arg, args.data_dir)
+    models = build_models(model_list, args.model_arg, args.label)
+    spec = SweepSpec(tuple(args.shots), tuple(args.seeds), args.limit, args.batch_size)
+    output = Path(args.output)
+    t0 = time.time()
+    summaries = run_sweep(models, tasks, spec, output, progress=not args.quiet)
+    table = summary_table(summaries)
+    print(render(table, "markdown"), end="")
+    print(f"\n{len(summaries) * len(spec.seeds)} cells in {time.time() - t0:.1f}s; results under {output}/")
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from .scoring import score_predictions
+
+    task = build_tasks([args.task], args.task_arg, args.data_dir)[0]
+    metrics = score_predictions(task, args.predictions, args.split)
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        for k, v in metrics.items():
+            print(f"{k}: {v}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .report import compare, plot, render
+
+    table = compare(args.results, metrics=args.metrics)
+    print(render(table, args.format), end="")
+    if args.plot:
+        log.info("wrote %s", plot(args.results, args.plot))
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    load_builtins()
+    if args.what == "tasks":
+        for n in task_names():
+            cls = get_task_class(n)
+            doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+            print(f"{n:16s} {cls.kind:13s} {doc}")
+            if args.verbose:
+                for name, typ, default in describe_options(cls.Options):
+                    print(f"{'':18s}{name} ({typ}) = {default}")
+    else:
+        for n in model_names():
+            cls = get_model_class(n)
+            doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+            print(f"{n:16s} {doc}")
+            if args.verbose:
+                for name, typ, default in describe_options(cls.Options):
+                    print(f"{'':18s}{name} ({typ}) = {default}")
+    return 0
+
+
+# ---- parser --------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="run_eval.py",
+        description="Few-shot evaluation of Flamingo-style vision-language models.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
+    p.add_argument("--version", action="version", version=f"harness {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--include", action="append", default=[], metavar="PATH",
+                        help="a .py file or folder of plug-in tasks/models to register (repeatable)")
+        sp.add_argument("--data-dir", help="data root; each task reads <root>/<task>/ (default: $HARNESS_DATA)")
+        sp.add_argument("--task-arg", action="append", metavar="[TASK:]KEY=VALUE",
+                        help="task option, for one task or all (see `list tasks -v`)")
+
+    r = sub.add_parser("run", help="evaluate models on tasks over shots x seeds",
+                       description="Evaluate every task x shots x seed cell for each model. With no --model "
+                       f"and --tasks it runs the default sweep: {', '.join(DEFAULT_MODELS)} on "
+                       f"{', '.join(DEFAULT_TASKS)}.")
+    r.add_argument("--model", action="append", metavar="NAME", help="registered model (repeatable or comma list)")
+    r.add_argument("--model-arg", action="append", metavar="[MODEL:]KEY=VALUE",
+                   help="model option, e.g. path=DIR (see `list models -v`)")
+    r.add_argument("--label", action="append", help="name of each model's results (default: model@checkpoint)")
+    r.add_argument("--tasks", action="append", metavar="T1,T2", help="registered tasks (comma list)")
+    r.add_argument("--shots", type=int, nargs="+", default=[0, 4, 32])
+    r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    r.add_argument("--limit", type=int, help="evaluate only the first N eval examples (same for every seed)")
+    r.add_argument("--batch-size", type=int, default=8)
+    r.add_argument("--output", default="results", help="results folder (default: results/); reruns resume")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    common(r)
+    r.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("score", help="score an existing predictions file, no model needed")
+    s.add_argument("--task", required=True)
+    s.add_argument("--predictions", required=True,
+                   help='official results file ([{"question_id": ..., "answer": ...}]) or a predictions.jsonl')
+    s.add_argument("--split", help="split to score against (default: the task's eval split)")
+    s.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    common(s)
+    s.set_defaults(func=cmd_score)
+
+    c = sub.add_parser("compare", help="compare result folders in one table")
+    c.add_argument("results", nargs="+", help="results folders (or metrics.json files)")
+    c.add_argument("--format", choices=["markdown", "csv", "latex"], default="markdown")
+    c.add_argument("--metrics", choices=["primary", "all"], default="primary",
+                   help="only each task's main metric, or breakdowns too")
+    c.add_argument("--plot", metavar="PNG", help="also write metric-vs-shots plots")
+    c.add_argument("--include", action="append", default=[], help=argparse.SUPPRESS)
+    c.set_defaults(func=cmd_compare)
+
+    ls = sub.add_parser("list", help="list registered tasks or models (plug-ins included)")
+    ls.add_argument("what", choices=["tasks", "models"])
+    ls.add_argument("--include", action="append", default=[], metavar="PATH")
+    ls.add_argument("-v", "--verbose", action="store_true", help="show each one's options")
+    ls.set_defaults(func=cmd_list)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if getattr(args, "verbose", False) and args.command != "list" else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        load_builtins()
+        for path in getattr(args, "include", []) or []:
+            include(path)
+        return args.func(args)
+    except HarnessError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished samples are kept; rerun the same command to resume", file=sys.stderr)
+        return 130

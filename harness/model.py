@@ -1,0 +1,95 @@
+"""The model protocol: what the harness asks of a model adapter.
+
+An adapter renders the model-agnostic :class:`~harness.types.Prompt` into its own
+tokens and implements some of:
+
+- ``generate(requests) -> list[str]``            open-ended tasks
+- ``loglikelihood(requests) -> list[float]``     close-ended tasks (ranking candidates)
+- ``encode_media(media) -> features``            where the architecture separates it, for caching
+
+Register one with ``@register_model("name")``; its ``Options`` dataclass lists the
+``--model-arg key=value`` settings it takes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Mapping, Sequence
+
+from .options import build_options
+from .types import Example, GenerateRequest, LoglikelihoodRequest, Prompt
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """This model takes no --model-arg options."""
+
+
+class Model:
+    """Base class of model adapters."""
+
+    registry_name: ClassVar[str] = ""
+    Options: ClassVar[type] = NoOptions
+    #: the task template style this model was trained with ("openflamingo", "flamingo").
+    template_style: ClassVar[str | None] = None
+    #: media kinds the model takes ("image", "video").
+    media_kinds: ClassVar[frozenset[str]] = frozenset({"image"})
+    media_token: ClassVar[str] = "<image>"
+    end_of_chunk: ClassVar[str] = "<|endofchunk|>"
+
+    def __init__(self, options: Mapping[str, Any] | None = None):
+        self.name = self.registry_name or type(self).__name__
+        self.options = build_options(self.Options, dict(options or {}), f"model {self.name}")
+
+    @property
+    def fingerprint(self) -> str:
+        """Identity of the weights (or the rule) behind the outputs, used in result and cache keys."""
+        return f"{self.name}"
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, "fingerprint": self.fingerprint, "options": dataclasses.asdict(self.options)}
+
+    def render_prompt(self, prompt: Prompt) -> str:
+        """The prompt as this model sees it, in text form (stored with each prediction)."""
+        return prompt.render(self.media_token, self.end_of_chunk)
+
+    def observe_support(self, task: str, support: Sequence[Example]) -> None:
+        """Called once per evaluation cell with the support set. Only models that answer
+        from the data itself (null baselines, retrieval) need it; the default ignores it."""
+
+    def generate(self, requests: Sequence[GenerateRequest]) -> list[str]:
+        raise NotImplementedError(f"model {self.name} does not implement generate (open-ended tasks)")
+
+    def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[float]:
+        raise NotImplementedError(f"model {self.name} does not implement loglikelihood (close-ended tasks)")
+
+
+def checkpoint_fingerprint(path: str | Path) -> str:
+    """A fast, stable identity of a checkpoint directory or file.
+
+    Hashes config files whole and, for weight files, their name, size and first
+    and last MiB: cheap on multi-GB checkpoints, yet any retrain changes it.
+    """
+    p = Path(path)
+    files = sorted(x for x in p.rglob("*") if x.is_file()) if p.is_dir() else [p]
+    h = hashlib.sha256()
+    for f in files:
+        rel = f.relative_to(p) if p.is_dir() else Path(f.name)
+        size = f.stat().st_size
+        h.update(f"{rel}\0{size}\0".encode())
+        with open(f, "rb") as fh:
+            if f.suffix in (".json", ".txt", ".model", ".yaml") or size <= 2 << 20:
+                h.update(fh.read())
+            else:
+                h.update(fh.read(1 << 20))
+                fh.seek(-(1 << 20), 2)
+                h.update(fh.read())
+    return h.hexdigest()[:16]
+
+
+def config_hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -1,0 +1,65 @@
+"""Prompt templates (task data) and the PromptBuilder that interleaves demos and query."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from .errors import HarnessError
+from .types import Chunk, Example, Prompt
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """How one example becomes text.
+
+    ``demo`` is formatted with the example's fields plus ``answer`` (its target);
+    ``query`` is the stem the model continues. Example (OpenFlamingo VQA):
+    ``demo="Question:{question} Short answer:{answer}"``, ``query="Question:{question} Short answer:"``.
+    """
+
+    demo: str
+    query: str
+
+    def format_demo(self, example: Example) -> str:
+        return self._format(self.demo, example, with_answer=True)
+
+    def format_query(self, example: Example) -> str:
+        return self._format(self.query, example, with_answer=False)
+
+    @staticmethod
+    def _format(template: str, example: Example, with_answer: bool) -> str:
+        values: dict[str, Any] = dict(example.fields)
+        if with_answer:
+            values["answer"] = example.target
+        try:
+            return template.format(**values)
+        except KeyError as exc:
+            raise HarnessError(
+                f"prompt template {template!r} uses {{{exc.args[0]}}}, which example {example.id} does not have "
+                f"(fields: {', '.join(sorted(values))})"
+            ) from None
+
+
+@dataclass(frozen=True)
+class PromptBuilder:
+    """Turns (demos, query) into an interleaved Prompt.
+
+    Demos with ``text_only=True`` (Flamingo's zero-shot setting) keep their text
+    and lose their media.
+    """
+
+    template: PromptTemplate
+
+    def build(self, demos: Sequence[Example], query: Example, text_only_demos: bool = False) -> Prompt:
+        chunks = [
+            Chunk(media=() if text_only_demos else tuple(d.media), text=self.template.format_demo(d)) for d in demos
+        ]
+        chunks.append(Chunk(media=tuple(query.media), text=self.template.format_query(query)))
+        return Prompt(chunks=tuple(chunks))
+
+
+def pick_template(templates: Mapping[str, PromptTemplate], name: str, owner: str) -> PromptTemplate:
+    if name not in templates:
+        raise HarnessError(f"{owner}: unknown template {name!r}; available: {', '.join(sorted(templates))}")
+    return templates[name]

@@ -1,0 +1,163 @@
+"""Tables from results folders: one row per task/metric, one column per checkpoint x shots.
+
+From Python::
+
+    from harness.report import load_results, compare
+    cells = load_results(["results/A", "results/B"])   # one row per cell x metric
+    table = compare(["results/A", "results/B"])         # mean, std, seeds, n per (task, metric) x (model, shots)
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import pandas as pd
+
+from .errors import HarnessError
+from .store import iter_metrics
+
+Format = Literal["markdown", "csv", "latex"]
+
+
+def _flatten(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    out = {}
+    for k, v in metrics.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, name + "."))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool) and k != "n":
+            out[name] = float(v)
+    return out
+
+
+def load_results(paths: Sequence[str | Path]) -> pd.DataFrame:
+    """Every finished cell under ``paths``: one row per (cell, metric)."""
+    rows = []
+    for src in paths:
+        if not Path(src).exists():
+            raise HarnessError(f"results folder not found: {src}")
+        for file, m in iter_metrics([src]):
+            cfg = m["config"]
+            for metric, value in _flatten(m["metrics"]).items():
+                rows.append({
+                    "source": str(src),
+                    "label": cfg["label"],
+                    "model": cfg["model"]["name"],
+                    "fingerprint": cfg["model"]["fingerprint"],
+                    "task": cfg["task"]["name"],
+                    "metric": metric,
+                    "primary": metric == m.get("primary_metric"),
+                    "shots": int(cfg["shots"]),
+                    "seed": int(cfg["seed"]),
+                    "value": value,
+                    "n": int(m["n"]),
+                    "n_failed": int(m.get("n_failed", 0)),
+                    "file": str(file),
+                })
+    if not rows:
+        raise HarnessError(f"no finished cells (metrics.json) under {', '.join(map(str, paths))}")
+    df = pd.DataFrame(rows)
+    # Same label in two folders (two checkpoints run with the same model name): tell them apart.
+    clash = df.groupby("label")["source"].nunique()
+    df["checkpoint"] = [
+        f"{Path(s).name}/{lab}" if clash[lab] > 1 else lab for s, lab in zip(df["source"], df["label"])
+    ]
+    return df
+
+
+def summarize(cells: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std (population, as OpenFlamingo) over seeds, per checkpoint x task x metric x shots."""
+    g = cells.groupby(["task", "metric", "checkpoint", "shots"], sort=True)
+    out = g.agg(
+        mean=("value", "mean"),
+        std=("value", lambda v: float(v.std(ddof=0)) if len(v) else math.nan),
+        seeds=("seed", "nunique"),
+        n=("n", "min"),
+        primary=("primary", "first"),
+    ).reset_index()
+    return out
+
+
+def compare(paths: Sequence[str | Path], metrics: str = "primary") -> pd.DataFrame:
+    """The comparison table as a DataFrame: rows (task, metric), columns (checkpoint, shots),
+    cells ``mean (std) n=N``. ``metrics='all'`` adds the breakdowns (e.g. per answer type)."""
+    summary = summarize(load_results(paths))
+    if metrics == "primary":
+        summary = summary[summary["primary"]]
+    return _pivot(summary)
+
+
+def summary_table(summaries: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """The same table from a sweep's in-memory summaries (see harness.sweep.run_sweep)."""
+    df = pd.DataFrame([
+        {"task": s["task"], "metric": s["metric"], "checkpoint": s["label"], "shots": s["shots"],
+         "mean": s["mean"], "std": s["std"], "seeds": len(s["seeds"]), "n": s["n"]}
+        for s in summaries
+    ])
+    return _pivot(df)
+
+
+def _pivot(summary: pd.DataFrame) -> pd.DataFrame:
+    summary = summary.assign(cell=[_cell(r) for r in summary.itertuples()])
+    table = summary.pivot_table(index=["task", "metric"], columns=["checkpoint", "shots"], values="cell",
+                                aggfunc="first", sort=False)
+    return table.sort_index(axis=1, level=[0, 1])
+
+
+def _cell(r: Any) -> str:
+    std = f" ({r.std:.2f})" if r.seeds > 1 else ""
+    return f"{r.mean:.2f}{std} n={r.n}"
+
+
+def render(table: pd.DataFrame, fmt: Format = "markdown") -> str:
+    """Render a :func:`compare` table as markdown, CSV or LaTeX (no extra packages needed)."""
+    headers = ["task", "metric"] + [f"{ck} {shots}-shot" for ck, shots in table.columns]
+    rows = [[str(task), str(metric)] + ["" if pd.isna(v) else str(v) for v in vals]
+            for (task, metric), vals in zip(table.index, table.to_numpy())]
+    if fmt == "csv":
+        flat = pd.DataFrame(rows, columns=headers)
+        return flat.to_csv(index=False)
+    if fmt == "markdown":
+        lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        return "\n".join(lines) + "\n"
+    if fmt == "latex":
+        def esc(s: str) -> str:
+            for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#")):
+                s = s.replace(a, b)
+            return s
+        lines = [r"\begin{tabular}{ll" + "r" * (len(headers) - 2) + "}", r"\toprule",
+                 " & ".join(esc(h) for h in headers) + r" \\", r"\midrule"]
+        lines += [" & ".join(esc(c) for c in r) + r" \\" for r in rows]
+        lines += [r"\bottomrule", r"\end{tabular}"]
+        return "\n".join(lines) + "\n"
+    raise HarnessError(f"unknown table format {fmt!r}: markdown, csv or latex")
+
+
+def plot(paths: Sequence[str | Path], out: str | Path) -> Path:
+    """Metric vs shots, one line per checkpoint and one panel per task (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = summarize(load_results(paths))
+    summary = summary[summary["primary"]]
+    tasks = sorted(summary["task"].unique())
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.2), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        sub = summary[summary["task"] == task]
+        for ck, grp in sub.groupby("checkpoint"):
+            grp = grp.sort_values("shots")
+            ax.errorbar(grp["shots"], grp["mean"], yerr=grp["std"], marker="o", capsize=3, label=ck)
+        ax.set_title(task)
+        ax.set_xlabel("shots")
+        ax.set_ylabel(sub["metric"].iloc[0])
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out

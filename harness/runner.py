@@ -1,0 +1,205 @@
+"""Evaluate one (model, task, shots, seed) cell, journaling each finished sample."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence, TypeVar
+
+from tqdm import tqdm
+
+from . import __version__
+from .errors import HarnessError, SampleError
+from .model import Model, config_hash
+from .prompts import PromptBuilder
+from .sampling import RandomSampler, sampler_config
+from .store import Journal, cell_dir, write_json
+from .task import Task
+from .types import Example, GenerateRequest, LoglikelihoodRequest, SampleRecord
+
+log = logging.getLogger(__name__)
+
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    """What to evaluate in one cell, and how."""
+
+    shots: int
+    seed: int
+    limit: int | None = None
+    batch_size: int = 8
+
+
+def select_queries(task: Task, limit: int | None) -> list[Example]:
+    """The eval examples, in file order; ``limit`` takes the first N so every seed sees the same queries."""
+    examples = task.eval_examples()
+    if limit is not None:
+        if limit <= 0:
+            raise HarnessError(f"--limit must be positive, got {limit}")
+        examples = examples[:limit]
+    if not examples:
+        raise HarnessError(f"task {task.name}: the eval split {task.eval_split!r} is empty")
+    return examples
+
+
+def check_media(model: Model, examples: Sequence[Example], task: Task) -> None:
+    kinds = {m.kind for e in examples for m in e.media}
+    missing = kinds - set(model.media_kinds)
+    if missing:
+        raise HarnessError(
+            f"model {model.name} takes {', '.join(sorted(model.media_kinds))} but task {task.name} has "
+            f"{', '.join(sorted(missing))}; pick a model that takes it"
+        )
+
+
+def _call_batch(fn: Callable[[list[Any]], list[R]], batch: list[Any]) -> list[R | SampleError]:
+    """Call ``fn`` on a batch; if one bad sample fails the batch, retry sample by sample,
+    so an unreadable image fails that sample only."""
+    try:
+        results: list[R | SampleError] = list(fn(batch))
+    except SampleError:
+        results = []
+        for item in batch:
+            try:
+                results.append(fn([item])[0])
+            except SampleError as exc:
+                results.append(exc)
+    if len(results) != len(batch):
+        raise RuntimeError(f"model returned {len(results)} results for a batch of {len(batch)}")
+    return results
+
+
+class Runner:
+    """Runs cells for one model, writing under ``output/label``."""
+
+    def __init__(self, model: Model, output: Path, label: str | None = None, progress: bool = True):
+        self.model = model
+        self.output = Path(output)
+        self.label = label or model.name
+        self.progress = progress
+
+    def run_cell(self, task: Task, spec: CellSpec) -> dict[str, Any]:
+        queries = select_queries(task, spec.limit)
+        check_media(self.model, queries, task)
+        if spec.shots < 0:
+            raise HarnessError(f"shots must be >= 0, got {spec.shots}")
+        sampler = RandomSampler(task.name, task.support_examples(), spec.seed, task.options.support_size)
+        n_demos = spec.shots if spec.shots > 0 else task.zero_shot_demos()
+        sampler.check_shots(n_demos)
+        template_name, template = task.template(self.model.template_style)
+        builder = PromptBuilder(template)
+        gen = task.generation_config()
+
+        config = {
+            "model": self.model.config(),
+            "label": self.label,
+            "task": {**task.config(), "template": template_name, "template_text": asdict(template)},
+            "shots": spec.shots,
+            "seed": spec.seed,
+            "limit": spec.limit,
+            "sampler": {**sampler_config(sampler), "zero_shot_text_demos": 0 if spec.shots else n_demos},
+            "generation": asdict(gen) if task.kind == "generate" else None,
+            "harness_version": __version__,
+        }
+        key = config_hash(config)
+        directory = cell_dir(self.output, self.label, task.name, spec.shots, spec.seed)
+        journal = Journal(directory, key, config)
+        finished = journal.completed_metrics()
+        if finished is not None:
+            log.info("%s: already complete, skipping", directory)
+            return finished
+
+        start = time.time()
+        done = journal.resume()
+        done_ids = {r.query_id for r in done}
+        todo = [q for q in queries if q.id not in done_ids]
+        self.model.observe_support(task.name, sampler.pool)
+
+        def demos_for(q: Example) -> list[Example]:
+            return sampler.demos(q, n_demos)
+
+        text_only = spec.shots == 0
+        desc = f"{self.label} {task.name} {spec.shots}-shot seed {spec.seed}"
+        bar = tqdm(total=len(queries), initial=len(done), desc=desc, disable=not self.progress, leave=False)
+        new_records: list[SampleRecord] = []
+        if task.kind == "generate":
+            requests = []
+            for q in todo:
+                demos = demos_for(q)
+                requests.append(GenerateRequest(builder.build(demos, q, text_only), gen, q, tuple(demos)))
+            # Longest prompts first: batches of similar length pad less, and OOM shows up early.
+            requests.sort(key=lambda r: -len(self.model.render_prompt(r.prompt)))
+            for start_i in range(0, len(requests), spec.batch_size):
+                batch = requests[start_i : start_i + spec.batch_size]
+                outputs = _call_batch(self.model.generate, batch)
+                batch_records = [self._generated_record(task, r, o) for r, o in zip(batch, outputs)]
+                journal.append(batch_records)
+                new_records.extend(batch_records)
+                bar.update(len(batch))
+        else:
+            for q in todo:
+                demos = demos_for(q)
+                prompt = builder.build(demos, q, text_only)
+                cands = task.candidates(q)
+                reqs = [LoglikelihoodRequest(prompt, c, q, tuple(demos)) for c in cands]
+                outs = _call_batch(self.model.loglikelihood, reqs)
+                record = self._ranked_record(task, q, demos, prompt, cands, outs)
+                journal.append([record])
+                new_records.append(record)
+                bar.update(1)
+        bar.close()
+
+        by_id = {r.query_id: r for r in done + new_records}
+        records = [by_id[q.id] for q in queries]
+        failures = [{"query_id": r.query_id, "error": r.error} for r in records if r.error]
+        if failures and len(failures) == len(records):
+            raise HarnessError(
+                f"{desc}: every sample failed; first error: {failures[0]['error']} "
+                f"(details in {journal.path})"
+            )
+        metrics = task.aggregate(records)
+        result = {
+            "metrics": metrics,
+            "primary_metric": task.primary_metric,
+            "n": len(records),
+            "n_failed": len(failures),
+            "failures": failures,
+            "wall_time_s": round(time.time() - start, 3),
+            "config_key": key,
+            "config": config,
+        }
+        write_json(directory / "metrics.json", result)
+        return result
+
+    def _generated_record(self, task: Task, req: GenerateRequest, out: str | SampleError) -> SampleRecord:
+        q = req.query
+        common = dict(
+            query_id=q.id,
+            demo_ids=[d.id for d in req.demos],
+            prompt=self.model.render_prompt(req.prompt),
+            fields=task.record_fields(q),
+        )
+        if isinstance(out, SampleError):
+            return SampleRecord(raw_output="", prediction="", score=0.0, error=str(out), **common)
+        prediction = task.postprocess(out, q)
+        return SampleRecord(raw_output=out, prediction=prediction, score=task.score(prediction, q), **common)
+
+    def _ranked_record(self, task, q, demos, prompt, cands, outs) -> SampleRecord:
+        common = dict(
+            query_id=q.id,
+            demo_ids=[d.id for d in demos],
+            prompt=self.model.render_prompt(prompt),
+        )
+        errors = [o for o in outs if isinstance(o, SampleError)]
+        if errors:
+            return SampleRecord(raw_output="", prediction="", score=0.0, error=str(errors[0]),
+                                fields=task.record_fields(q), **common)
+        logprobs = dict(zip(cands, (float(o) for o in outs)))
+        prediction = max(cands, key=lambda c: logprobs[c])
+        fields = {**task.record_fields(q), "candidate_logprobs": logprobs}
+        return SampleRecord(raw_output=prediction, prediction=prediction, score=task.score(prediction, q),
+                            fields=fields, **common)

@@ -1,0 +1,73 @@
+"""Which demonstrations each query sees.
+
+Every random choice is a pure function of named keys hashed together (never a
+global random state), so a query's demos depend only on (seed, task, query id,
+shots): the same whatever the batch size, order, or number of processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from .errors import HarnessError
+from .types import Example
+
+
+def rng_for(*keys: object) -> np.random.Generator:
+    """A generator seeded by a stable hash of ``keys`` (stable across runs, machines and processes)."""
+    digest = hashlib.sha256("\x1f".join(str(k) for k in keys).encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:16], "little"))
+
+
+@dataclass
+class RandomSampler:
+    """Random demonstrations from a support set, as Flamingo and OpenFlamingo do.
+
+    The support set is ``support_size`` examples drawn once per (seed, task)
+    from the task's support split (OpenFlamingo's "query set", 2048 by default).
+    Demos for a query are drawn without replacement from it, never including the
+    query itself (same id).
+    """
+
+    task: str
+    support: Sequence[Example]
+    seed: int
+    support_size: int = 2048
+    pool: list[Example] = field(init=False)
+
+    def __post_init__(self) -> None:
+        n = len(self.support)
+        if n == 0:
+            raise HarnessError(f"task {self.task}: the support split is empty, so no demonstrations can be drawn")
+        if self.support_size <= 0 or self.support_size >= n:
+            self.pool = list(self.support)
+        else:
+            idx = rng_for("support", self.seed, self.task).choice(n, size=self.support_size, replace=False)
+            self.pool = [self.support[i] for i in sorted(idx)]
+
+    def check_shots(self, shots: int) -> None:
+        # One pool member may be the query itself and is then excluded.
+        if shots > len(self.pool) - 1 and shots > 0:
+            raise HarnessError(
+                f"task {self.task}: {shots} shots asked for, but the support set has only {len(self.pool)} "
+                f"examples; use fewer shots or a larger support set (task option support_size)"
+            )
+
+    def demos(self, query: Example, shots: int) -> list[Example]:
+        """``shots`` distinct demos for ``query``; the most recently drawn is placed last."""
+        if shots == 0:
+            return []
+        self.check_shots(shots)
+        rng = rng_for("demos", self.seed, self.task, query.id, shots)
+        # Draw one spare so the query can be dropped if drawn, without a second draw.
+        picks = rng.choice(len(self.pool), size=min(shots + 1, len(self.pool)), replace=False)
+        chosen = [self.pool[i] for i in picks if self.pool[i].id != query.id][:shots]
+        return chosen
+
+
+def sampler_config(sampler: RandomSampler) -> dict:
+    return {"name": "random", "support_size": len(sampler.pool), "seed": sampler.seed}

@@ -1,0 +1,112 @@
+"""The results store: one folder per evaluation cell, written as samples finish.
+
+    <output>/<label>/<task>/<shots>shot_seed<seed>/
+        predictions.jsonl   one SampleRecord per line, appended as each batch finishes
+        journal.json        the cell's configuration; a rerun with the same one resumes
+        metrics.json        written last: metrics plus the complete configuration
+    <output>/<label>/summary.json   mean/std over seeds per task x shots
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from .types import SampleRecord
+
+log = logging.getLogger(__name__)
+
+
+def cell_dir(output: Path, label: str, task: str, shots: int, seed: int) -> Path:
+    return output / safe_name(label) / task / f"{shots}shot_seed{seed}"
+
+
+def safe_name(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_.@+" else "_" for c in label)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write atomically so a killed run never leaves half a metrics file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=False, default=str)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+class Journal:
+    """Append-only predictions file of one cell, resumable when its configuration matches."""
+
+    def __init__(self, directory: Path, config_key: str, config: dict[str, Any]):
+        self.dir = directory
+        self.path = directory / "predictions.jsonl"
+        self.meta_path = directory / "journal.json"
+        self.config_key = config_key
+        self.config = config
+
+    def completed_metrics(self) -> dict[str, Any] | None:
+        """The finished cell's metrics if it already ran with this exact configuration."""
+        mpath = self.dir / "metrics.json"
+        if mpath.is_file():
+            try:
+                metrics = read_json(mpath)
+            except (OSError, json.JSONDecodeError):
+                return None
+            if metrics.get("config_key") == self.config_key:
+                return metrics
+        return None
+
+    def resume(self) -> list[SampleRecord]:
+        """Records already written by an interrupted run with the same configuration; else start afresh."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        done: list[SampleRecord] = []
+        if self.meta_path.is_file() and self.path.is_file():
+            try:
+                same = read_json(self.meta_path).get("config_key") == self.config_key
+            except (OSError, json.JSONDecodeError):
+                same = False
+            if same:
+                with open(self.path, encoding="utf-8") as f:
+                    for line in f:
+                        try:
+                            done.append(SampleRecord.from_json(json.loads(line)))
+                        except (json.JSONDecodeError, KeyError):
+                            break  # a torn last line from a kill: redo from there
+                if done:
+                    log.info("resuming %s: %d samples already done", self.dir, len(done))
+                self._rewrite(done)
+                return done
+            log.warning("%s holds results of another configuration; starting this cell afresh", self.dir)
+        for stale in (self.path, self.dir / "metrics.json"):
+            if stale.exists():
+                stale.unlink()
+        write_json(self.meta_path, {"config_key": self.config_key, "config": self.config})
+        return done
+
+    def _rewrite(self, records: list[SampleRecord]) -> None:
+        with open(self.path, "w", encoding="utf-8") as f:
+            for r in records:
+                f.write(json.dumps(r.to_json(), default=str) + "\n")
+
+    def append(self, records: Iterable[SampleRecord]) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            for r in records:
+                f.write(json.dumps(r.to_json(), default=str) + "\n")
+            f.flush()
+
+
+def iter_metrics(paths: Iterable[str | Path]) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """Every finished cell's metrics.json under the given result folders (or files)."""
+    for p in map(Path, paths):
+        files = [p] if p.is_file() else sorted(p.rglob("metrics.json"))
+        for f in files:
+            yield f, read_json(f)

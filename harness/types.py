@@ -1,0 +1,175 @@
+"""The typed objects that flow between the stages of an evaluation.
+
+Task -> Example; Sampler -> demos (Examples); PromptBuilder -> Prompt;
+runner -> GenerateRequest / LoglikelihoodRequest -> Model; results -> SampleRecord.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Union
+
+
+@dataclass(frozen=True)
+class Image:
+    """An image on local disk. Loaded lazily by the model adapter (see harness.media)."""
+
+    path: str
+    kind: str = field(default="image", init=False)
+
+
+@dataclass(frozen=True)
+class Video:
+    """A video on local disk: one media item of several frames."""
+
+    path: str
+    kind: str = field(default="video", init=False)
+
+
+Media = Union[Image, Video]
+
+
+@dataclass(frozen=True)
+class Example:
+    """One sample of a task split.
+
+    id:       unique within the task (question_id, image id, ...), as a string.
+    media:    the sample's media, in order.
+    fields:   template variables (e.g. ``question``), and anything a prompt needs.
+    answers:  every reference answer (all annotators), used for scoring.
+    target:   the answer written into a demonstration (task option decides which).
+    meta:     extra per-sample data (answer_type, question_type, ...), copied into records.
+    """
+
+    id: str
+    media: tuple[Media, ...]
+    fields: Mapping[str, Any]
+    answers: tuple[str, ...] = ()
+    target: str = ""
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Media followed by text: one demonstration, or the query (the last chunk).
+
+    A model renders a chunk as ``<media>... text`` and closes demonstration
+    chunks with its end-of-chunk marker, so per-media masking holds: text
+    attends only to the last media before it.
+    """
+
+    media: tuple[Media, ...]
+    text: str
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A model-agnostic interleaved prompt: demonstration chunks, then the query chunk."""
+
+    chunks: tuple[Chunk, ...]
+
+    @property
+    def demos(self) -> tuple[Chunk, ...]:
+        return self.chunks[:-1]
+
+    @property
+    def query(self) -> Chunk:
+        return self.chunks[-1]
+
+    @property
+    def media(self) -> tuple[Media, ...]:
+        return tuple(m for c in self.chunks for m in c.media)
+
+    def segments(self) -> list[Media | str]:
+        """The flat interleaved sequence ``[media, text, media, text, ...]``."""
+        out: list[Media | str] = []
+        for chunk in self.chunks:
+            out.extend(chunk.media)
+            out.append(chunk.text)
+        return out
+
+    def render(self, media_token: str = "<image>", end_of_chunk: str = "<|endofchunk|>") -> str:
+        """A readable text form (OpenFlamingo's tokens by default), stored with each prediction."""
+        parts = []
+        for i, chunk in enumerate(self.chunks):
+            text = media_token * len(chunk.media) + chunk.text
+            if i < len(self.chunks) - 1:
+                text += end_of_chunk
+            parts.append(text)
+        return "".join(parts)
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """Decoding settings for open-ended tasks (OpenFlamingo's defaults for VQA)."""
+
+    max_new_tokens: int = 5
+    num_beams: int = 3
+    length_penalty: float = 0.0
+    min_new_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    """Generate a continuation of ``prompt``.
+
+    ``query`` and ``demos`` are carried so that models which answer from the
+    data itself (null baselines, replayed predictions) can do so.
+    """
+
+    prompt: Prompt
+    config: GenerationConfig
+    query: Example
+    demos: tuple[Example, ...] = ()
+
+
+@dataclass(frozen=True)
+class LoglikelihoodRequest:
+    """Score ``continuation`` after ``prompt``: the sum of its tokens' log-probabilities."""
+
+    prompt: Prompt
+    continuation: str
+    query: Example
+    demos: tuple[Example, ...] = ()
+
+
+@dataclass
+class SampleRecord:
+    """One evaluated sample, as written to the predictions journal."""
+
+    query_id: str
+    demo_ids: list[str]
+    prompt: str
+    raw_output: str
+    prediction: str
+    score: float
+    fields: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out = {
+            "query_id": self.query_id,
+            "demo_ids": self.demo_ids,
+            "prompt": self.prompt,
+            "raw_output": self.raw_output,
+            "prediction": self.prediction,
+            "score": self.score,
+        }
+        out.update(self.fields)
+        if self.error is not None:
+            out["error"] = self.error
+        return out
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> "SampleRecord":
+        core = {"query_id", "demo_ids", "prompt", "raw_output", "prediction", "score", "error"}
+        return cls(
+            query_id=str(obj["query_id"]),
+            demo_ids=[str(x) for x in obj.get("demo_ids", [])],
+            prompt=obj.get("prompt", ""),
+            raw_output=obj.get("raw_output", ""),
+            prediction=obj.get("prediction", ""),
+            score=float(obj["score"]),
+            fields={k: v for k, v in obj.items() if k not in core},
+            error=obj.get("error"),
+        )

@@ -1,0 +1,7 @@
+"""Built-in model adapters, one module per model family; importing registers them.
+
+Heavy imports (torch, transformers) happen when a model is constructed, not here,
+so listing and scoring stay fast.
+"""
+
+from . import baselines, idefics  # noqa: F401
