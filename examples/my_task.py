@@ -1,0 +1,56 @@
+"""A worked example: a new benchmark in one file, registered without touching the package.
+
+Your data: ``<data root>/my_vqa/{train,test}.jsonl``, one object per line::
+
+    {"id": "17", "image": "images/17.jpg", "question": "What is on the table?", "answers": ["cup", "mug"]}
+
+(``image`` relative to ``<data root>/my_vqa/``). Run it like a built-in task::
+
+    python run_eval.py run --include examples/my_task.py --tasks my_vqa --data-dir DATA \
+        --model idefics --model-arg path=/models/idefics-9b --shots 0 4
+
+Everything else comes from the harness: demo sampling, prompts (both template styles),
+OpenFlamingo answer post-processing, the official VQA accuracy, results, tables.
+"""
+
+from __future__ import annotations
+
+import json
+
+from harness.errors import DataError
+from harness.registry import register_task
+from harness.types import Example, Image
+from tasks.vqa import VQATask, choose_answer
+
+LAYOUT = '<data root>/my_vqa/<split>.jsonl, lines {"id", "image", "question", "answers": [...]}'
+
+
+@register_task("my_vqa")
+class MyVQA(VQATask):
+    """My VQA benchmark (a JSONL example of a plug-in task)."""
+
+    default_support_split = "train"
+    default_eval_split = "test"
+
+    def load(self, split: str) -> list[Example]:
+        path = self.root / f"{split}.jsonl"
+        if not path.is_file():
+            raise DataError(f"task my_vqa: file not found: {path}\nExpected layout: {LAYOUT}")
+        examples = []
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                answers = tuple(rec["answers"])
+                ex = Example(
+                    id=str(rec["id"]),
+                    media=(Image(str(self.root / rec["image"])),),
+                    fields={"question": rec["question"]},
+                    answers=answers,
+                    target=choose_answer(answers, self.options.answer_choice),
+                )
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise DataError(f"{path}, line {n}: {type(exc).__name__}: {exc}\nExpected layout: {LAYOUT}") from None
+            examples.append(ex)
+        return examples

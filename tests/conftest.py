@@ -1,0 +1,115 @@
+"""Shared fixtures: a tiny random IDEFICS saved to disk, and VQA data in the official schemas."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, check: bool = True):
+    """Run ``python run_eval.py ...`` in a real subprocess, as a user would."""
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "run_eval.py"), *args],
+        cwd=cwd or ROOT, env=full_env, capture_output=True, text=True, timeout=600,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"run_eval.py {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def build_tiny_idefics(directory: Path, seed: int = 0) -> Path:
+    """Save a tiny random-weight IDEFICS and its processor (locally trained tokenizer) to ``directory``."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import (IdeficsConfig, IdeficsForVisionText2Text, IdeficsImageProcessorPil,
+                              IdeficsProcessor, PreTrainedTokenizerFast)
+
+    corpus = [
+        "Question: what color is the shape? Answer: red green blue yellow gray teal black brown",
+        "Question: is there a circle in the image? Answer: yes no rectangle triangle circle",
+        "Output: a photo of a cat sitting on a bench next to a dog and a person",
+    ] * 20
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(corpus, trainer)
+    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                     pad_token="<pad>", padding_side="left")
+    hf_tok.add_special_tokens({"additional_special_tokens": ["<image>", "<fake_token_around_image>"]})
+    torch.manual_seed(seed)
+    config = IdeficsConfig(
+        vocab_size=len(hf_tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        cross_layer_interval=1, additional_vocab_size=0, bos_token_id=hf_tok.bos_token_id,
+        eos_token_id=hf_tok.eos_token_id, pad_token_id=hf_tok.pad_token_id,
+        vision_config=dict(embed_dim=32, image_size=30, patch_size=15, num_hidden_layers=1,
+                           num_attention_heads=2, intermediate_size=37),
+        perceiver_config=dict(use_resampler=True, resampler_n_latents=4, resampler_depth=1,
+                              resampler_n_heads=2, resampler_head_dim=8),
+    )
+    model = IdeficsForVisionText2Text(config).eval()
+    processor = IdeficsProcessor(image_processor=IdeficsImageProcessorPil(image_size=30), tokenizer=hf_tok)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_idefics_dir(tmp_path_factory) -> Path:
+    return build_tiny_idefics(tmp_path_factory.mktemp("tiny_idefics"))
+
+
+def write_vqa_fixture(root: Path, task: str = "vqav2", n_train: int = 12, n_val: int = 6,
+                      prefix_q: str = "v2_OpenEnded_mscoco", prefix_a: str = "v2_mscoco") -> Path:
+    """VQA data in the exact official schema under ``root/task``, with real photos as COCO images."""
+    import numpy as np
+    from PIL import Image
+    from skimage import data as skdata
+
+    photos = [skdata.astronaut(), skdata.chelsea(), skdata.coffee(), skdata.rocket()]
+    base = root / task
+    answers_pool = [["yes"] * 10, ["no"] * 7 + ["yes"] * 3, ["2"] * 4 + ["two"] * 4 + ["3"] * 2,
+                    ["red"] * 5 + ["dark red"] * 3 + ["maroon"] * 2]
+    qid = 1000
+    for split, n in (("train2014", n_train), ("val2014", n_val)):
+        (base / split).mkdir(parents=True, exist_ok=True)
+        questions, annotations = [], []
+        for i in range(n):
+            image_id = 100 + i if split == "train2014" else 500 + i
+            img = Image.fromarray(np.asarray(photos[i % len(photos)])).convert("RGB").resize((48, 48))
+            img.save(base / split / f"COCO_{split}_{image_id:012d}.jpg")
+            answers = answers_pool[i % len(answers_pool)]
+            questions.append({"image_id": image_id, "question": f"What is shown in picture {i}?", "question_id": qid})
+            annotations.append({
+                "question_id": qid, "image_id": image_id, "question_type": "what is",
+                "answer_type": "yes/no" if answers[0] in ("yes", "no") else ("number" if answers[0].isdigit() else "other"),
+                "multiple_choice_answer": max(set(answers), key=answers.count),
+                "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": j + 1} for j, a in enumerate(answers)],
+            })
+            qid += 1
+        (base / f"{prefix_q}_{split}_questions.json").write_text(json.dumps(
+            {"info": {}, "task_type": "Open-Ended", "data_type": "mscoco", "data_subtype": split, "questions": questions}))
+        # Annotations deliberately in another order than the questions: the join is by question_id.
+        (base / f"{prefix_a}_{split}_annotations.json").write_text(json.dumps(
+            {"info": {}, "data_type": "mscoco", "data_subtype": split, "annotations": annotations[::-1]}))
+    return root
+
+
+@pytest.fixture
+def vqa_root(tmp_path) -> Path:
+    root = tmp_path / "data"
+    write_vqa_fixture(root, "vqav2")
+    write_vqa_fixture(root, "okvqa", prefix_q="OpenEnded_mscoco", prefix_a="mscoco")
+    return root
