@@ -182,6 +182,13 @@ class OKVQA(COCOVQATask):
     questions_file = "OpenEnded_mscoco_{split}_questions.json"
     annotations_file = "mscoco_{split}_annotations.json"
 
+    def __init__(self, data_dir=None, options=None):
+        super().__init__(data_dir, options)
+        if self.options.stem:
+            from harness.metrics.okvqa_stem import check_available
+
+            check_available()  # fail before any sample is computed, not after
+
     def postprocess(self, raw: str, example: Example) -> str:
         answer = super().postprocess(raw, example)
         if self.options.stem:

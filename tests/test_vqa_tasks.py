@@ -104,3 +104,19 @@ def test_postprocess_cuts_like_openflamingo(vqa_root):
     assert task.postprocess(" yes Question: is it", ex) == "yes"
     assert task.postprocess("two dogs\nShort answer: x", ex) == "two dogs"
     assert task.postprocess("red Short", ex) == "red"
+
+
+def test_okvqa_stemming_needs_local_nltk_data(vqa_root):
+    from harness.metrics.okvqa_stem import exceptions
+
+    assert exceptions()["leaves"] == "leaf" and len(exceptions()) > 150
+    try:
+        import nltk  # noqa: F401
+        nltk.pos_tag(["x"])
+    except (ImportError, LookupError):
+        with pytest.raises(HarnessError, match="nltk.downloader .*wordnet"):
+            make("okvqa", vqa_root, stem="true")
+    else:  # nltk and its data are here: the stemmer runs for real
+        task = make("okvqa", vqa_root, stem="true")
+        ex = task.eval_examples()[0]
+        assert task.postprocess("riding horses Question:", ex) == "ride horse"

@@ -1,0 +1,67 @@
+"""OK-VQA answer stemming (OK-VQA v1.1 procedure), as OpenFlamingo applies it to predictions.
+
+Each word of the answer: a listed exception maps to its listed stem; else a word
+ending in "ing" is lemmatised as a verb (WordNet); else a plural noun (POS tag
+NNS/NNPS) is singularised (``inflection``). Tokenising, tagging and lemmatising use
+nltk, whose data (punkt, averaged_perceptron_tagger, wordnet) must be on disk:
+nothing is downloaded at run time.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+from ..errors import HarnessError
+
+_SETUP = (
+    "OK-VQA stemming (task option stem=true) needs nltk, inflection and nltk's data on disk: "
+    "pip install nltk inflection, then on a machine with internet "
+    "python -m nltk.downloader punkt punkt_tab averaged_perceptron_tagger averaged_perceptron_tagger_eng wordnet "
+    "and copy the nltk_data folder here (point NLTK_DATA at it)"
+)
+
+
+@lru_cache(maxsize=1)
+def exceptions() -> dict[str, str]:
+    table = json.loads((Path(__file__).with_name("okvqa_stems.json")).read_text(encoding="utf-8"))
+    table.pop("_source")
+    return table
+
+
+@lru_cache(maxsize=1)
+def _tools():
+    try:
+        import inflection
+        import nltk
+        from nltk.corpus.reader import VERB
+    except ImportError as exc:
+        raise HarnessError(f"{_SETUP} ({exc})") from None
+    lemmatizer = nltk.stem.WordNetLemmatizer()
+    try:  # touch every resource now, so a missing one fails once, clearly
+        nltk.pos_tag(nltk.tokenize.word_tokenize("two dogs running"))
+        lemmatizer.lemmatize("running", VERB)
+    except LookupError as exc:
+        raise HarnessError(f"{_SETUP}. nltk said: {str(exc).strip().splitlines()[0]}") from None
+    return nltk, inflection, lemmatizer, VERB
+
+
+def check_available() -> None:
+    """Raise a HarnessError saying what to install if stemming cannot run here."""
+    _tools()
+
+
+def stem(answer: str) -> str:
+    nltk, inflection, lemmatizer, VERB = _tools()
+    table = exceptions()
+    words = []
+    for word, tag in nltk.pos_tag(nltk.tokenize.word_tokenize(answer)):
+        if word in table:
+            word = table[word]
+        elif word.endswith("ing"):
+            word = lemmatizer.lemmatize(word, VERB)
+        elif tag.startswith("NNS") or tag.startswith("NNPS"):
+            word = inflection.singularize(word)
+        words.append(word)
+    return " ".join(words)
