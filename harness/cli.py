@@ -114,22 +114,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     load_builtins()
-    if args.what == "tasks":
-        for n in task_names():
-            cls = get_task_class(n)
-            doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-            print(f"{n:16s} {cls.kind:13s} {doc}")
-            if args.verbose:
-                for name, typ, default in describe_options(cls.Options):
-                    print(f"{'':18s}{name} ({typ}) = {default}")
-    else:
-        for n in model_names():
-            cls = get_model_class(n)
-            doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-            print(f"{n:16s} {doc}")
-            if args.verbose:
-                for name, typ, default in describe_options(cls.Options):
-                    print(f"{'':18s}{name} ({typ}) = {default}")
+    names, lookup = (task_names(), get_task_class) if args.what == "tasks" else (model_names(), get_model_class)
+    for n in names:
+        cls = lookup(n)
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        kind = f"{cls.kind:13s} " if args.what == "tasks" else ""
+        print(f"{n:16s} {kind}{doc}")
+        if args.verbose:
+            for name, typ, default in describe_options(cls.Options):
+                print(f"{'':18s}{name} ({typ}) = {default}")
     return 0
 
 

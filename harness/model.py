@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
 
 from .options import build_options
-from .types import Example, GenerateRequest, LoglikelihoodRequest, Prompt
+from .types import Example, GenerateRequest, LoglikelihoodRequest, Media, Prompt
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,11 @@ class Model:
 
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[float]:
         raise NotImplementedError(f"model {self.name} does not implement loglikelihood (close-ended tasks)")
+
+    def encode_media(self, media: Sequence[Media]) -> Any:
+        """Vision features of ``media`` (vision encoder + resampler), where the architecture
+        separates them from the language pass, so demo features can be cached and reused."""
+        raise NotImplementedError(f"model {self.name} does not expose encode_media")
 
 
 def checkpoint_fingerprint(path: str | Path) -> str:

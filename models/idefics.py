@@ -35,6 +35,8 @@ class IdeficsOptions:
 
 @register_model("idefics")
 class Idefics(Model):
+    """IDEFICS (transformers IdeficsForVisionText2Text) from a local directory (--model-arg path=DIR)."""
+
     Options = IdeficsOptions
     template_style = "flamingo"
     media_token = "<image>"
