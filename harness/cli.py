@@ -79,14 +79,30 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise HarnessError("the same --model is named twice; run it twice with different --output or --label")
     tasks = build_tasks(task_list, args.task_arg, args.data_dir)
     models = build_models(model_list, args.model_arg, args.label)
-    spec = SweepSpec(tuple(args.shots), tuple(args.seeds), args.limit, args.batch_size)
+    spec = SweepSpec(tuple(args.shots), tuple(args.seeds), args.limit, args.batch_size, _shard(args.shard))
     output = Path(args.output)
     t0 = time.time()
     summaries = run_sweep(models, tasks, spec, output, progress=not args.quiet)
+    if spec.shard:
+        print(f"shard {args.shard} done in {time.time() - t0:.1f}s; when every shard is done, run the same "
+              f"command without --shard to merge them and compute the metrics")
+        return 0
     table = summary_table(summaries)
     print(render(table, "markdown"), end="")
     print(f"\n{len(summaries) * len(spec.seeds)} cells in {time.time() - t0:.1f}s; results under {output}/")
     return 0
+
+
+def _shard(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        k, n = (int(x) for x in value.split("/"))
+    except ValueError:
+        raise HarnessError(f"--shard {value!r}: expected K/N, e.g. 0/4") from None
+    if not (n >= 1 and 0 <= k < n):
+        raise HarnessError(f"--shard {value!r}: need 0 <= K < N")
+    return k, n
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -159,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--limit", type=int, help="evaluate only the first N eval examples (same for every seed)")
     r.add_argument("--batch-size", type=int, default=8)
     r.add_argument("--output", default="results", help="results folder (default: results/); reruns resume")
+    r.add_argument("--shard", metavar="K/N",
+                   help="evaluate only every N-th query from K (one of N processes, e.g. one per GPU); "
+                        "then rerun without --shard to merge. Demos are the same as in a single process")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     common(r)
     r.set_defaults(func=cmd_run)

@@ -32,6 +32,8 @@ class CellSpec:
     seed: int
     limit: int | None = None
     batch_size: int = 8
+    #: (k, n): evaluate only every n-th query starting at k; see Journal for the merge.
+    shard: tuple[int, int] | None = None
 
 
 def select_queries(task: Task, limit: int | None) -> list[Example]:
@@ -107,7 +109,7 @@ class Runner:
         }
         key = config_hash(config)
         directory = cell_dir(self.output, self.label, task.name, spec.shots, spec.seed)
-        journal = Journal(directory, key, config)
+        journal = Journal(directory, key, config, spec.shard)
         finished = journal.completed_metrics()
         if finished is not None:
             log.info("%s: already complete, skipping", directory)
@@ -116,7 +118,8 @@ class Runner:
         start = time.time()
         done = journal.resume()
         done_ids = {r.query_id for r in done}
-        todo = [q for q in queries if q.id not in done_ids]
+        mine = queries if spec.shard is None else queries[spec.shard[0] :: spec.shard[1]]
+        todo = [q for q in mine if q.id not in done_ids]
         self.model.observe_support(task.name, sampler.pool)
 
         def demos_for(q: Example) -> list[Example]:
@@ -124,7 +127,7 @@ class Runner:
 
         text_only = spec.shots == 0
         desc = f"{self.label} {task.name} {spec.shots}-shot seed {spec.seed}"
-        bar = tqdm(total=len(queries), initial=len(done), desc=desc, disable=not self.progress, leave=False)
+        bar = tqdm(total=len(mine), initial=len(done), desc=desc, disable=not self.progress, leave=False)
         new_records: list[SampleRecord] = []
         if task.kind == "generate":
             requests = []
@@ -153,6 +156,8 @@ class Runner:
                 bar.update(1)
         bar.close()
 
+        if spec.shard is not None:
+            return {"shard": list(spec.shard), "n": len(mine), "journal": str(journal.path)}
         by_id = {r.query_id: r for r in done + new_records}
         records = [by_id[q.id] for q in queries]
         failures = [{"query_id": r.query_id, "error": r.error} for r in records if r.error]

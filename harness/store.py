@@ -43,13 +43,32 @@ def read_json(path: Path) -> Any:
         return json.load(f)
 
 
-class Journal:
-    """Append-only predictions file of one cell, resumable when its configuration matches."""
+def _read_records(path: Path) -> list[SampleRecord]:
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                out.append(SampleRecord.from_json(json.loads(line)))
+            except (json.JSONDecodeError, KeyError):
+                break  # a torn last line from a kill: redo from there
+    return out
 
-    def __init__(self, directory: Path, config_key: str, config: dict[str, Any]):
+
+class Journal:
+    """Append-only predictions file of one cell, resumable when its configuration matches.
+
+    With ``shard=(k, n)`` the journal is ``shards/<config key>/<k>of<n>.jsonl``: n processes
+    each evaluate every n-th query; a later unsharded run of the same cell merges the
+    shards (only those of its own configuration key) and writes the metrics.
+    """
+
+    def __init__(self, directory: Path, config_key: str, config: dict[str, Any],
+                 shard: tuple[int, int] | None = None):
         self.dir = directory
-        self.path = directory / "predictions.jsonl"
         self.meta_path = directory / "journal.json"
+        self.shard_dir = directory / "shards" / config_key
+        self.shard = shard
+        self.path = self.shard_dir / f"{shard[0]}of{shard[1]}.jsonl" if shard else directory / "predictions.jsonl"
         self.config_key = config_key
         self.config = config
 
@@ -66,30 +85,38 @@ class Journal:
         return None
 
     def resume(self) -> list[SampleRecord]:
-        """Records already written by an interrupted run with the same configuration; else start afresh."""
-        self.dir.mkdir(parents=True, exist_ok=True)
+        """Records already written with this configuration (by an interrupted run, or by shards)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.shard:
+            # Shards never delete: other processes write beside them; the key keeps configs apart.
+            done = _read_records(self.path) if self.path.is_file() else []
+            self._rewrite(done)
+            return done
         done: list[SampleRecord] = []
-        if self.meta_path.is_file() and self.path.is_file():
+        same = False
+        if self.meta_path.is_file():
             try:
                 same = read_json(self.meta_path).get("config_key") == self.config_key
             except (OSError, json.JSONDecodeError):
                 same = False
-            if same:
-                with open(self.path, encoding="utf-8") as f:
-                    for line in f:
-                        try:
-                            done.append(SampleRecord.from_json(json.loads(line)))
-                        except (json.JSONDecodeError, KeyError):
-                            break  # a torn last line from a kill: redo from there
-                if done:
-                    log.info("resuming %s: %d samples already done", self.dir, len(done))
-                self._rewrite(done)
-                return done
+        if same and self.path.is_file():
+            done = _read_records(self.path)
+        elif self.path.is_file() or (self.dir / "metrics.json").exists():
             log.warning("%s holds results of another configuration; starting this cell afresh", self.dir)
-        for stale in (self.path, self.dir / "metrics.json"):
-            if stale.exists():
-                stale.unlink()
+        (self.dir / "metrics.json").unlink(missing_ok=True)
+        seen = {r.query_id for r in done}
+        shard_files = sorted(self.shard_dir.glob("*.jsonl")) if self.shard_dir.is_dir() else []
+        for f in shard_files:
+            for r in _read_records(f):
+                if r.query_id not in seen:
+                    seen.add(r.query_id)
+                    done.append(r)
+        if done:
+            log.info("resuming %s: %d samples already done", self.dir, len(done))
         write_json(self.meta_path, {"config_key": self.config_key, "config": self.config})
+        self._rewrite(done)
+        for f in shard_files:  # merged into predictions.jsonl
+            f.unlink()
         return done
 
     def _rewrite(self, records: list[SampleRecord]) -> None:

@@ -22,6 +22,7 @@ class SweepSpec:
     seeds: tuple[int, ...] = (0, 1, 2)
     limit: int | None = None
     batch_size: int = 8
+    shard: tuple[int, int] | None = None
 
 
 def run_sweep(
@@ -31,7 +32,11 @@ def run_sweep(
     output: Path,
     progress: bool = True,
 ) -> list[dict]:
-    """Evaluate every cell; returns per-(label, task, shots) summaries and writes ``summary.json`` per label."""
+    """Evaluate every cell; returns per-(label, task, shots) summaries and writes ``summary.json`` per label.
+
+    With ``spec.shard`` set, only this process's share of each cell is evaluated and
+    nothing is aggregated (an unsharded run of the same sweep merges the shards).
+    """
     summaries = []
     for model, label in models:
         runner = Runner(model, output, label, progress=progress)
@@ -40,11 +45,15 @@ def run_sweep(
             for shots in spec.shots:
                 results = []
                 for seed in spec.seeds:
-                    res = runner.run_cell(task, CellSpec(shots, seed, spec.limit, spec.batch_size))
+                    res = runner.run_cell(task, CellSpec(shots, seed, spec.limit, spec.batch_size, spec.shard))
+                    if "metrics" not in res:
+                        continue  # a shard's share: nothing to aggregate here
                     primary = res["metrics"][res["primary_metric"]]
                     log.info("%s %s %d-shot seed %d: %s = %.2f (n=%d)", label, task.name, shots, seed,
                              res["primary_metric"], primary, res["n"])
                     results.append(res)
+                if not results:
+                    continue
                 values = [r["metrics"][r["primary_metric"]] for r in results]
                 mean, std = mean_std(values)
                 per_label.append({
@@ -60,6 +69,7 @@ def run_sweep(
                     "n_failed": [r["n_failed"] for r in results],
                     "wall_time_s": sum(r["wall_time_s"] for r in results),
                 })
-        write_json(output / safe_name(label) / "summary.json", per_label)
+        if per_label:
+            write_json(output / safe_name(label) / "summary.json", per_label)
         summaries.extend(per_label)
     return summaries

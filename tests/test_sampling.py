@@ -67,3 +67,31 @@ def test_demos_independent_of_batch_size_end_to_end(tmp_path):
         lines = (out / "demo-majority" / "easyvqa" / "4shot_seed5" / "predictions.jsonl").read_text().splitlines()
         journals.append({r["query_id"]: (r["demo_ids"], r["prediction"]) for r in map(json.loads, lines)})
     assert journals[0] == journals[1] and len(journals[0]) == 30
+
+
+def test_sharded_processes_equal_one_process(tmp_path):
+    """Three real processes at once, each a shard, then a merge: identical to one process."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    args = ["run", "--model", "demo-majority", "--tasks", "easyvqa", "--shots", "0", "4", "--seeds", "3",
+            "--limit", "25", "-q"]
+    run_cli(*args, "--output", str(tmp_path / "one"))
+    sharded = tmp_path / "sharded"
+    procs = [subprocess.Popen([sys.executable, str(ROOT / "run_eval.py"), *args, "--output", str(sharded),
+                               "--shard", f"{k}/3"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for k in range(3)]
+    assert all(p.wait(timeout=300) == 0 for p in procs)
+    assert not list(sharded.rglob("metrics.json"))  # shards only journal
+    run_cli(*args, "--output", str(sharded))
+    for shots in (0, 4):
+        c = f"demo-majority/easyvqa/{shots}shot_seed3"
+        one = {r["query_id"]: r for r in map(json.loads, (tmp_path / "one" / c / "predictions.jsonl").read_text().splitlines())}
+        many = {r["query_id"]: r for r in map(json.loads, (sharded / c / "predictions.jsonl").read_text().splitlines())}
+        assert one == many and len(one) == 25
+        m1 = json.loads((tmp_path / "one" / c / "metrics.json").read_text())
+        m2 = json.loads((sharded / c / "metrics.json").read_text())
+        assert m1["metrics"] == m2["metrics"] and m1["config_key"] == m2["config_key"]
+        assert not list((sharded / c).glob("shards/*/*.jsonl"))  # merged and removed
