@@ -149,14 +149,18 @@ def decode_frames(path: str, sel: FrameSelection) -> np.ndarray:
 class FrameCache:
     """Selected, resized frames per (file identity, selection): memory LRU, optional disk.
 
-    ``decodes`` counts real decodes, ``hits`` lookups served from the cache
-    (memory or disk). Failures are cached too (a corrupt demo fails fast).
+    max_bytes bounds the memory part (8 frames at 224x224 are 1.2 MB, so the
+    default 2 GiB holds ~1700 videos: a whole 2048-example support set almost;
+    add ``disk_dir`` beyond that). ``decodes`` counts real decodes, ``hits``
+    lookups served from the cache (memory or disk). Failures are cached too
+    (a corrupt demo fails fast).
     """
 
-    def __init__(self, max_items: int = 256, disk_dir: str | Path | None = None):
-        self.max_items = max_items
+    def __init__(self, max_bytes: int = 2 << 30, disk_dir: str | Path | None = None):
+        self.max_bytes = max_bytes
         self.disk_dir = Path(disk_dir) if disk_dir else None
         self._mem: OrderedDict[tuple, np.ndarray | MediaError] = OrderedDict()
+        self._bytes = 0
         self._lock = threading.Lock()
         self.decodes = 0
         self.hits = 0
@@ -201,9 +205,11 @@ class FrameCache:
                 np.savez(tmp, frames=value)
                 os.replace(tmp, disk)
         with self._lock:
-            self._mem[key] = value
-            while len(self._mem) > self.max_items:
-                self._mem.popitem(last=False)
+            if key not in self._mem:
+                self._mem[key] = value
+                self._bytes += _nbytes(value)
+            while self._mem and self._bytes > self.max_bytes:
+                self._bytes -= _nbytes(self._mem.popitem(last=False)[1])
         if isinstance(value, MediaError):
             raise MediaError(str(value))
         return value
@@ -211,16 +217,28 @@ class FrameCache:
     def clear(self) -> None:
         with self._lock:
             self._mem.clear()
+            self._bytes = 0
             self.decodes = self.hits = 0
 
 
-_DEFAULT = FrameCache(max_items=int(os.environ.get("HARNESS_FRAME_CACHE_ITEMS", "256")),
+def _nbytes(value: np.ndarray | MediaError) -> int:
+    return value.nbytes if isinstance(value, np.ndarray) else 512
+
+
+_DEFAULT = FrameCache(max_bytes=int(float(os.environ.get("HARNESS_FRAME_CACHE_MB", "2048")) * (1 << 20)),
                       disk_dir=os.environ.get("HARNESS_FRAME_CACHE_DIR") or None)
 
 
 def frame_cache() -> FrameCache:
-    """The process-wide frame cache (size: $HARNESS_FRAME_CACHE_ITEMS; disk: $HARNESS_FRAME_CACHE_DIR)."""
+    """The process-wide frame cache (memory: $HARNESS_FRAME_CACHE_MB, 0 disables it; disk: $HARNESS_FRAME_CACHE_DIR)."""
     return _DEFAULT
+
+
+def set_frame_cache(cache: FrameCache) -> FrameCache:
+    """Replace the process-wide frame cache (e.g. ``FrameCache(max_bytes=0)`` to measure without one); returns the old."""
+    global _DEFAULT
+    old, _DEFAULT = _DEFAULT, cache
+    return old
 
 
 def load_video_frames(video: Video, cache: FrameCache | None = None) -> list[PILImage.Image]:

@@ -54,7 +54,8 @@ def square_x(frame: np.ndarray) -> float:
 
 def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     """``python run_eval.py ...`` in a real subprocess."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
+    # One torch thread: on a small shared machine, thread contention makes tiny models 100x slower.
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, str(ROOT / "run_eval.py"), *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
     if check and proc.returncode != 0:
@@ -146,6 +147,7 @@ def build_tiny_idefics(directory: Path, seed: int = 0) -> Path:
     hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
                                      pad_token="<pad>", padding_side="left")
     hf_tok.add_special_tokens({"additional_special_tokens": ["<image>", "<fake_token_around_image>"]})
+    torch.set_num_threads(1)  # tiny models: threads only contend (also speeds the tests that load it)
     torch.manual_seed(seed)
     config = IdeficsConfig(
         vocab_size=len(hf_tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,

@@ -81,7 +81,7 @@ def test_missing_and_corrupt_video_fail_as_media_errors(tmp_path):
 
 def test_cache_decodes_once_and_disk_cache_survives(clip, tmp_path):
     sel = FrameSelection(frames=4, size=16)
-    cache = FrameCache(max_items=8, disk_dir=tmp_path / "frames")
+    cache = FrameCache(disk_dir=tmp_path / "frames")
     first = cache.frames(str(clip), sel)
     for _ in range(20):
         assert np.array_equal(cache.frames(str(clip), sel), first)
@@ -90,6 +90,11 @@ def test_cache_decodes_once_and_disk_cache_survives(clip, tmp_path):
     assert cache.decodes == 2
     fresh = FrameCache(disk_dir=tmp_path / "frames")  # a new process: served from disk
     assert np.array_equal(fresh.frames(str(clip), sel), first) and fresh.decodes == 0
+    small = FrameCache(max_bytes=first.nbytes)  # room for one entry: least recently used goes first
+    small.frames(str(clip), sel)
+    small.frames(str(clip), FrameSelection(frames=5, size=16))
+    small.frames(str(clip), sel)
+    assert small.decodes == 3
 
 
 def test_cache_remembers_failures(tmp_path):
