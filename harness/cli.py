@@ -85,8 +85,8 @@ def _flag_task_args(args: argparse.Namespace, names: Sequence[str]) -> list[str]
         takers = [n for n in names if key in {f.name for f in dataclasses.fields(get_task_class(n).Options)}]
         if not takers:
             flag = "--" + attr.replace("_", "-")
-            raise HarnessError(f"{flag} applies to video tasks (frames) or close-ended tasks (ensemble); "
-                               f"none of {', '.join(names)} takes it")
+            kind = "close-ended tasks" if key == "ensemble" else "video tasks"
+            raise HarnessError(f"{flag} applies to {kind}; none of {', '.join(names)} takes it (see `list tasks -v`)")
         out.extend(f"{n}:{key}={value}" for n in takers)
     return out
 

@@ -118,12 +118,16 @@ def decode_frames(path: str, sel: FrameSelection) -> np.ndarray:
             if not container.streams.video:
                 raise MediaError(f"video has no video stream: {path}")
             stream = container.streams.video[0]
-            base = stream.time_base
-            pts = sorted(p.pts for p in container.demux(stream) if p.pts is not None and p.size > 0)
-        if not pts:
+            base, rate = stream.time_base, stream.average_rate
+            # pts, else dts (some AVI muxers), else None; the flush packet (size 0) is no frame.
+            stamps = [p.pts if p.pts is not None else p.dts for p in container.demux(stream) if p.size > 0]
+        if not stamps:
             raise MediaError(f"video has no frames: {path}")
-        times = [float(p * base) for p in pts] if base is not None else None
-        wanted = select_indices(len(pts), times, sel)
+        if base is not None and all(t is not None for t in stamps):
+            times = [float(t * base) for t in sorted(stamps)]
+        else:  # no timestamps: assume a constant rate
+            times = [i / float(rate or 25) for i in range(len(stamps))]
+        wanted = select_indices(len(stamps), times, sel)
         keep = set(wanted)
         got: dict[int, np.ndarray] = {}
         with av.open(path) as container:

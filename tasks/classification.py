@@ -77,8 +77,13 @@ class HatefulMemes(Task):
     def candidates(self, example: Example) -> list[str]:
         return [self.POSITIVE, self.NEGATIVE]
 
+    def _answer(self, prediction: str) -> str:
+        """yes/no; an official-format file's 1/0 label reads as yes/no."""
+        p = prediction.strip().lower()
+        return {"1": self.POSITIVE, "0": self.NEGATIVE}.get(p, p)
+
     def score(self, prediction: str, example: Example) -> float:
-        return float(prediction == example.target)
+        return float(self._answer(prediction) == example.target)
 
     def record_fields(self, example: Example) -> dict[str, Any]:
         return dict(example.meta)
@@ -87,13 +92,19 @@ class HatefulMemes(Task):
         """ROC-AUC of P(yes) (softmax over the yes/no log-likelihoods) and accuracy, both 0-100.
 
         A failed sample counts wrong in both: accuracy 0, and P(yes) = the wrong extreme (1 - label).
+        Records without log-likelihoods (``score`` of a file of labels) use the hard yes/no as P(yes).
         """
         labels, probs = [], []
         for r in records:
             label = int(r.fields["label"])
             lp = r.fields.get("candidate_logprobs")
             labels.append(label)
-            probs.append(prob_of(lp, self.POSITIVE) if lp and not r.error else float(1 - label))
+            if r.error:
+                probs.append(float(1 - label))
+            elif lp:
+                probs.append(prob_of(lp, self.POSITIVE))
+            else:
+                probs.append(float(self._answer(r.prediction) == self.POSITIVE))
         acc = mean_with_ci([r.score for r in records])
         return {
             "roc_auc": roc_auc(labels, probs) * 100.0,

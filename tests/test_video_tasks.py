@@ -122,6 +122,8 @@ def test_hateful_aggregate_counts_failures_wrong(data_root):
                rec(0, {"yes": -1.0, "no": -1.5}, 0.0)]
     assert task.aggregate(records)["roc_auc"] == pytest.approx(100.0)
     out = task.aggregate(records + [rec(1, None, 0.0, "image not found")])  # failed positive -> P(yes)=0
+    hard = [SampleRecord("q", [], "", "1", "1", 1.0, {"label": 1}), SampleRecord("q", [], "", "no", "no", 1.0, {"label": 0})]
+    assert task.aggregate(hard)["roc_auc"] == 100.0 and task.score("1", task.eval_examples()[0]) == 1.0
     assert out["roc_auc"] == pytest.approx(100 * 3 / 6) and out["accuracy"] == pytest.approx(50.0) and out["n"] == 4
 
 
