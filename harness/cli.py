@@ -68,6 +68,29 @@ def _default_label(name: str, opts: dict[str, str]) -> str:
     return f"{name}@{Path(path).name}" if path else name
 
 
+#: run flags that set a task option of the same meaning: flag attribute -> option name.
+FLAG_OPTIONS = {"frames": "frames", "fps": "fps", "max_frames": "max_frames", "ensemble": "ensemble"}
+
+
+def _flag_task_args(args: argparse.Namespace, names: Sequence[str]) -> list[str]:
+    """``--frames/--fps/--max-frames/--ensemble`` as ``task:key=value`` items for the tasks that take them
+    (an explicit --task-arg still wins); a flag no task takes is an error."""
+    import dataclasses
+
+    out = []
+    for attr, key in FLAG_OPTIONS.items():
+        value = getattr(args, attr, None)
+        if value is None:
+            continue
+        takers = [n for n in names if key in {f.name for f in dataclasses.fields(get_task_class(n).Options)}]
+        if not takers:
+            flag = "--" + attr.replace("_", "-")
+            kind = "close-ended tasks" if key == "ensemble" else "video tasks"
+            raise HarnessError(f"{flag} applies to {kind}; none of {', '.join(names)} takes it (see `list tasks -v`)")
+        out.extend(f"{n}:{key}={value}" for n in takers)
+    return out
+
+
 # ---- subcommands ---------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
     from .report import render, summary_table
@@ -77,7 +100,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     task_list = _split_names(args.tasks) or list(DEFAULT_TASKS)
     if len(set(model_list)) != len(model_list):
         raise HarnessError("the same --model is named twice; run it twice with different --output or --label")
-    tasks = build_tasks(task_list, args.task_arg, args.data_dir)
+    tasks = build_tasks(task_list, _flag_task_args(args, task_list) + list(args.task_arg or []), args.data_dir)
     models = build_models(model_list, args.model_arg, args.label)
     spec = SweepSpec(tuple(args.shots), tuple(args.seeds), args.limit, args.batch_size, _shard(args.shard))
     output = Path(args.output)
@@ -179,6 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate only every N-th query from K (one of N processes, e.g. one per GPU); "
                         "then rerun without --shard to merge. Demos are the same as in a single process")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    r.add_argument("--frames", type=int, help="video tasks: frames per video, chosen uniformly (default 8)")
+    r.add_argument("--fps", type=float, help="video tasks: take frames at R per second instead (with --max-frames)")
+    r.add_argument("--max-frames", type=int, help="video tasks: cap on frames with --fps (default: --frames)")
+    r.add_argument("--ensemble", type=int, metavar="P",
+                   help="close-ended tasks: average log-likelihoods over P demo orders (Flamingo: 6)")
     common(r)
     r.set_defaults(func=cmd_run)
 

@@ -46,6 +46,12 @@ class Model:
         self.options = build_options(self.Options, dict(options or {}), f"model {self.name}")
 
     @property
+    def video_as_frames(self) -> bool:
+        """Whether this image-only model takes a video as its frames, in order: the opt-in is a
+        ``video_as_frames`` field in the adapter's Options (off by default)."""
+        return bool(getattr(self.options, "video_as_frames", False))
+
+    @property
     def fingerprint(self) -> str:
         """Identity of the weights (or the rule) behind the outputs, used in result and cache keys."""
         return f"{self.name}"

@@ -14,6 +14,7 @@ from . import __version__
 from .errors import HarnessError, SampleError
 from .model import Model, config_hash
 from .prompts import PromptBuilder
+from .ranking import continuation_for, demo_orders, rank
 from .sampling import RandomSampler, sampler_config
 from .store import Journal, cell_dir, write_json
 from .task import Task
@@ -51,10 +52,14 @@ def select_queries(task: Task, limit: int | None) -> list[Example]:
 def check_media(model: Model, examples: Sequence[Example], task: Task) -> None:
     kinds = {m.kind for e in examples for m in e.media}
     missing = kinds - set(model.media_kinds)
+    if "video" in missing and model.video_as_frames:
+        missing.discard("video")  # the adapter takes each video as its frames, in order
     if missing:
+        hint = ("; it can take each video as its frames in order with --model-arg video_as_frames=true"
+                if "video" in missing and hasattr(model.options, "video_as_frames") else "")
         raise HarnessError(
             f"model {model.name} takes {', '.join(sorted(model.media_kinds))} but task {task.name} has "
-            f"{', '.join(sorted(missing))}; pick a model that takes it"
+            f"{', '.join(sorted(missing))}{hint or '; pick a model that takes it'}"
         )
 
 
@@ -144,13 +149,18 @@ class Runner:
                 new_records.extend(batch_records)
                 bar.update(len(batch))
         else:
+            ensemble = getattr(task.options, "ensemble", 1)
+            norm = getattr(task.options, "length_normalization", "none")
             for q in todo:
                 demos = demos_for(q)
-                prompt = builder.build(demos, q, text_only)
+                # Prompt ensembling: every candidate under each demo order; averaged in rank().
+                prompts = [builder.build(o, q, text_only)
+                           for o in demo_orders(demos, ensemble, spec.seed, task.name, q.id)]
                 cands = task.candidates(q)
-                reqs = [LoglikelihoodRequest(prompt, c, q, tuple(demos)) for c in cands]
+                conts = [continuation_for(template, q, c) for c in cands]
+                reqs = [LoglikelihoodRequest(p, c, q, tuple(demos)) for p in prompts for c in conts]
                 outs = _call_batch(self.model.loglikelihood, reqs)
-                record = self._ranked_record(task, q, demos, prompt, cands, outs)
+                record = self._ranked_record(task, q, demos, prompts, cands, conts, outs, norm)
                 journal.append([record])
                 new_records.append(record)
                 bar.update(1)
@@ -193,18 +203,20 @@ class Runner:
         prediction = task.postprocess(out, q)
         return SampleRecord(raw_output=out, prediction=prediction, score=task.score(prediction, q), **common)
 
-    def _ranked_record(self, task, q, demos, prompt, cands, outs) -> SampleRecord:
+    def _ranked_record(self, task, q, demos, prompts, cands, conts, outs, norm) -> SampleRecord:
         common = dict(
             query_id=q.id,
             demo_ids=[d.id for d in demos],
-            prompt=self.model.render_prompt(prompt),
+            prompt=self.model.render_prompt(prompts[0]),
         )
         errors = [o for o in outs if isinstance(o, SampleError)]
         if errors:
             return SampleRecord(raw_output="", prediction="", score=0.0, error=str(errors[0]),
                                 fields=task.record_fields(q), **common)
-        logprobs = dict(zip(cands, (float(o) for o in outs)))
-        prediction = max(cands, key=lambda c: logprobs[c])
-        fields = {**task.record_fields(q), "candidate_logprobs": logprobs}
+        per_order = [[float(o) for o in outs[i : i + len(cands)]] for i in range(0, len(outs), len(cands))]
+        prediction, logprobs, scores = rank(cands, conts, per_order, norm)
+        fields = {**task.record_fields(q), "candidate_logprobs": logprobs, "n_orders": len(prompts)}
+        if norm != "none":
+            fields["candidate_scores"] = scores
         return SampleRecord(raw_output=prediction, prediction=prediction, score=task.score(prediction, q),
                             fields=fields, **common)

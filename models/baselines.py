@@ -44,12 +44,14 @@ class DemoMajority(Model):
     the text-only demos; with none it answers the empty string.
     """
 
+    media_kinds = frozenset({"image", "video"})  # answers from the data, never looks at media
+
     def generate(self, requests: Sequence[GenerateRequest]) -> list[str]:
         return [_most_common_last_wins([d.target for d in r.demos]) for r in requests]
 
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[float]:
         # Rank candidates by how many demos gave them.
-        return [float(sum(d.target == r.continuation for d in r.demos)) for r in requests]
+        return [float(sum(d.target.strip() == r.continuation.strip() for d in r.demos)) for r in requests]
 
 
 @register_model("support-prior")
@@ -59,6 +61,8 @@ class SupportPrior(Model):
     The type is the data's ``question_type`` (VQAv2, OK-VQA) or the question's
     first three words; unseen types get the most common answer overall.
     """
+
+    media_kinds = frozenset({"image", "video"})  # answers from the data, never looks at media
 
     def __init__(self, options=None):
         super().__init__(options)
@@ -82,7 +86,7 @@ class SupportPrior(Model):
         return [self._answer(r.query) for r in requests]
 
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[float]:
-        return [float(self._answer(r.query) == r.continuation) for r in requests]
+        return [float(self._answer(r.query).strip() == r.continuation.strip()) for r in requests]
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,8 @@ class Predictions(Model):
     or a harness ``predictions.jsonl`` (its ``raw_output`` is post-processed again).
     A query with no prediction fails that sample (recorded, counted wrong).
     """
+
+    media_kinds = frozenset({"image", "video"})  # answers from the data, never looks at media
 
     Options = PredictionsOptions
 

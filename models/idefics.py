@@ -15,22 +15,25 @@ from pathlib import Path
 from typing import Sequence
 
 from harness.errors import HarnessError
-from harness.media import load_images
 from harness.model import Model, checkpoint_fingerprint
 from harness.registry import register_model
-from harness.types import GenerateRequest, Prompt
+from harness.types import GenerateRequest, LoglikelihoodRequest, Prompt
+from harness.video import media_as_images
 
 
 @dataclass(frozen=True)
 class IdeficsOptions:
     """path: local model+processor directory. device: cpu, cuda, cuda:1 ...
     dtype: float32, bfloat16 or float16 (weights cast; token ids never are).
-    chunk_sep: text closing each demonstration."""
+    chunk_sep: text closing each demonstration.
+    video_as_frames: IDEFICS takes images only; with true, each video goes in as its frames, in order
+    (each frame one image; text then attends to the last frame, IDEFICS's per-image masking)."""
 
     path: str = ""
     device: str = "cpu"
     dtype: str = "float32"
     chunk_sep: str = "\n"
+    video_as_frames: bool = False
 
 
 @register_model("idefics")
@@ -74,7 +77,7 @@ class Idefics(Model):
         items: list = []
         chunks = prompt.chunks
         for i, chunk in enumerate(chunks):
-            items.extend(load_images(chunk.media))
+            items.extend(media_as_images(chunk.media, self.options.video_as_frames, f"model {self.name}"))
             items.append(chunk.text + (self.options.chunk_sep if i < len(chunks) - 1 else ""))
         return items
 
@@ -96,3 +99,97 @@ class Idefics(Model):
             )
         new = out[:, inputs["input_ids"].shape[1]:]
         return self.processor.batch_decode(new, skip_special_tokens=True)
+
+    # ---- close-ended scoring ------------------------------------------------------
+    def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[float]:
+        """Sum of the continuation tokens' log-probabilities after each prompt.
+
+        Requests that share a prompt (the candidates of one query, one demo order)
+        are scored together: the prompt, images included, is encoded once with a
+        KV cache, then every candidate continues from that cache in one batch.
+        Continuations are right-padded after the shared context with explicit
+        position ids, so padding never reaches a scored token: a request's score
+        does not depend on what else is in the batch.
+        """
+        groups: dict[Prompt, list[int]] = {}
+        for i, r in enumerate(requests):
+            groups.setdefault(r.prompt, []).append(i)
+        out = [0.0] * len(requests)
+        for prompt, idxs in groups.items():
+            for i, score in zip(idxs, self._score_shared(prompt, [requests[i].continuation for i in idxs])):
+                out[i] = score
+        return out
+
+    def _continuation_tokens(self, prompt: Prompt, ctx_ids: list[int], conts: Sequence[str]):
+        """(tokens of the context to keep, per candidate: tokens to feed after it, index of the first scored one).
+
+        The query text is tokenised after an image marker, as the processor does it
+        (special tokens split the text there), with and without each candidate; where
+        a candidate merges with the end of the stem, the stem's last tokens move into
+        the fed part and are not scored.
+        """
+        tok = self.processor.tokenizer
+        lead = "<fake_token_around_image>" if prompt.query.media else ""
+        n_lead = len(tok(lead, add_special_tokens=False)["input_ids"]) if lead else 0
+        stem_text = prompt.query.text.strip(" ")
+        stem = tok(lead + stem_text, add_special_tokens=False)["input_ids"][n_lead:]
+        if not lead or ctx_ids[-len(stem):] != stem:
+            raise HarnessError(
+                f"model {self.name}: cannot split the query {stem_text!r} from the prompt's tokens "
+                f"(loglikelihood needs the query to start with its media)")
+        fulls = [tok(lead + (stem_text + c).strip(" "), add_special_tokens=False)["input_ids"][n_lead:] for c in conts]
+        lcps = []
+        for f in fulls:
+            n = 0
+            while n < min(len(f), len(stem)) and f[n] == stem[n]:
+                n += 1
+            lcps.append(n)
+        keep = min(lcps)
+        n_ctx = len(ctx_ids) - (len(stem) - keep)
+        return n_ctx, [(f[keep:], lcp - keep) for f, lcp in zip(fulls, lcps)]
+
+    def _score_shared(self, prompt: Prompt, conts: Sequence[str]) -> list[float]:
+        torch = self.torch
+        dev = self.options.device
+        ctx = self.processor(text=[self._items(prompt)], return_tensors="pt")
+        n_ctx, feeds = self._continuation_tokens(prompt, ctx["input_ids"][0].tolist(), conts)
+        ids = ctx["input_ids"][:, :n_ctx].to(dev)
+        img_mask = ctx["image_attention_mask"][:, :n_ctx].to(dev)
+        pixels = ctx["pixel_values"].to(dev, self.model.dtype)
+        with torch.inference_mode():
+            first = self.model(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pixels,
+                               image_attention_mask=img_mask, use_cache=True)
+            first_logp = first.logits[0, -1].float().log_softmax(-1)
+            n = len(feeds)
+            width = max(len(f) for f, _ in feeds) - 1  # the last fed token predicts nothing scored
+            rest_logp = None
+            if width > 0:
+                pad = self.processor.tokenizer.pad_token_id or 0
+                x = torch.full((n, width), pad, dtype=torch.long)
+                x_mask = torch.zeros((n, width), dtype=torch.long)
+                for row, (f, _) in enumerate(feeds):
+                    x[row, : len(f) - 1] = torch.tensor(f[:-1])
+                    x_mask[row, : len(f) - 1] = 1
+                cache = first.past_key_values
+                cache.batch_repeat_interleave(n)
+                images = first.image_hidden_states
+                images = images.reshape(1, -1, *images.shape[-2:]).expand(n, -1, -1, -1).contiguous()
+                key = "perceiver_embeddings" if self.model.config.use_resampler else "image_encoder_embeddings"
+                rest = self.model(
+                    input_ids=x.to(dev),
+                    attention_mask=torch.cat([torch.ones((n, n_ctx), dtype=torch.long), x_mask], 1).to(dev),
+                    position_ids=(n_ctx + torch.arange(width)).unsqueeze(0).expand(n, -1).to(dev),
+                    past_key_values=cache,
+                    image_attention_mask=img_mask[:, -1:].expand(n, width, -1),
+                    use_cache=False,
+                    **{key: images},
+                )
+                rest_logp = rest.logits.float().log_softmax(-1)
+        scores = []
+        for row, (f, start) in enumerate(feeds):
+            total = 0.0
+            for j in range(start, len(f)):
+                logp = first_logp if j == 0 else rest_logp[row, j - 1]
+                total += float(logp[f[j]])
+            scores.append(total)
+        return scores

@@ -1,0 +1,81 @@
+"""Close-ended tasks: rank candidates by log-likelihood, with prompt ensembling.
+
+Prompt ensembling (Flamingo, close-ended tasks): the same demos in P orders;
+each candidate's log-likelihood is averaged over the P prompts. The orders are a
+pure function of (seed, task, query id, shots), so they do not depend on
+batching or process count.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+from .errors import HarnessError
+from .prompts import PromptTemplate
+from .sampling import rng_for
+from .types import Example
+
+LengthNorm = Literal["none", "bytes"]
+
+
+@dataclass(frozen=True)
+class RankingOptions:
+    """Mixed into a close-ended task's options.
+
+    ensemble:              number of demo orders averaged (Flamingo used 6); 1 = the sampler's order only.
+    length_normalization:  ``none`` ranks by the summed log-likelihood; ``bytes`` by it divided by the
+                           candidate's UTF-8 length (model-agnostic, as lm-evaluation-harness's acc_norm).
+    """
+
+    ensemble: int = 1
+    length_normalization: LengthNorm = "none"
+
+
+def demo_orders(demos: Sequence[Example], ensemble: int, seed: int, task: str, query_id: str) -> list[list[Example]]:
+    """Up to ``ensemble`` distinct orders of ``demos``, the sampler's order first.
+
+    Fewer than ``ensemble`` when fewer distinct orders exist (k! < P; one at 0 or 1 shot).
+    """
+    if ensemble < 1:
+        raise HarnessError(f"--ensemble must be >= 1, got {ensemble}")
+    k = len(demos)
+    if math.factorial(min(k, 13)) <= ensemble and k <= 12:
+        perms = list(itertools.permutations(range(k)))[:ensemble]
+    else:
+        rng = rng_for("ensemble", seed, task, query_id, k)
+        perms, seen = [tuple(range(k))], {tuple(range(k))}
+        while len(perms) < ensemble:
+            p = tuple(int(i) for i in rng.permutation(k))
+            if p not in seen:
+                seen.add(p)
+                perms.append(p)
+    return [[demos[i] for i in p] for p in perms]
+
+
+def continuation_for(template: PromptTemplate, query: Example, candidate: str) -> str:
+    """The text a candidate adds after the query stem, as the demos write it.
+
+    E.g. demo ``Answer: {answer}`` and query ``Answer:`` give ``" yes"``; the
+    candidate alone when the template does not extend the stem.
+    """
+    stem = template.format_query(query)
+    full = template.format_demo(Example(query.id, query.media, query.fields, target=candidate))
+    return full[len(stem):] if full.startswith(stem) and len(full) > len(stem) else candidate
+
+
+def rank(candidates: Sequence[str], continuations: Sequence[str], logprobs: Sequence[Sequence[float]],
+         normalization: LengthNorm = "none") -> tuple[str, dict[str, float], dict[str, float]]:
+    """The prediction, each candidate's mean log-likelihood over orders, and its ranking score.
+
+    ``logprobs[p][c]`` is candidate c's log-likelihood under order p. Ties go to the first candidate.
+    """
+    means = {c: float(sum(lp[i] for lp in logprobs) / len(logprobs)) for i, c in enumerate(candidates)}
+    if normalization == "bytes":
+        scores = {c: means[c] / max(1, len(cont.encode("utf-8"))) for c, cont in zip(candidates, continuations)}
+    else:
+        scores = dict(means)
+    best = max(candidates, key=lambda c: scores[c])
+    return best, means, scores

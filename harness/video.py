@@ -1,0 +1,271 @@
+"""Video as media: deterministic frame selection, PyAV decoding, and a frame cache.
+
+A video is one media item of F frames. Which frames is a task/run setting
+(:class:`FrameSelection`), carried by the media item itself
+(:class:`SampledVideo`) so every adapter decodes the same frames, and recorded
+in the results through the task options.
+
+Decoding is the slow part of a video sweep: a demo video recurs in thousands of
+prompts. :class:`FrameCache` keeps the selected frames, already resized, in
+memory (LRU) and optionally as ``.npz`` files on disk, keyed by the file's
+identity (path, size, mtime) and the selection, so each video is decoded once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image as PILImage
+
+from .errors import HarnessError, MediaError
+from .types import Image, Media, Video
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FrameSelection:
+    """Which frames of a video are used, and at what size.
+
+    uniform (``fps is None``): ``frames`` frames at the centres of equal segments
+    of the clip (a clip shorter than ``frames`` repeats frames, so F is constant).
+    fps (``fps=R``): one frame every 1/R seconds from the start, nearest decoded
+    frame; if that gives more than ``max_frames`` (or ``frames`` when
+    ``max_frames`` is None), ``max_frames`` of them are kept, spread uniformly
+    over the clip (the cap never truncates the end of the clip).
+    size: frames are resized to ``size`` x ``size`` once, at decode time
+    (None keeps the decoded resolution).
+    """
+
+    frames: int = 8
+    fps: float | None = None
+    max_frames: int | None = None
+    size: int | None = 224
+
+    def __post_init__(self) -> None:
+        if self.frames <= 0:
+            raise HarnessError(f"--frames must be a positive number of frames, got {self.frames}")
+        if self.fps is not None and not (self.fps > 0 and math.isfinite(self.fps)):
+            raise HarnessError(f"--fps must be a positive frame rate, got {self.fps}")
+        if self.max_frames is not None and self.max_frames <= 0:
+            raise HarnessError(f"--max-frames must be positive, got {self.max_frames}")
+        if self.max_frames is not None and self.fps is None:
+            raise HarnessError("--max-frames caps frame-rate sampling: give it with --fps R (or use --frames N)")
+        if self.size is not None and self.size <= 0:
+            raise HarnessError(f"frame_size must be positive, got {self.size}")
+
+    @property
+    def cap(self) -> int:
+        return self.max_frames if self.max_frames is not None else self.frames
+
+    def describe(self) -> dict:
+        return {"mode": "uniform" if self.fps is None else "fps", **asdict(self)}
+
+
+@dataclass(frozen=True)
+class SampledVideo(Video):
+    """A video together with the frame selection its task asked for."""
+
+    selection: FrameSelection = field(default_factory=FrameSelection)
+
+
+def selection_of(video: Video) -> FrameSelection:
+    return getattr(video, "selection", None) or FrameSelection()
+
+
+def select_indices(n_frames: int, timestamps: Sequence[float] | None, sel: FrameSelection) -> list[int]:
+    """Indices (presentation order) of the frames to keep; a pure function of its inputs.
+
+    ``timestamps`` (seconds, one per frame) are needed for fps selection only.
+    """
+    if n_frames <= 0:
+        return []
+    if sel.fps is None:
+        return [min(n_frames - 1, int((i + 0.5) * n_frames / sel.frames)) for i in range(sel.frames)]
+    if timestamps is None or len(timestamps) != n_frames:
+        raise ValueError("fps selection needs one timestamp per frame")
+    ts = np.asarray(timestamps, dtype=float)
+    start, end = float(ts[0]), float(ts[-1])
+    targets = start + np.arange(0, math.floor((end - start) * sel.fps + 1e-9) + 1) / sel.fps
+    picks = [int(np.abs(ts - t).argmin()) for t in targets]
+    if len(picks) > sel.cap:
+        picks = [picks[min(len(picks) - 1, int((i + 0.5) * len(picks) / sel.cap))] for i in range(sel.cap)]
+    return picks
+
+
+def decode_frames(path: str, sel: FrameSelection) -> np.ndarray:
+    """Decode the selected frames of ``path``: a uint8 array (F, H, W, 3).
+
+    Two passes: the demuxer counts the frames and reads their timestamps
+    without decoding, then one decoding pass keeps only the selected frames.
+    A missing or unreadable file raises :class:`MediaError` (fails that sample).
+    """
+    import av
+
+    if not os.path.isfile(path):
+        raise MediaError(f"video not found: {path}")
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                raise MediaError(f"video has no video stream: {path}")
+            stream = container.streams.video[0]
+            base, rate = stream.time_base, stream.average_rate
+            # pts, else dts (some AVI muxers), else None; the flush packet (size 0) is no frame.
+            stamps = [p.pts if p.pts is not None else p.dts for p in container.demux(stream) if p.size > 0]
+        if not stamps:
+            raise MediaError(f"video has no frames: {path}")
+        if base is not None and all(t is not None for t in stamps):
+            times = [float(t * base) for t in sorted(stamps)]
+        else:  # no timestamps: assume a constant rate
+            times = [i / float(rate or 25) for i in range(len(stamps))]
+        wanted = select_indices(len(stamps), times, sel)
+        keep = set(wanted)
+        got: dict[int, np.ndarray] = {}
+        with av.open(path) as container:
+            for i, frame in enumerate(container.decode(video=0)):
+                if i in keep:
+                    img = frame.to_image()
+                    if sel.size is not None:
+                        img = img.resize((sel.size, sel.size), PILImage.BICUBIC)
+                    got[i] = np.asarray(img.convert("RGB"))
+                if i >= max(keep):
+                    break
+    except MediaError:
+        raise
+    except (av.error.FFmpegError, OSError, ValueError) as exc:
+        raise MediaError(f"video could not be decoded: {path} ({exc})") from None
+    # Some files report more packets than decodable frames: fall back to the last decoded one.
+    if not got:
+        raise MediaError(f"video could not be decoded (no frame decoded): {path}")
+    last = max(got)
+    return np.stack([got[i] if i in got else got[last] for i in wanted])
+
+
+class FrameCache:
+    """Selected, resized frames per (file identity, selection): memory LRU, optional disk.
+
+    max_bytes bounds the memory part (8 frames at 224x224 are 1.2 MB, so the
+    default 2 GiB holds ~1700 videos: a whole 2048-example support set almost;
+    add ``disk_dir`` beyond that). ``decodes`` counts real decodes, ``hits``
+    lookups served from the cache (memory or disk). Failures are cached too
+    (a corrupt demo fails fast).
+    """
+
+    def __init__(self, max_bytes: int = 2 << 30, disk_dir: str | Path | None = None):
+        self.max_bytes = max_bytes
+        self.disk_dir = Path(disk_dir) if disk_dir else None
+        self._mem: OrderedDict[tuple, np.ndarray | MediaError] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.decodes = 0
+        self.hits = 0
+
+    @staticmethod
+    def _key(path: str, sel: FrameSelection) -> tuple:
+        try:
+            st = os.stat(path)
+            ident = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+        except OSError:
+            ident = (os.path.abspath(path), -1, -1)
+        return ident + (sel,)
+
+    def _disk_path(self, key: tuple) -> Path:
+        digest = hashlib.sha256(repr(key).encode()).hexdigest()[:24]
+        return self.disk_dir / f"{digest}.npz"  # type: ignore[operator]
+
+    def frames(self, path: str, sel: FrameSelection) -> np.ndarray:
+        key = self._key(path, sel)
+        with self._lock:
+            if key in self._mem:
+                self._mem.move_to_end(key)
+                self.hits += 1
+                value = self._mem[key]
+                if isinstance(value, MediaError):
+                    raise MediaError(str(value))
+                return value
+        value: np.ndarray | MediaError
+        disk = self._disk_path(key) if self.disk_dir and key[1] >= 0 else None
+        if disk is not None and disk.is_file():
+            value = np.load(disk)["frames"]
+            self.hits += 1
+        else:
+            try:
+                value = decode_frames(path, sel)
+            except MediaError as exc:
+                value = exc
+            self.decodes += 1
+            if disk is not None and isinstance(value, np.ndarray):
+                disk.parent.mkdir(parents=True, exist_ok=True)
+                tmp = disk.with_name(disk.stem + f".{os.getpid()}.tmp.npz")
+                np.savez(tmp, frames=value)
+                os.replace(tmp, disk)
+        with self._lock:
+            if key not in self._mem:
+                self._mem[key] = value
+                self._bytes += _nbytes(value)
+            while self._mem and self._bytes > self.max_bytes:
+                self._bytes -= _nbytes(self._mem.popitem(last=False)[1])
+        if isinstance(value, MediaError):
+            raise MediaError(str(value))
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._mem.clear()
+            self._bytes = 0
+            self.decodes = self.hits = 0
+
+
+def _nbytes(value: np.ndarray | MediaError) -> int:
+    return value.nbytes if isinstance(value, np.ndarray) else 512
+
+
+_DEFAULT = FrameCache(max_bytes=int(float(os.environ.get("HARNESS_FRAME_CACHE_MB", "2048")) * (1 << 20)),
+                      disk_dir=os.environ.get("HARNESS_FRAME_CACHE_DIR") or None)
+
+
+def frame_cache() -> FrameCache:
+    """The process-wide frame cache (memory: $HARNESS_FRAME_CACHE_MB, 0 disables it; disk: $HARNESS_FRAME_CACHE_DIR)."""
+    return _DEFAULT
+
+
+def set_frame_cache(cache: FrameCache) -> FrameCache:
+    """Replace the process-wide frame cache (e.g. ``FrameCache(max_bytes=0)`` to measure without one); returns the old."""
+    global _DEFAULT
+    old, _DEFAULT = _DEFAULT, cache
+    return old
+
+
+def load_video_frames(video: Video, cache: FrameCache | None = None) -> list[PILImage.Image]:
+    """The selected frames of a video as RGB PIL images, in order."""
+    arr = (cache or _DEFAULT).frames(video.path, selection_of(video))
+    return [PILImage.fromarray(f) for f in arr]
+
+
+def media_as_images(media: Sequence[Media], video_as_frames: bool, model: str = "this model") -> list[PILImage.Image]:
+    """Images for an image-only model: each image, and each video as its frames in order (if opted in)."""
+    from .media import load_image
+
+    out: list[PILImage.Image] = []
+    for m in media:
+        if isinstance(m, Image):
+            out.append(load_image(m.path))
+        elif isinstance(m, Video):
+            if not video_as_frames:
+                raise HarnessError(
+                    f"{model} takes images only and cannot take video {m.path}; pass "
+                    f"--model-arg video_as_frames=true to feed each video as its frames, in order"
+                )
+            out.extend(load_video_frames(m))
+        else:
+            raise MediaError(f"unknown media {m!r}")
+    return out

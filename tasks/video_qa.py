@@ -1,0 +1,218 @@
+"""Video QA tasks: MSVD-QA, MSRVTT-QA, iVQA (open-ended) and NExT-QA multiple choice (close-ended).
+
+Each video is one media item of F frames (harness.video); which frames is a
+task option (``frames``, or ``fps`` + ``max_frames``), set by the run flags
+``--frames/--fps/--max-frames`` and recorded with the results.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Mapping, Sequence
+
+from harness.errors import DataError
+from harness.metrics.stats import mean_with_ci
+from harness.metrics.video_qa import exact_match, ivqa_accuracy
+from harness.postprocess import vqa_answer
+from harness.ranking import RankingOptions
+from harness.registry import register_task
+from harness.tabular import read_csv
+from harness.task import Task, TaskOptions, read_json, require
+from harness.types import Example, GenerationConfig, SampleRecord
+from harness.video import FrameSelection, SampledVideo
+
+from .vqa import VQA_TEMPLATES
+
+
+@dataclass(frozen=True)
+class VideoOptions(TaskOptions):
+    """Video task options.
+
+    frames:        frames per video, uniformly over the clip (Flamingo evaluation: 8 at 1 FPS in training).
+    fps:           instead, one frame every 1/fps seconds, at most ``max_frames`` (default: ``frames``).
+    frame_size:    frames are resized once to frame_size x frame_size when decoded.
+    video_dir:     folder of the videos (default ``<root>/videos``).
+    video_pattern: file name of a video, formatted with the sample's row (default per task).
+    """
+
+    frames: int = 8
+    fps: float | None = None
+    max_frames: int | None = None
+    frame_size: int = 224
+    video_dir: str | None = None
+    video_pattern: str | None = None
+
+
+class VideoTask(Task):
+    """Shared video handling: frame selection from the options, video paths from a pattern."""
+
+    Options = VideoOptions
+    templates = VQA_TEMPLATES
+    default_template = "flamingo"
+    default_support_split = "train"
+    default_eval_split = "test"
+    video_pattern: ClassVar[str] = "{video_id}.mp4"
+
+    def __init__(self, data_dir=None, options=None):
+        super().__init__(data_dir, options)
+        o = self.options
+        # Validates the combination now, so a bad flag fails before any model loads.
+        self.selection = FrameSelection(frames=o.frames, fps=o.fps, max_frames=o.max_frames, size=o.frame_size)
+
+    def video(self, row: Mapping[str, Any], where: str) -> SampledVideo:
+        pattern = self.options.video_pattern or self.video_pattern
+        try:
+            name = pattern.format(**row)
+        except KeyError as exc:
+            raise DataError(f"task {self.name}: video_pattern {pattern!r} uses {{{exc.args[0]}}}, which {where} "
+                            f"does not have (fields: {', '.join(sorted(map(str, row)))})") from None
+        base = Path(self.options.video_dir) if self.options.video_dir else self.root / "videos"
+        return SampledVideo(str(base / name), selection=self.selection)
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "frame_selection": self.selection.describe()}
+
+
+class OpenVideoQA(VideoTask):
+    """Open-ended video QA: OpenFlamingo post-processing, top-1 exact match after VQA normalisation."""
+
+    generation = GenerationConfig(max_new_tokens=5, num_beams=3, length_penalty=0.0)
+    prediction_keys = ("id", "answer")
+
+    def postprocess(self, raw: str, example: Example) -> str:
+        return vqa_answer(raw)
+
+    def score(self, prediction: str, example: Example) -> float:
+        return exact_match(prediction, example.answers[0])
+
+
+class MSQA(OpenVideoQA):
+    """MSVD-QA / MSRVTT-QA (Xu et al. 2017): ``{split}_qa.json`` = ``[{question, answer, video_id, id}]``."""
+
+    def _layout(self) -> str:
+        return (f"<data root>/{self.name}/<split>_qa.json = [{{'question', 'answer', 'video_id', 'id'}}, ...]; "
+                f"videos <data root>/{self.name}/videos/{self.video_pattern} (options video_dir, video_pattern)")
+
+    def load(self, split: str) -> list[Example]:
+        path = self.root / f"{split}_qa.json"
+        layout = self._layout()
+        rows = read_json(path, f"task {self.name} ({split})", layout)
+        if not isinstance(rows, list):
+            raise DataError(f"{path}: expected a JSON list of questions\nExpected layout: {layout}")
+        out = []
+        for i, row in enumerate(rows):
+            for key in ("question", "answer", "video_id", "id"):
+                require(row, key, path, f"item #{i}", layout)
+            answer = str(row["answer"])
+            out.append(Example(
+                id=str(row["id"]),
+                media=(self.video(row, f"item #{i} of {path}"),),
+                fields={"question": str(row["question"])},
+                answers=(answer,),
+                target=answer,
+                meta={"video_id": row["video_id"]},
+            ))
+        return out
+
+
+@register_task("msvd_qa")
+class MSVDQA(MSQA):
+    """MSVD-QA: demos from train, evaluation on test; top-1 accuracy."""
+
+    video_pattern = "vid{video_id}.avi"
+
+
+@register_task("msrvtt_qa")
+class MSRVTTQA(MSQA):
+    """MSRVTT-QA: demos from train, evaluation on test; top-1 accuracy."""
+
+    video_pattern = "video{video_id}.mp4"
+
+
+@register_task("ivqa")
+class IVQA(OpenVideoQA):
+    """iVQA (Yang et al. 2021): five answers per question; accuracy min(1, #annotators agreeing / 2)."""
+
+    ANSWERS: ClassVar[tuple[str, ...]] = tuple(f"answer{i}" for i in range(1, 6))
+
+    def load(self, split: str) -> list[Example]:
+        path = self.root / f"{split}.csv"
+        layout = (f"<data root>/ivqa/<split>.csv with columns video_id, question, answer1..answer5 (+ start, end); "
+                  f"videos <data root>/ivqa/videos/{self.video_pattern} (options video_dir, video_pattern)")
+        rows = read_csv(path, f"task ivqa ({split})", layout, ("video_id", "question", *self.ANSWERS))
+        out = []
+        for i, row in enumerate(rows):
+            answers = tuple(row[k].strip() for k in self.ANSWERS if row[k] and row[k].strip())
+            if not answers:
+                raise DataError(f"{path}: row {i + 2} (video {row['video_id']}) has no answer in answer1..answer5")
+            out.append(Example(
+                id=str(i),
+                media=(self.video(row, f"row {i + 2} of {path}"),),
+                fields={"question": row["question"]},
+                answers=answers,
+                target=Counter(answers).most_common(1)[0][0],  # most annotators; ties: first listed
+                meta={"video_id": row["video_id"]},
+            ))
+        return out
+
+    def score(self, prediction: str, example: Example) -> float:
+        return ivqa_accuracy(prediction, example.answers)
+
+
+@dataclass(frozen=True)
+class NextQAOptions(VideoOptions, RankingOptions):
+    """NExT-QA MC options: the video options plus ensemble / length_normalization (see harness.ranking)."""
+
+
+@register_task("nextqa_mc")
+class NextQAMC(VideoTask):
+    """NExT-QA multiple choice (Xiao et al. 2021): rank a0..a4 by log-likelihood; accuracy."""
+
+    kind = "loglikelihood"
+    Options = NextQAOptions
+    default_eval_split = "val"
+    video_pattern = "{video}.mp4"
+    CHOICES: ClassVar[tuple[str, ...]] = tuple(f"a{i}" for i in range(5))
+
+    def load(self, split: str) -> list[Example]:
+        path = self.root / f"{split}.csv"
+        layout = (f"<data root>/nextqa_mc/<split>.csv with columns video, question, a0..a4, answer (index 0-4) "
+                  f"(+ qid, type); videos <data root>/nextqa_mc/videos/{self.video_pattern}")
+        rows = read_csv(path, f"task nextqa_mc ({split})", layout, ("video", "question", *self.CHOICES, "answer"))
+        out = []
+        for i, row in enumerate(rows):
+            try:
+                gold = int(row["answer"])
+                assert 0 <= gold < len(self.CHOICES)
+            except (ValueError, AssertionError):
+                raise DataError(f"{path}: row {i + 2}: answer must be a choice index 0-4, got {row['answer']!r}"
+                                f"\nExpected layout: {layout}") from None
+            choices = tuple(row[k] for k in self.CHOICES)
+            qid = row.get("qid") or str(i)
+            out.append(Example(
+                id=f"{row['video']}_{qid}",
+                media=(self.video(row, f"row {i + 2} of {path}"),),
+                fields={"question": row["question"], "choices": choices},
+                answers=(choices[gold],),
+                target=choices[gold],
+                meta={"video": row["video"], "answer_index": gold, "type": row.get("type")},
+            ))
+        return out
+
+    def candidates(self, example: Example) -> list[str]:
+        return list(example.fields["choices"])
+
+    def score(self, prediction: str, example: Example) -> float:
+        return float(prediction == example.target)
+
+    def aggregate(self, records: Sequence[SampleRecord]) -> dict[str, Any]:
+        out = super().aggregate(records)
+        by_type: dict[str, list[float]] = defaultdict(list)
+        for r in records:
+            if r.fields.get("type"):
+                by_type[str(r.fields["type"])].append(r.score)
+        if by_type:
+            out["accuracy_by_type"] = {k: mean_with_ci(v)["mean"] for k, v in sorted(by_type.items())}
+        return out
