@@ -1,3 +1,3 @@
 """Built-in tasks, one module per benchmark family; importing registers them."""
 
-from . import vqa  # noqa: F401
+from . import captioning, vqa  # noqa: F401
