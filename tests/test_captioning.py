@@ -196,6 +196,22 @@ def test_karpathy_loading(cap_root):
     assert flickr[0].id == Path(flickr[0].media[0].path).stem and "/flickr30k/images/" in flickr[0].media[0].path
 
 
+def test_aggregate_counts_failed_samples_and_fills_per_image_cider(cap_root):
+    """A failed sample stays in n as an empty caption; aggregate writes per-image CIDEr into the records."""
+    from harness.types import SampleRecord
+    from tasks.captioning import COCOCaptions
+
+    task = COCOCaptions(cap_root)
+    examples = task.eval_examples()
+    records = [SampleRecord(e.id, [], "", e.answers[0], e.answers[0], task.score(e.answers[0], e), task.record_fields(e))
+               for e in examples]
+    records[0] = SampleRecord(examples[0].id, [], "", "", "", 0.0, task.record_fields(examples[0]), error="MediaError: x")
+    metrics = task.aggregate(records)
+    assert metrics["n"] == len(examples) and records[0].score == 0.0 and records[1].score > 0
+    assert metrics["CIDEr"] == pytest.approx(sum(r.score for r in records) / len(records), abs=1e-9)
+    assert metrics["CIDEr_ci95"][0] < metrics["CIDEr"] < metrics["CIDEr_ci95"][1]
+
+
 def test_data_errors(cap_root, tmp_path):
     from tasks.captioning import COCOCaptions, Flickr30kCaptions
 
