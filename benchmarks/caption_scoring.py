@@ -46,11 +46,30 @@ def make_data(images: int, refs: int, seed: int = 0) -> tuple[dict[str, list[str
     return references, candidates
 
 
+def time_pycocoevalcap(references: dict[str, list[str]], candidates: dict[str, str]) -> dict[str, float]:
+    """pycocoevalcap's own path, as COCOEvalCap.evaluate runs it (minus METEOR and SPICE)."""
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    t = time.perf_counter()
+    gts = PTBTokenizer().tokenize({k: [{"caption": c} for c in v] for k, v in references.items()})
+    res = PTBTokenizer().tokenize({k: [{"caption": c}] for k, c in candidates.items()})
+    cider, _ = Cider().compute_score(gts, res)
+    Bleu(4).compute_score(gts, res, verbose=0)
+    Rouge().compute_score(gts, res)
+    return {"pycocoevalcap_default_s": round(time.perf_counter() - t, 2), "pycocoevalcap_CIDEr": round(cider * 100, 2)}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, default=5000)
     p.add_argument("--refs", type=int, default=5)
     p.add_argument("--meteor", action="store_true", help="also time a run with METEOR")
+    p.add_argument("--compare", action="store_true",
+                   help="also time pycocoevalcap's own path (its PTBTokenizer run twice, then the same scorers); "
+                        "it writes a temporary file into pycocoevalcap's package folder")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
 
@@ -73,6 +92,9 @@ def main() -> int:
         scores = score_captions(references, candidates, ["cider", "bleu", "rouge", "meteor"])
         out["score_with_meteor_s"] = round(time.perf_counter() - t, 2)
         out["METEOR"] = round(scores.corpus["METEOR"], 2)
+
+    if args.compare:
+        out.update(time_pycocoevalcap(references, candidates))
 
     if args.json:
         print(json.dumps(out))
