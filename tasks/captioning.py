@@ -54,9 +54,9 @@ class CaptionOptions(TaskOptions):
 
     include_restval: demos also come from Karpathy's ``restval`` images (the 30k COCO val
                      images outside val/test), as many COCO training setups do.
-    metrics:         comma list of cider, bleu, rouge, meteor, spice (METEOR starts a
-                     JVM with a large paraphrase table: slow, so off by default;
-                     SPICE runs only if its CoreNLP models are on disk).
+    metrics:         comma list of cider, bleu, rouge, meteor, spice; cider is always
+                     added. METEOR starts a JVM with a large paraphrase table: slow, so
+                     off by default. SPICE runs only if its CoreNLP models are on disk.
     image_dir:       folder holding the images, overriding the default layout
                      (COCO: ``<root>/coco/<filepath>/``; Flickr30k: ``<root>/flickr30k/images/``).
     """
@@ -83,7 +83,9 @@ class KarpathyCaptionTask(Task):
 
     def __init__(self, data_dir=None, options=None):
         super().__init__(data_dir, options)
-        check_metrics(self.options.metrics)
+        names = check_metrics(self.options.metrics)
+        # CIDEr is the primary metric that tables and sweeps read: always computed.
+        self.metrics = names if "cider" in names else ("cider", *names)
         self._images: list[dict] | None = None
 
     # ---- data -----------------------------------------------------------------
@@ -173,7 +175,7 @@ class KarpathyCaptionTask(Task):
         """Corpus metrics over all records (0-100). A failed sample counts as an empty caption."""
         refs = {r.query_id: r.fields["references"] for r in records}
         cands = {r.query_id: ("" if r.error else r.prediction) for r in records}
-        result = score_captions(refs, cands, self.options.metrics)
+        result = score_captions(refs, cands, self.metrics)
         out: dict[str, Any] = {}
         for name, value in result.corpus.items():
             out[name] = value
@@ -191,7 +193,7 @@ class KarpathyCaptionTask(Task):
         return out
 
     def config(self) -> dict[str, Any]:
-        return {**super().config(), "metrics": list(self.options.metrics),
+        return {**super().config(), "metrics": list(self.metrics),
                 "cider_df": "references of the scored images (as pycocoevalcap)"}
 
 

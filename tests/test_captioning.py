@@ -236,6 +236,7 @@ def test_data_errors(cap_root, tmp_path):
         COCOCaptions(cap_root, {"eval_split": "testing"}).eval_examples()
     with pytest.raises(HarnessError, match="unknown captioning metric"):
         COCOCaptions(cap_root, {"metrics": "cider,spcie"})
+    assert COCOCaptions(cap_root, {"metrics": "bleu"}).metrics == ("cider", "bleu")  # the primary metric stays
 
 
 # ---- the command line ---------------------------------------------------------------------

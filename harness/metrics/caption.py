@@ -103,7 +103,8 @@ def ptb_tokenize(sentences: Sequence[str]) -> list[str]:
                "-preserveLines", "-lowerCase", "-encoding", "UTF-8", str(src)]
         proc = subprocess.run(cmd, cwd=tmp, capture_output=True)
     if proc.returncode != 0:
-        raise HarnessError(f"the PTB tokenizer failed (exit {proc.returncode}): {proc.stderr.decode(errors='replace')[-2000:]}")
+        err = proc.stderr.decode(errors="replace")[-2000:]
+        raise HarnessError(f"the PTB tokenizer failed (exit {proc.returncode}): {err}")
     lines = proc.stdout.decode("utf-8").split("\n")
     # The jar ends its output with a newline; pycocoevalcap zips and so ignores the extra line.
     if len(lines) < len(sentences) or any(lines[len(sentences):]):
@@ -223,7 +224,8 @@ def _meteor(gts: dict[str, list[str]], res: dict[str, list[str]]) -> tuple[float
     try:
         return scorer.compute_score(gts, res)
     except (ValueError, BrokenPipeError) as exc:
-        err = scorer.meteor_p.stderr.read().decode(errors="replace")[-2000:] if scorer.meteor_p.poll() is not None else ""
+        exited = scorer.meteor_p.poll() is not None
+        err = scorer.meteor_p.stderr.read().decode(errors="replace")[-2000:] if exited else ""
         raise HarnessError(f"METEOR failed ({exc}); its output: {err or '(none)'}") from None
     finally:
         scorer.meteor_p.kill()
