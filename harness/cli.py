@@ -131,7 +131,10 @@ def _shard(value: str | None) -> tuple[int, int] | None:
 def cmd_score(args: argparse.Namespace) -> int:
     from .scoring import score_predictions
 
-    task = build_tasks([args.task], args.task_arg, args.data_dir)[0]
+    task_args = list(args.task_arg or [])
+    if args.metrics:  # shorthand for --task-arg metrics=... (tasks with a choice of metrics, e.g. captioning)
+        task_args.append(f"metrics={args.metrics}")
+    task = build_tasks([args.task], task_args, args.data_dir)[0]
     metrics = score_predictions(task, args.predictions, args.split)
     if args.json:
         print(json.dumps(metrics))
@@ -216,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help='official results file ([{"question_id": ..., "answer": ...}]) or a predictions.jsonl')
     s.add_argument("--split", help="split to score against (default: the task's eval split)")
     s.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    s.add_argument("--metrics", metavar="M1,M2",
+                   help="metrics to compute, for tasks that offer a choice (captioning: cider,bleu,rouge,meteor,spice)")
     common(s)
     s.set_defaults(func=cmd_score)
 
