@@ -177,6 +177,9 @@ class Runner:
                 f"(details in {journal.path})"
             )
         metrics = task.aggregate(records)
+        # Corpus-level metrics (CIDEr) set per-sample scores only in aggregate(): store the final ones,
+        # in eval order.
+        journal.rewrite(records)
         result = {
             "metrics": metrics,
             "primary_metric": task.primary_metric,

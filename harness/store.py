@@ -90,7 +90,7 @@ class Journal:
         if self.shard:
             # Shards never delete: other processes write beside them; the key keeps configs apart.
             done = _read_records(self.path) if self.path.is_file() else []
-            self._rewrite(done)
+            self.rewrite(done)
             return done
         done: list[SampleRecord] = []
         same = False
@@ -114,12 +114,13 @@ class Journal:
         if done:
             log.info("resuming %s: %d samples already done", self.dir, len(done))
         write_json(self.meta_path, {"config_key": self.config_key, "config": self.config})
-        self._rewrite(done)
+        self.rewrite(done)
         for f in shard_files:  # merged into predictions.jsonl
             f.unlink()
         return done
 
-    def _rewrite(self, records: list[SampleRecord]) -> None:
+    def rewrite(self, records: list[SampleRecord]) -> None:
+        """Replace the journal's content (resume, merge, and final per-sample scores)."""
         with open(self.path, "w", encoding="utf-8") as f:
             for r in records:
                 f.write(json.dumps(r.to_json(), default=str) + "\n")

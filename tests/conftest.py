@@ -17,7 +17,9 @@ if str(ROOT) not in sys.path:
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, check: bool = True):
     """Run ``python run_eval.py ...`` in a real subprocess, as a user would."""
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+    # One torch thread: on a small shared machine, thread contention makes tiny models 100x slower.
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
+                **(env or {})}
     proc = subprocess.run(
         [sys.executable, str(ROOT / "run_eval.py"), *args],
         cwd=cwd or ROOT, env=full_env, capture_output=True, text=True, timeout=600,
@@ -28,7 +30,10 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, check:
 
 
 def build_tiny_idefics(directory: Path, seed: int = 0) -> Path:
-    """Save a tiny random-weight IDEFICS and its processor (locally trained tokenizer) to ``directory``."""
+    """Save a tiny random-weight IDEFICS and its processor (locally trained tokenizer) to ``directory``.
+
+    The cross-attention gates are opened (random init leaves them at 0, where images change nothing).
+    """
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import (IdeficsConfig, IdeficsForVisionText2Text, IdeficsImageProcessorPil,
@@ -38,6 +43,9 @@ def build_tiny_idefics(directory: Path, seed: int = 0) -> Path:
         "Question: what color is the shape? Answer: red green blue yellow gray teal black brown",
         "Question: is there a circle in the image? Answer: yes no rectangle triangle circle",
         "Output: a photo of a cat sitting on a bench next to a dog and a person",
+        "Question: what is in the video? Answer: dog cat man car ball",
+        "is an image with: 'meme text' written on it. Is it hateful? Answer: yes no",
+        "why did the square move to the right because someone pushed it",
     ] * 20
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -48,6 +56,7 @@ def build_tiny_idefics(directory: Path, seed: int = 0) -> Path:
     hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
                                      pad_token="<pad>", padding_side="left")
     hf_tok.add_special_tokens({"additional_special_tokens": ["<image>", "<fake_token_around_image>"]})
+    torch.set_num_threads(1)  # tiny models: threads only contend
     torch.manual_seed(seed)
     config = IdeficsConfig(
         vocab_size=len(hf_tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
@@ -59,6 +68,10 @@ def build_tiny_idefics(directory: Path, seed: int = 0) -> Path:
                               resampler_n_heads=2, resampler_head_dim=8),
     )
     model = IdeficsForVisionText2Text(config).eval()
+    with torch.no_grad():
+        for layer in model.model.gated_cross_attn_layers:
+            layer.alpha_cross_attn.fill_(0.5)
+            layer.alpha_dense.fill_(0.5)
     processor = IdeficsProcessor(image_processor=IdeficsImageProcessorPil(image_size=30), tokenizer=hf_tok)
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory)

@@ -67,38 +67,3 @@ def write_karpathy_fixture(root: Path, task: str = "coco", splits: dict[str, int
     (base / f"dataset_{task}.json").write_text(json.dumps(
         {"images": [e for e, _ in entries], "dataset": task}))
     return root
-
-
-def build_caption_idefics(directory: Path, seed: int = 0) -> Path:
-    """A tiny random-weight IDEFICS with a tokenizer trained on the fixture captions, saved to ``directory``.
-
-    Stands in for the shared ``tiny_idefics_dir`` fixture (tests/conftest.py) where that is absent.
-    """
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import (IdeficsConfig, IdeficsForVisionText2Text, IdeficsImageProcessorPil,
-                              IdeficsProcessor, PreTrainedTokenizerFast)
-
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator([f"Output: {c}" for refs in CAPTIONS for c in refs] * 5, trainer)
-    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
-                                     pad_token="<pad>", padding_side="left")
-    hf_tok.add_special_tokens({"additional_special_tokens": ["<image>", "<fake_token_around_image>"]})
-    torch.manual_seed(seed)
-    config = IdeficsConfig(
-        vocab_size=len(hf_tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        cross_layer_interval=1, additional_vocab_size=0, bos_token_id=hf_tok.bos_token_id,
-        eos_token_id=hf_tok.eos_token_id, pad_token_id=hf_tok.pad_token_id,
-        vision_config=dict(embed_dim=32, image_size=30, patch_size=15, num_hidden_layers=1,
-                           num_attention_heads=2, intermediate_size=37),
-        perceiver_config=dict(use_resampler=True, resampler_n_latents=4, resampler_depth=1,
-                              resampler_n_heads=2, resampler_head_dim=8),
-    )
-    directory.mkdir(parents=True, exist_ok=True)
-    IdeficsForVisionText2Text(config).eval().save_pretrained(directory)
-    IdeficsProcessor(image_processor=IdeficsImageProcessorPil(image_size=30), tokenizer=hf_tok).save_pretrained(directory)
-    return directory

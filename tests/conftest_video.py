@@ -1,5 +1,5 @@
 """Fixtures for the video and close-ended tests: real mp4 files written with PyAV, data in the
-exact schemas of MSVD-QA, MSRVTT-QA, iVQA, NExT-QA and HatefulMemes, and a tiny random IDEFICS.
+exact schemas of MSVD-QA, MSRVTT-QA, iVQA, NExT-QA and HatefulMemes.
 
 Imported explicitly by tests/test_video*.py (the lead owns tests/conftest.py).
 """
@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -50,17 +48,6 @@ def square_x(frame: np.ndarray) -> float:
     """Horizontal centre of the bright square in a decoded frame (to tell frames apart)."""
     cols = np.where(frame.astype(int).max(axis=2).max(axis=0) > 150)[0]
     return float(cols.mean()) if len(cols) else -1.0
-
-
-def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """``python run_eval.py ...`` in a real subprocess."""
-    # One torch thread: on a small shared machine, thread contention makes tiny models 100x slower.
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(ROOT / "run_eval.py"), *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"run_eval.py {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
 
 
 # ---- data in the exact schemas ------------------------------------------------------
@@ -126,46 +113,3 @@ def write_hateful(root: Path, n_train: int = 10, n_dev: int = 6) -> Path:
                 f.write(json.dumps({"id": mid, "img": f"img/{mid}.png", "label": label,
                                     "text": f"meme text number {i}"}) + "\n")
     return root
-
-
-def build_tiny_idefics(directory: Path, seed: int = 0) -> Path:
-    """A tiny random-weight IDEFICS and its processor (a locally trained byte-level BPE), saved to disk."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import (IdeficsConfig, IdeficsForVisionText2Text, IdeficsImageProcessorPil,
-                              IdeficsProcessor, PreTrainedTokenizerFast)
-
-    corpus = ["Question: what is in the video? Answer: dog cat man car ball yes no",
-              "is an image with: 'meme text' written on it. Is it hateful? Answer: yes no",
-              "why did the square move to the right because someone pushed it"] * 20
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
-                                     pad_token="<pad>", padding_side="left")
-    hf_tok.add_special_tokens({"additional_special_tokens": ["<image>", "<fake_token_around_image>"]})
-    torch.set_num_threads(1)  # tiny models: threads only contend (also speeds the tests that load it)
-    torch.manual_seed(seed)
-    config = IdeficsConfig(
-        vocab_size=len(hf_tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        cross_layer_interval=1, additional_vocab_size=0, bos_token_id=hf_tok.bos_token_id,
-        eos_token_id=hf_tok.eos_token_id, pad_token_id=hf_tok.pad_token_id,
-        vision_config=dict(embed_dim=32, image_size=30, patch_size=15, num_hidden_layers=1,
-                           num_attention_heads=2, intermediate_size=37),
-        perceiver_config=dict(use_resampler=True, resampler_n_latents=4, resampler_depth=1,
-                              resampler_n_heads=2, resampler_head_dim=8),
-    )
-    model = IdeficsForVisionText2Text(config).eval()
-    # Random init leaves the cross-attention gates at 0; open them so images change the scores.
-    with torch.no_grad():
-        for layer in model.model.gated_cross_attn_layers:
-            layer.alpha_cross_attn.fill_(0.5)
-            layer.alpha_dense.fill_(0.5)
-    processor = IdeficsProcessor(image_processor=IdeficsImageProcessorPil(image_size=30), tokenizer=hf_tok)
-    directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(directory)
-    processor.save_pretrained(directory)
-    return directory

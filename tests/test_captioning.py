@@ -17,8 +17,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 
-from conftest_captioning import CAPTIONS, build_caption_idefics, write_karpathy_fixture  # noqa: E402
+from conftest_captioning import CAPTIONS, write_karpathy_fixture  # noqa: E402
 from harness.errors import DataError, HarnessError  # noqa: E402
+from tests.conftest import run_cli  # noqa: E402
 from harness.metrics.caption import _package_dir, ptb_tokenize, score_captions  # noqa: E402
 
 pytestmark = pytest.mark.skipif(shutil.which("java") is None, reason="captioning metrics need Java")
@@ -43,15 +44,6 @@ CANDIDATES = [
 ]
 
 
-def run_cli(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false", **(env or {})}
-    proc = subprocess.run([sys.executable, str(ROOT / "run_eval.py"), *args], cwd=ROOT, env=full_env,
-                          capture_output=True, text=True, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"run_eval.py {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
 def fixture_refs_and_cands() -> tuple[dict[str, list[str]], dict[str, str]]:
     refs = {str(7000 + i): CAPTIONS[i % len(CAPTIONS)] for i in range(len(CANDIDATES))}
     cands = {k: c for k, c in zip(refs, CANDIDATES)}
@@ -64,15 +56,6 @@ def cap_root(tmp_path_factory) -> Path:
     write_karpathy_fixture(root, "coco")
     write_karpathy_fixture(root, "flickr30k")
     return root
-
-
-@pytest.fixture(scope="module")
-def caption_idefics_dir(request, tmp_path_factory) -> Path:
-    """The shared tiny IDEFICS where tests/conftest.py provides it, else our own."""
-    try:
-        return request.getfixturevalue("tiny_idefics_dir")
-    except pytest.FixtureLookupError:
-        return build_caption_idefics(tmp_path_factory.mktemp("caption_idefics"))
 
 
 # ---- metrics ---------------------------------------------------------------------------
@@ -301,6 +284,9 @@ def test_cli_fewshot_sweep_demo_majority(cap_root, tmp_path):
     assert metrics["config"]["generation"]["max_new_tokens"] == 20 and metrics["config"]["generation"]["num_beams"] == 3
     records = [json.loads(line) for line in (cell / "predictions.jsonl").read_text().splitlines()]
     assert all(r["prompt"].count("<image>") == 3 and r["prompt"].endswith("<image>Output:") for r in records)
+    # The journal ends with each image's CIDEr (computed over the corpus), whose mean is the corpus CIDEr.
+    assert [r["score"] for r in records] == [r["CIDEr"] for r in records]
+    assert sum(r["score"] for r in records) / len(records) == pytest.approx(metrics["metrics"]["CIDEr"], abs=1e-6)
     zero = [json.loads(line) for line in (out / "demo-majority/coco/0shot_seed0/predictions.jsonl").read_text().splitlines()]
     # Zero-shot: two text-only demos, then the query image.
     assert all(r["prompt"].count("<image>") == 1 and r["prompt"].count("<|endofchunk|>") == 2 for r in zero)
@@ -312,9 +298,9 @@ def test_cli_fewshot_sweep_demo_majority(cap_root, tmp_path):
     assert (out / "demo-majority" / "flickr30k" / "0shot_seed1" / "metrics.json").is_file()
 
 
-def test_cli_fewshot_tiny_idefics(cap_root, caption_idefics_dir, tmp_path):
+def test_cli_fewshot_tiny_idefics(cap_root, tiny_idefics_dir, tmp_path):
     out = tmp_path / "res"
-    run_cli("run", "--model", "idefics", "--model-arg", f"path={caption_idefics_dir}", "--tasks", "coco",
+    run_cli("run", "--model", "idefics", "--model-arg", f"path={tiny_idefics_dir}", "--tasks", "coco",
             "--shots", "0", "2", "--seeds", "0", "--limit", "3", "--batch-size", "3", "--data-dir", str(cap_root),
             "--output", str(out), "-q")
     cell = next((out).glob("idefics*/coco/2shot_seed0"))

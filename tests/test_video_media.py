@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest_video import build_tiny_idefics, run_cli, square_x, write_nextqa, write_video  # noqa: E402
+from tests.conftest import build_tiny_idefics, run_cli  # noqa: E402
+from conftest_video import square_x, write_nextqa, write_video  # noqa: E402
 from harness.errors import HarnessError, MediaError
-from harness.video import FrameCache, FrameSelection, SampledVideo, decode_frames, select_indices
+from harness.video import FrameCache, FrameSelection, decode_frames, select_indices
 
 
 @pytest.fixture(scope="module")

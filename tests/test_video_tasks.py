@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest_video import (build_tiny_idefics, run_cli, write_hateful, write_ivqa, write_msqa,  # noqa: E402
+from tests.conftest import build_tiny_idefics, run_cli  # noqa: E402
+from conftest_video import (write_hateful, write_ivqa, write_msqa,  # noqa: E402
                             write_nextqa, write_video)
 from harness.errors import DataError, HarnessError
 from harness.metrics.classification import prob_of, roc_auc
