@@ -287,3 +287,25 @@ def test_preprocessing_matches_torchvision_arithmetic():
     assert x.shape == (3, 32, 32)
     assert torch.allclose(x[:, 0, 0], (torch.tensor([1.0, 0.0, 128 / 255]) - torch.tensor(
         [0.48145466, 0.4578275, 0.40821073])) / torch.tensor([0.26862954, 0.26130258, 0.27577711]), atol=1e-6)
+
+
+def test_cli_run_with_local_files(reference, tmp_path):
+    """A real `run_eval.py run` subprocess: easyvqa 0 and 2 shots, predictions with OpenFlamingo prompts."""
+    import json
+    import os
+    import subprocess
+
+    paths = reference["paths"]
+    args = [f"--model-arg={k}={v}" for k, v in adapter_options(paths).items()]
+    proc = subprocess.run(
+        [sys.executable, str(ref.ROOT / "run_eval.py"), "run", "--model", "openflamingo", *args, "--tasks", "easyvqa",
+         "--limit", "3", "--shots", "0", "2", "--seeds", "0", "--output", str(tmp_path / "out")],
+        cwd=ref.ROOT, env={**os.environ, "PYTHONPATH": str(ref.ROOT), "TOKENIZERS_PARALLELISM": "false"},
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(line) for f in sorted((tmp_path / "out").rglob("*.jsonl")) for line in f.read_text().splitlines()]
+    assert len(records) == 6 and not any(r.get("error") for r in records)
+    two_shot = [r for r in records if len(r["demo_ids"]) == 2 and r["prompt"].count("<image>") == 3]
+    assert two_shot and all(r["prompt"].endswith(" Short answer:") for r in two_shot)
+    assert all("<|endofchunk|>" not in r["raw_output"] for r in records)

@@ -80,6 +80,21 @@ def add_flamingo_tokens(tokenizer) -> None:
     tokenizer.padding_side = "left"
 
 
+def _ensure_embedding_accessors(lm: nn.Module) -> None:
+    """Remote-code LMs such as MPT-1B (MosaicGPT) lack get/set_input_embeddings; give them the
+    obvious ones (``transformer.wte``), as the package's factory does for that model."""
+    try:
+        if lm.get_input_embeddings() is not None:
+            return
+    except (NotImplementedError, AttributeError):
+        pass
+    wte = getattr(getattr(lm, "transformer", None), "wte", None)
+    if wte is None:
+        raise HarnessError("model openflamingo: the LM exposes no input embeddings (get_input_embeddings)")
+    lm.get_input_embeddings = lambda: lm.transformer.wte
+    lm.set_input_embeddings = lambda new: setattr(lm.transformer, "wte", new)
+
+
 def _resize_embeddings(lm: nn.Module, n: int) -> None:
     """Grow the vocabulary to ``n``; new rows start at the mean of the old ones (deterministic;
     checkpoint.pt normally overwrites the input rows)."""
@@ -128,6 +143,7 @@ def build(o) -> Net:
     lm = AutoModelForCausalLM.from_pretrained(
         lm_dir, local_files_only=True, trust_remote_code=o.trust_remote_code, dtype=dtype
     )  # loaded in its dtype: a later .to(dtype) would also round non-persistent buffers (rotary freqs)
+    _ensure_embedding_accessors(lm)
     _resize_embeddings(lm, len(tokenizer))
     layers_attr, layers = find_decoder_layers(lm, o.decoder_layers_attr)
     cfg = lm.config
