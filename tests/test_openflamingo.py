@@ -210,14 +210,15 @@ def test_generation_stops_at_end_of_chunk(reference):
     assert text == model.tokenizer.decode(first_two)
 
 
-def test_bf16_casts_weights_never_token_ids(reference, adapter):
+@pytest.mark.parametrize("precision,dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_low_precision_casts_weights_never_token_ids(reference, adapter, precision, dtype):
     from models.openflamingo import OpenFlamingo
 
-    bf16 = OpenFlamingo(adapter_options(reference["paths"], precision="bf16"))
+    bf16 = OpenFlamingo(adapter_options(reference["paths"], precision=precision))
     net = bf16.net
-    assert net.dtype == torch.bfloat16
+    assert net.dtype == dtype
     for module in (net.lm, net.vision, net.perceiver, net.cross_attn):
-        assert {p.dtype for p in module.parameters()} == {torch.bfloat16}
+        assert {p.dtype for p in module.parameters()} == {dtype}
     seen = []
     hook = net.lm.get_input_embeddings().register_forward_pre_hook(lambda m, args: seen.append(args[0].clone()))
     try:

@@ -210,16 +210,18 @@ class OpenFlamingo(Model):
     def generation_kwargs(self, cfg: GenerationConfig) -> dict:
         """The Hugging Face generate settings for a GenerationConfig (public: the parity test
         passes the same ones to the package)."""
-        return dict(
+        kwargs = dict(
             max_new_tokens=cfg.max_new_tokens,
             min_new_tokens=cfg.min_new_tokens,
             num_beams=cfg.num_beams,
-            length_penalty=cfg.length_penalty,
             do_sample=False,
             eos_token_id=self.net.eoc_token_id,
             pad_token_id=self.tokenizer.pad_token_id,
             suppress_tokens=[self.net.media_token_id],
         )
+        if cfg.num_beams > 1:  # only beam search reads it (transformers warns otherwise)
+            kwargs["length_penalty"] = cfg.length_penalty
+        return kwargs
 
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[float]:
         """Sum of the continuation tokens' log-probabilities after the rendered prompt.
