@@ -73,6 +73,8 @@ class OpenFlamingoOptions:
 
 @register_model("openflamingo")
 class OpenFlamingo(Model):
+    """OpenFlamingo checkpoints (open_clip ViT + resampler + cross-attention + HF LM) from local files; see docs/openflamingo.md."""
+
     Options = OpenFlamingoOptions
     template_style = "openflamingo"
     media_token = MEDIA_TOKEN
