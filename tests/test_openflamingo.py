@@ -310,3 +310,31 @@ def test_cli_run_with_local_files(reference, tmp_path):
     two_shot = [r for r in records if len(r["demo_ids"]) == 2 and r["prompt"].count("<image>") == 3]
     assert two_shot and all(r["prompt"].endswith(" Short answer:") for r in two_shot)
     assert all("<|endofchunk|>" not in r["raw_output"] for r in records)
+
+
+def test_full_state_dict_checkpoint_loads_every_key_form(reference, adapter, tmp_path):
+    """The package's whole state dict as checkpoint.pt (vision_encoder.*, FlamingoLayer-wrapped
+    decoder layers, old_decoder_blocks.*, both cross-attention names), no vision_weights: same scores."""
+    from models.openflamingo import OpenFlamingo
+
+    full = tmp_path / "full_checkpoint.pt"
+    sd = reference["model"].state_dict()
+    assert any(".decoder_layer." in k for k in sd) and any(k.startswith("vision_encoder.") for k in sd)
+    torch.save({"model_state_dict": {f"module.{k}": v for k, v in sd.items()}}, full)  # as a DDP training run saves it
+    model = OpenFlamingo({**adapter_options(reference["paths"]), "checkpoint": str(full), "vision_weights": ""})
+    prompt = vqa_prompt(reference["images"], 2, query=4)
+    req = LoglikelihoodRequest(prompt, "a cat", query=Example("q", (), {}))
+    assert model.loglikelihood([req]) == pytest.approx(adapter.loglikelihood([req]), abs=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["ViT-B-32", "ViT-B-16", "ViT-L-14", "ViT-L-14-336", "ViT-H-14"])
+def test_named_towers_have_open_clips_parameters(arch):
+    """Our table of towers builds exactly open_clip's parameter names and shapes (on the meta device)."""
+    from models.openflamingo.modules import VisionTransformer
+    from models.openflamingo.weights import vision_config
+
+    open_clip, _ = ref.import_open_flamingo()
+    with torch.device("meta"):
+        theirs = open_clip.create_model(arch, pretrained=None, device="meta").visual.state_dict()
+        ours = VisionTransformer(vision_config(arch, None)).state_dict()
+    assert {k: tuple(v.shape) for k, v in ours.items()} == {k: tuple(v.shape) for k, v in theirs.items()}
