@@ -34,6 +34,15 @@ QUESTIONS = [("What color is the shape?", "red"), ("Is there a circle in the ima
              ("What color is the dog?", "brown")]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The models are tiny: one intra-op thread is faster than two on a shared machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     root = tmp_path_factory.mktemp("openflamingo")
@@ -301,7 +310,7 @@ def test_cli_run_with_local_files(reference, tmp_path):
     proc = subprocess.run(
         [sys.executable, str(ref.ROOT / "run_eval.py"), "run", "--model", "openflamingo", *args, "--tasks", "easyvqa",
          "--limit", "3", "--shots", "0", "2", "--seeds", "0", "--output", str(tmp_path / "out")],
-        cwd=ref.ROOT, env={**os.environ, "PYTHONPATH": str(ref.ROOT), "TOKENIZERS_PARALLELISM": "false"},
+        cwd=ref.ROOT, env={**os.environ, "PYTHONPATH": str(ref.ROOT), "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"},
         capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
