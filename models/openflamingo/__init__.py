@@ -156,6 +156,7 @@ class OpenFlamingo(Model):
         return self.stack_media(feats)
 
     def stack_media(self, feats):
+        """Per-prompt features [(T_i, n, D)] -> (B, max(1, max T_i), n, D), zero-padded."""
         import torch
 
         t_max = max(1, max(f.shape[0] for f in feats))
