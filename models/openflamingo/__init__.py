@@ -1,0 +1,271 @@
+"""OpenFlamingo checkpoints, run from local files as ``--model openflamingo``.
+
+An OpenFlamingo model is an open_clip ViT (frozen), a Perceiver Resampler, a Hugging Face
+causal LM (frozen) and gated cross-attention blocks before its decoder layers; the
+resampler, the cross-attention blocks and the LM's input embeddings are what
+``checkpoint.pt`` holds. This adapter builds those pieces with plain torch
+(:mod:`.modules`), so running needs neither the ``open-flamingo`` package, nor open_clip,
+nor torchvision. ``tests/test_openflamingo.py`` checks it against the package.
+
+Behaviour that deliberately differs from the package's evaluation code:
+
+- precision casts the weights and pixel tensors, never token ids or masks (the package's
+  eval casts ``input_ids`` to bf16/fp16, which corrupts ids above 256/2048);
+- log-likelihoods come from one forward pass over context + continuation with the
+  padding masked and positions counted from the first real token (the package's cached
+  classification path drops the attention mask of the padded context);
+- generation never emits ``<image>`` (the package would then condition the following
+  tokens on the wrong image).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+from harness.errors import HarnessError, MediaError
+from harness.media import load_image
+from harness.model import Model, checkpoint_fingerprint
+from harness.registry import register_model
+from harness.types import GenerateRequest, GenerationConfig, Image, LoglikelihoodRequest, Media, Prompt
+
+log = logging.getLogger(__name__)
+
+MEDIA_TOKEN = "<image>"
+END_OF_CHUNK = "<|endofchunk|>"
+PRECISIONS = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+@dataclass(frozen=True)
+class OpenFlamingoOptions:
+    """vision_encoder: open_clip tower name (ViT-L-14, ...) or an open_clip model-config JSON.
+    vision_weights: open_clip state dict (.bin/.pt/.safetensors; ``visual.*`` keys or a bare tower);
+        may be empty when checkpoint.pt holds ``vision_encoder.*``.
+    lang_model: local Hugging Face causal-LM directory.  tokenizer: local tokenizer directory
+        (default: lang_model).  checkpoint: OpenFlamingo's checkpoint.pt.
+    cross_attn_every_n_layers: as the checkpoint was trained (1 for 3B, 2 for 4B, 4 for 9B).
+    precision: fp32, bf16 or fp16 (weights cast; token ids never).  device: cpu, cuda, cuda:1 ...
+    quick_gelu: ViT activation (default: QuickGELU for named towers, the JSON's flag otherwise).
+    vision_token_ln_post: apply ln_post to the patch tokens (open_clip >= 2.23); OpenFlamingo
+        was trained with open_clip <= 2.22, which does not.
+    decoder_layers_attr: dotted path of the LM's decoder-layer list (default: the longest ModuleList).
+    trust_remote_code: let transformers run the LM directory's own modelling code (e.g. MPT-1B).
+    feature_cache_size: images whose resampled features are kept for reuse (demos recur)."""
+
+    vision_encoder: str = "ViT-L-14"
+    vision_weights: str = ""
+    lang_model: str = ""
+    tokenizer: str = ""
+    checkpoint: str = ""
+    cross_attn_every_n_layers: int = 1
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    device: str = "cpu"
+    quick_gelu: bool | None = None
+    vision_token_ln_post: bool = False
+    decoder_layers_attr: str = ""
+    trust_remote_code: bool = False
+    feature_cache_size: int = 1024
+
+
+@register_model("openflamingo")
+class OpenFlamingo(Model):
+    """OpenFlamingo checkpoints (open_clip ViT + resampler + cross-attention + HF LM) from local files; see docs/openflamingo.md."""
+
+    Options = OpenFlamingoOptions
+    template_style = "openflamingo"
+    media_token = MEDIA_TOKEN
+    end_of_chunk = END_OF_CHUNK
+
+    def __init__(self, options=None):
+        super().__init__(options)
+        from .build import build
+
+        o = self.options
+        if o.cross_attn_every_n_layers < 1:
+            raise HarnessError("model openflamingo: cross_attn_every_n_layers must be >= 1")
+        if o.feature_cache_size < 0:
+            raise HarnessError("model openflamingo: feature_cache_size must be >= 0")
+        self.net = build(o)
+        self.tokenizer = self.net.tokenizer
+        self._features: OrderedDict[str, object] = OrderedDict()
+        self._accepts_position_ids = "position_ids" in inspect.signature(self.net.lm.forward).parameters
+        h = hashlib.sha256()
+        for p in (o.checkpoint, o.lang_model, o.vision_weights):
+            h.update((checkpoint_fingerprint(p) if p else "-").encode())
+        h.update(f"{o.vision_encoder}|{o.cross_attn_every_n_layers}|{o.vision_token_ln_post}|{o.quick_gelu}".encode())
+        self._fingerprint = h.hexdigest()[:16]
+
+    @property
+    def fingerprint(self) -> str:
+        return f"openflamingo-{self._fingerprint}"
+
+    # ---- media ------------------------------------------------------------------
+    def pixels(self, media: Sequence[Media]):
+        """Preprocessed pixel tensors (N, 3, S, S), float32 on the CPU."""
+        import torch
+
+        from .preprocess import preprocess
+
+        out = []
+        for m in media:
+            if not isinstance(m, Image):
+                raise MediaError(f"{m.path}: model openflamingo takes images only, not {m.kind}")
+            try:
+                out.append(preprocess(load_image(m.path), self.net.image_size))
+            except ValueError as exc:
+                raise MediaError(f"{m.path}: {exc}") from None
+        return torch.stack(out) if out else torch.zeros(0, 3, self.net.image_size, self.net.image_size)
+
+    def encode_pixels(self, pixels):
+        """(N, 3, S, S) pixels -> resampled features (N, num_latents, D) in the model dtype."""
+        import torch
+
+        with torch.inference_mode():
+            x = pixels.to(self.net.device, dtype=self.net.dtype)
+            tokens = self.net.vision(x)
+            return self.net.perceiver(tokens[:, None, None])[:, 0]
+
+    def encode_media(self, media: Sequence[Media]):
+        """Resampled features (N, num_latents, D) of each image, cached by path: a demo
+        image's features are computed once and reused across every prompt that shows it.
+        Exact: the resampler treats each image independently."""
+        import torch
+
+        missing = list({m.path: m for m in media if m.path not in self._features}.values())
+        if missing:
+            feats = self.encode_pixels(self.pixels(missing))
+            for m, f in zip(missing, feats):
+                self._features[m.path] = f
+        result = [self._features[m.path] for m in media]
+        for m in media:
+            self._features.move_to_end(m.path)
+        while len(self._features) > self.options.feature_cache_size:
+            self._features.popitem(last=False)
+        if not result:
+            return torch.zeros(0, self.net.num_latents, self.net.vis_dim, device=self.net.device, dtype=self.net.dtype)
+        return torch.stack(result)
+
+    def batch_media(self, prompts: Sequence[Prompt]):
+        """(B, T_img, num_latents, D): each prompt's images in order, zero-padded to the most
+        images in the batch (padding is never attended: no token follows it)."""
+        feats = [self.encode_media(p.media) for p in prompts]
+        return self.stack_media(feats)
+
+    def stack_media(self, feats):
+        """Per-prompt features [(T_i, n, D)] -> (B, max(1, max T_i), n, D), zero-padded."""
+        import torch
+
+        t_max = max(1, max(f.shape[0] for f in feats))
+        out = torch.zeros(len(feats), t_max, self.net.num_latents, self.net.vis_dim, device=self.net.device,
+                          dtype=self.net.dtype)
+        for i, f in enumerate(feats):
+            out[i, : f.shape[0]] = f
+        return out
+
+    # ---- text -------------------------------------------------------------------
+    def _encode_texts(self, texts: Sequence[str]):
+        enc = self.tokenizer(list(texts), padding="longest", return_tensors="pt")
+        return enc["input_ids"].to(self.net.device), enc["attention_mask"].to(self.net.device)
+
+    def _check_media_count(self, prompt: Prompt, ids) -> None:
+        n = int((ids == self.net.media_token_id).sum())
+        if n != len(prompt.media):
+            raise HarnessError(
+                f"model openflamingo: the prompt has {len(prompt.media)} images but {n} {MEDIA_TOKEN} tokens; "
+                f"a task text contains {MEDIA_TOKEN!r} itself"
+            )
+
+    # ---- protocol -----------------------------------------------------------------
+    def generate(self, requests: Sequence[GenerateRequest]) -> list[str]:
+        out: list[str | None] = [None] * len(requests)
+        groups: dict[GenerationConfig, list[int]] = {}
+        for i, r in enumerate(requests):
+            groups.setdefault(r.config, []).append(i)
+        for cfg, idx in groups.items():
+            texts = self.generate_batch([requests[i].prompt for i in idx], cfg)
+            for i, t in zip(idx, texts):
+                out[i] = t
+        return [t or "" for t in out]
+
+    def generate_batch(self, prompts: Sequence[Prompt], cfg: GenerationConfig) -> list[str]:
+        """Generate for prompts with the same settings; stops at ``<|endofchunk|>``."""
+        import torch
+
+        ids, mask = self._encode_texts([self.render_prompt(p) for p in prompts])
+        for p, row in zip(prompts, ids):
+            self._check_media_count(p, row)
+        media = self.batch_media(prompts)
+        if cfg.num_beams > 1:
+            media = media.repeat_interleave(cfg.num_beams, dim=0)
+        with torch.inference_mode(), self.net.conditioning.conditioned(media, incremental=True):
+            seqs = self.net.lm.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                **self.generation_kwargs(cfg),
+            )
+        texts = self.tokenizer.batch_decode(seqs[:, ids.shape[1]:], skip_special_tokens=True)
+        return [t.split(END_OF_CHUNK)[0] for t in texts]
+
+    def generation_kwargs(self, cfg: GenerationConfig) -> dict:
+        """The Hugging Face generate settings for a GenerationConfig (public: the parity test
+        passes the same ones to the package)."""
+        kwargs = dict(
+            max_new_tokens=cfg.max_new_tokens,
+            min_new_tokens=cfg.min_new_tokens,
+            num_beams=cfg.num_beams,
+            do_sample=False,
+            eos_token_id=self.net.eoc_token_id,
+            pad_token_id=self.tokenizer.pad_token_id,
+            suppress_tokens=[self.net.media_token_id],
+        )
+        if cfg.num_beams > 1:  # only beam search reads it (transformers warns otherwise)
+            kwargs["length_penalty"] = cfg.length_penalty
+        return kwargs
+
+    def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[float]:
+        """Sum of the continuation tokens' log-probabilities after the rendered prompt.
+
+        The continuation is tokenized on its own (no special tokens) and appended to the
+        prompt's tokens, as OpenFlamingo's classification evaluation does. One forward pass
+        over the left-padded batch, padding masked, positions counted from each row's first
+        real token, so a row's score does not depend on what it is batched with."""
+        import torch
+
+        rows, conts = [], []
+        for r in requests:
+            ctx = self.tokenizer(self.render_prompt(r.prompt))["input_ids"]
+            cont = self.tokenizer(r.continuation, add_special_tokens=False)["input_ids"]
+            self._check_media_count(r.prompt, torch.tensor(ctx))
+            rows.append(list(ctx) + list(cont))
+            conts.append(len(cont))
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+            mask[i, width - len(r):] = 1
+        ids, mask = ids.to(self.net.device), mask.to(self.net.device)
+        kwargs = {}
+        if self._accepts_position_ids:
+            kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
+        media = self.batch_media([r.prompt for r in requests])
+        with torch.inference_mode(), self.net.conditioning.conditioned(media, incremental=False):
+            logits = self.net.lm(input_ids=ids, attention_mask=mask, use_cache=False, **kwargs).logits
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        out = []
+        for i, n in enumerate(conts):
+            if n == 0:
+                out.append(0.0)
+                continue
+            target = ids[i, width - n:]
+            pred = logprobs[i, width - n - 1 : width - 1]
+            out.append(float(pred.gather(-1, target[:, None]).sum()))
+        return out
+
+
+__all__ = ["OpenFlamingo", "OpenFlamingoOptions", "MEDIA_TOKEN", "END_OF_CHUNK"]
