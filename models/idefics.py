@@ -96,6 +96,9 @@ class Idefics(Model):
                 num_beams=cfg.num_beams,
                 length_penalty=cfg.length_penalty,
                 do_sample=False,
+                # Stop at the end of the chunk, as demos end (OpenFlamingo stops at <|endofchunk|>).
+                stop_strings=[self.options.chunk_sep] if self.options.chunk_sep else None,
+                tokenizer=self.processor.tokenizer,
             )
         new = out[:, inputs["input_ids"].shape[1]:]
         return self.processor.batch_decode(new, skip_special_tokens=True)
