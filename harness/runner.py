@@ -18,7 +18,7 @@ from .ranking import continuation_for, demo_orders, rank
 from .sampling import RandomSampler, sampler_config
 from .store import Journal, cell_dir, write_json
 from .task import Task
-from .types import Example, GenerateRequest, LoglikelihoodRequest, SampleRecord
+from .types import Example, GenerateRequest, GenerationConfig, LoglikelihoodRequest, SampleRecord
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,22 @@ def _call_batch(fn: Callable[[list[Any]], list[R]], batch: list[Any]) -> list[R 
     return results
 
 
+@dataclass
+class _Cell:
+    """What the two request paths of one cell share."""
+
+    task: Task
+    spec: CellSpec
+    builder: PromptBuilder
+    demos_for: Callable[[Example], list[Example]]
+    journal: Journal
+    bar: Any
+
+    @property
+    def text_only(self) -> bool:
+        return self.spec.shots == 0  # Flamingo's zero-shot: demos without their media
+
+
 class Runner:
     """Runs cells for one model, writing under ``output/label``."""
 
@@ -127,43 +143,10 @@ class Runner:
         todo = [q for q in mine if q.id not in done_ids]
         self.model.observe_support(task.name, sampler.pool)
 
-        def demos_for(q: Example) -> list[Example]:
-            return sampler.demos(q, n_demos)
-
-        text_only = spec.shots == 0
         desc = f"{self.label} {task.name} {spec.shots}-shot seed {spec.seed}"
         bar = tqdm(total=len(mine), initial=len(done), desc=desc, disable=not self.progress, leave=False)
-        new_records: list[SampleRecord] = []
-        if task.kind == "generate":
-            requests = []
-            for q in todo:
-                demos = demos_for(q)
-                requests.append(GenerateRequest(builder.build(demos, q, text_only), gen, q, tuple(demos)))
-            # Longest prompts first: batches of similar length pad less, and OOM shows up early.
-            requests.sort(key=lambda r: -len(self.model.render_prompt(r.prompt)))
-            for start_i in range(0, len(requests), spec.batch_size):
-                batch = requests[start_i : start_i + spec.batch_size]
-                outputs = _call_batch(self.model.generate, batch)
-                batch_records = [self._generated_record(task, r, o) for r, o in zip(batch, outputs)]
-                journal.append(batch_records)
-                new_records.extend(batch_records)
-                bar.update(len(batch))
-        else:
-            ensemble = getattr(task.options, "ensemble", 1)
-            norm = getattr(task.options, "length_normalization", "none")
-            for q in todo:
-                demos = demos_for(q)
-                # Prompt ensembling: every candidate under each demo order; averaged in rank().
-                prompts = [builder.build(o, q, text_only)
-                           for o in demo_orders(demos, ensemble, spec.seed, task.name, q.id)]
-                cands = task.candidates(q)
-                conts = [continuation_for(template, q, c) for c in cands]
-                reqs = [LoglikelihoodRequest(p, c, q, tuple(demos)) for p in prompts for c in conts]
-                outs = _call_batch(self.model.loglikelihood, reqs)
-                record = self._ranked_record(task, q, demos, prompts, cands, conts, outs, norm)
-                journal.append([record])
-                new_records.append(record)
-                bar.update(1)
+        cell = _Cell(task, spec, builder, lambda q: sampler.demos(q, n_demos), journal, bar)
+        new_records = self._generate(cell, todo, gen) if task.kind == "generate" else self._rank(cell, todo, template)
         bar.close()
 
         if spec.shard is not None:
@@ -192,6 +175,44 @@ class Runner:
         }
         write_json(directory / "metrics.json", result)
         return result
+
+    def _generate(self, cell: "_Cell", todo: list[Example], gen: GenerationConfig) -> list[SampleRecord]:
+        """Open-ended: batched generation, longest prompts first, journaled batch by batch."""
+        requests = []
+        for q in todo:
+            demos = cell.demos_for(q)
+            requests.append(GenerateRequest(cell.builder.build(demos, q, cell.text_only), gen, q, tuple(demos)))
+        # Longest prompts first: batches of similar length pad less, and OOM shows up early.
+        requests.sort(key=lambda r: -len(self.model.render_prompt(r.prompt)))
+        records: list[SampleRecord] = []
+        for start in range(0, len(requests), cell.spec.batch_size):
+            batch = requests[start : start + cell.spec.batch_size]
+            outputs = _call_batch(self.model.generate, batch)
+            batch_records = [self._generated_record(cell.task, r, o) for r, o in zip(batch, outputs)]
+            cell.journal.append(batch_records)
+            records.extend(batch_records)
+            cell.bar.update(len(batch))
+        return records
+
+    def _rank(self, cell: "_Cell", todo: list[Example], template) -> list[SampleRecord]:
+        """Close-ended: every candidate under each demo order (prompt ensembling), averaged in rank()."""
+        task = cell.task
+        ensemble = getattr(task.options, "ensemble", 1)
+        norm = getattr(task.options, "length_normalization", "none")
+        records: list[SampleRecord] = []
+        for q in todo:
+            demos = cell.demos_for(q)
+            prompts = [cell.builder.build(o, q, cell.text_only)
+                       for o in demo_orders(demos, ensemble, cell.spec.seed, task.name, q.id)]
+            cands = task.candidates(q)
+            conts = [continuation_for(template, q, c) for c in cands]
+            reqs = [LoglikelihoodRequest(p, c, q, tuple(demos)) for p in prompts for c in conts]
+            outs = _call_batch(self.model.loglikelihood, reqs)
+            record = self._ranked_record(task, q, demos, prompts, cands, conts, outs, norm)
+            cell.journal.append([record])
+            records.append(record)
+            cell.bar.update(1)
+        return records
 
     def _generated_record(self, task: Task, req: GenerateRequest, out: str | SampleError) -> SampleRecord:
         q = req.query
