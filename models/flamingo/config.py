@@ -27,6 +27,7 @@ class VisionConfig:
     path: str = ""
     image_size: int = 64
     channels: tuple[int, ...] = (16, 32, 64, 128)  # built-in conv net: one stride-2 stage per entry
+    norm_groups: int = 8  # built-in conv net: GroupNorm after each conv (0: none); learns shapes far faster
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     frozen: bool = True

@@ -12,6 +12,7 @@ per-media masking makes earlier chunks its demos).
 from __future__ import annotations
 
 import random
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,8 +57,12 @@ class InterleavedSampler:
     """Draws batches of interleaved sequences with a fixed budget of chunks per batch."""
 
     def __init__(self, data: VQAData, model, max_demos: int, chunks_per_batch: int, text_only_prob: float,
-                 seed: int):
+                 seed: int, balance: float = 0.0):
         self.data, self.model = data, model
+        # Questions are drawn with weight 1 / count(answer) ** balance: easy-VQA is 74% yes/no, and
+        # the rarer "what color / what shape" questions are what teaches the vision path names.
+        counts = Counter(data.answers)
+        self.weights = [counts[a] ** -balance for a in data.answers]
         self.max_demos, self.chunks_per_batch, self.text_only_prob = max_demos, chunks_per_batch, text_only_prob
         self.rng = random.Random(seed)
         # Tokenise each distinct piece once.
@@ -71,7 +76,7 @@ class InterleavedSampler:
         rows = max(1, self.chunks_per_batch // (n + 1))
         ids, labels, images = [], [], []
         for _ in range(rows):
-            picks = [self.rng.randrange(len(self.data.questions)) for _ in range(n + 1)]
+            picks = self.rng.choices(range(len(self.data.questions)), weights=self.weights, k=n + 1)
             text_only = 2 if n >= 2 and self.rng.random() < self.text_only_prob else 0
             row_ids, row_labels, row_images = [], [], []
             for j, q in enumerate(picks):

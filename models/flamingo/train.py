@@ -32,6 +32,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--output", required=True, help="checkpoint directory to write")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--init-from", default="", help="continue from a checkpoint directory (a second stage)")
     p.add_argument("--max-minutes", type=float, default=None, help="stop early after this much wall time")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--warmup", type=int, default=30)
@@ -46,6 +47,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="fraction of the steps over which the demo maximum grows from 2 to --max-demos")
     p.add_argument("--chunks-per-batch", type=int, default=96, help="(image, question, answer) chunks per step")
     p.add_argument("--text-only-prob", type=float, default=0.2, help="chance the first two chunks have no image")
+    p.add_argument("--balance", type=float, default=0.5,
+                   help="draw questions with weight 1/count(answer)**B (0: as in the data)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--log-every", type=int, default=10)
     g = p.add_argument_group("paper recipe: local pretrained parts (frozen unless --train-*)")
@@ -145,11 +148,17 @@ def main(argv=None) -> int:
     t0 = time.time()
     data = load_easyvqa_train(args.image_size)
     log.info("loaded %d questions over %d images in %.1fs", len(data.questions), len(data.images), time.time() - t0)
-    model = build_model(args, data)
-    with torch.no_grad():
-        for block in model.xattn:
-            block.attn_gate.fill_(args.gate_init)
-            block.ff_gate.fill_(args.gate_init)
+    if args.init_from:
+        from .model import FlamingoModel
+
+        model = FlamingoModel.load(args.init_from)
+        log.info("continuing from %s", args.init_from)
+    else:
+        model = build_model(args, data)
+        with torch.no_grad():
+            for block in model.xattn:
+                block.attn_gate.fill_(args.gate_init)
+                block.ff_gate.fill_(args.gate_init)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     n_train, n_all = sum(p.numel() for p in params), sum(p.numel() for p in model.parameters())
@@ -179,7 +188,8 @@ def main(argv=None) -> int:
         frac = min(1.0, step / (args.curriculum * args.steps))
         return min(args.max_demos, round(2 + (args.max_demos - 2) * frac))
 
-    sampler = InterleavedSampler(data, model, args.max_demos, args.chunks_per_batch, args.text_only_prob, args.seed)
+    sampler = InterleavedSampler(data, model, args.max_demos, args.chunks_per_batch, args.text_only_prob, args.seed,
+                                 args.balance)
     history: list[dict] = []
     run_loss = run_acc = 0.0
     run_n = 0
@@ -232,6 +242,10 @@ def main(argv=None) -> int:
     (out / "training_log.json").write_text(json.dumps(history, indent=1) + "\n")
     plot_loss(history, out / "loss_curve.png")
     command = "python -m models.flamingo.train " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    previous = ""
+    if args.init_from and (Path(args.init_from) / "TRAINING.md").is_file():
+        previous = "\n## Previous stage (--init-from)\n\n" + (Path(args.init_from) / "TRAINING.md").read_text().split(
+            "\n", 1)[1].replace("![loss curve](loss_curve.png)", "")
     (out / "TRAINING.md").write_text(
         "# How this checkpoint was trained\n\n"
         f"    {command}\n\n"
@@ -245,7 +259,7 @@ def main(argv=None) -> int:
         f"- final answer loss {history[-1]['loss']:.4f}, train answer-token accuracy {history[-1]['acc']:.3f}\n"
         "- data: easy-VQA train split (38,575 questions, 4,000 images), OpenFlamingo prompt "
         "`<image>Question:{q} Short answer:{a}<|endofchunk|>`\n\n"
-        "![loss curve](loss_curve.png)\n"
+        "![loss curve](loss_curve.png)\n" + previous
     )
     log.info("saved %s in %.1f min", out, wall / 60)
     return 0

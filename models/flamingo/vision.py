@@ -18,17 +18,22 @@ from .config import VisionConfig
 
 class ConvEncoder(nn.Module):
     """A small conv net for tiny images: stride-2 stages, then a 2-D position embedding
-    so the resampler knows where each feature came from."""
+    so the resampler knows where each feature came from, plus one global max-pooled token
+    (shape evidence is sparse; a max over patches surfaces it, as a pooling probe showed)."""
 
     def __init__(self, cfg: VisionConfig):
         super().__init__()
         layers: list[nn.Module] = []
         c_in = 3
+
+        def conv(c_in: int, c_out: int, k: int, stride: int) -> list[nn.Module]:
+            norm = [nn.GroupNorm(cfg.norm_groups, c_out)] if cfg.norm_groups else []
+            return [nn.Conv2d(c_in, c_out, k, stride=stride, padding=k // 2), *norm, nn.GELU()]
+
         for i, c in enumerate(cfg.channels):
-            k = 5 if i == 0 else 3
-            layers += [nn.Conv2d(c_in, c, k, stride=2, padding=k // 2), nn.GELU()]
+            layers += conv(c_in, c, 5 if i == 0 else 3, 2)
             if i > 0:  # a second conv per stage, except at full resolution where it is costly
-                layers += [nn.Conv2d(c, c, 3, padding=1), nn.GELU()]
+                layers += conv(c, c, 3, 1)
             c_in = c
         self.net = nn.Sequential(*layers)
         side = cfg.image_size // 2 ** len(cfg.channels)
@@ -36,8 +41,8 @@ class ConvEncoder(nn.Module):
         self.dim = c_in
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = self.net(pixels)  # (N, D, h, w)
-        return x.flatten(2).transpose(1, 2) + self.pos
+        x = self.net(pixels).flatten(2).transpose(1, 2)  # (N, h*w, D)
+        return torch.cat([x + self.pos, x.amax(dim=1, keepdim=True)], dim=1)
 
 
 class HFVisionEncoder(nn.Module):
