@@ -24,8 +24,11 @@ from .registry import get_model_class, get_task_class, include, load_builtins, m
 log = logging.getLogger("harness")
 
 #: What ``run`` evaluates when no --model/--tasks are given: the default sweep on bundled data.
-DEFAULT_MODELS = ("demo-majority", "support-prior")
+DEFAULT_MODELS = ("flamingo", "demo-majority", "support-prior")
 DEFAULT_TASKS = ("easyvqa",)
+#: The default sweep (no --model, --tasks or --limit) evaluates the first N test questions, the
+#: same for every model, so that it runs in a few minutes on a 2-core CPU; --limit overrides it.
+DEFAULT_LIMIT = 1000
 
 
 def _split_names(values: Sequence[str] | None) -> list[str]:
@@ -98,6 +101,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     model_list = _split_names(args.model) or list(DEFAULT_MODELS)
     task_list = _split_names(args.tasks) or list(DEFAULT_TASKS)
+    if not args.model and not args.tasks and args.limit is None:
+        args.limit = DEFAULT_LIMIT
+        log.info("default sweep: the first %d eval questions of each task (pass --limit N to change)", DEFAULT_LIMIT)
     if len(set(model_list)) != len(model_list):
         raise HarnessError("the same --model is named twice; run it twice with different --output or --label")
     tasks = build_tasks(task_list, _flag_task_args(args, task_list) + list(args.task_arg or []), args.data_dir)
@@ -190,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="evaluate models on tasks over shots x seeds",
                        description="Evaluate every task x shots x seed cell for each model. With no --model "
                        f"and --tasks it runs the default sweep: {', '.join(DEFAULT_MODELS)} on "
-                       f"{', '.join(DEFAULT_TASKS)}.")
+                       f"{', '.join(DEFAULT_TASKS)} (first {DEFAULT_LIMIT} eval questions unless --limit).")
     r.add_argument("--model", action="append", metavar="NAME", help="registered model (repeatable or comma list)")
     r.add_argument("--model-arg", action="append", metavar="[MODEL:]KEY=VALUE",
                    help="model option, e.g. path=DIR (see `list models -v`)")
@@ -198,7 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--tasks", action="append", metavar="T1,T2", help="registered tasks (comma list)")
     r.add_argument("--shots", type=int, nargs="+", default=[0, 4, 32])
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    r.add_argument("--limit", type=int, help="evaluate only the first N eval examples (same for every seed)")
+    r.add_argument("--limit", type=int, help="evaluate only the first N eval examples (same for every seed; "
+                   f"default sweep: {DEFAULT_LIMIT})")
     r.add_argument("--batch-size", type=int, default=8)
     r.add_argument("--output", default="results", help="results folder (default: results/); reruns resume")
     r.add_argument("--shard", metavar="K/N",

@@ -1,0 +1,148 @@
+"""The harness adapter of the reference Flamingo: ``--model flamingo [--model-arg path=DIR]``.
+
+It renders each prompt OpenFlamingo's way (``<image>`` before each chunk's text,
+``<|endofchunk|>`` after each demonstration), encodes every distinct media item
+once (features are cached by file: demo images recur across thousands of
+prompts) and decodes with beam search over a KV cache. Without ``path`` it loads
+the checkpoint bundled in this repository (trained on easy-VQA).
+
+Importing this module is cheap: torch and transformers load when a model is built.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from harness.errors import HarnessError, MediaError
+from harness.media import load_image
+from harness.model import Model, checkpoint_fingerprint
+from harness.registry import register_model
+from harness.types import GenerateRequest, Image, LoglikelihoodRequest, Media, Prompt, Video
+
+BUNDLED_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "easyvqa"
+FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+@dataclass(frozen=True)
+class FlamingoOptions:
+    """path: checkpoint directory written by models.flamingo (default: the bundled easy-VQA one).
+    device: cpu, cuda, cuda:1 ... feature_cache: media items whose visual tokens are kept.
+    video_frames: frames sampled (uniformly) from a video given as a folder of frame images."""
+
+    path: str = str(BUNDLED_CHECKPOINT)
+    device: str = "cpu"
+    feature_cache: int = 16384
+    video_frames: int = 8
+
+
+@register_model("flamingo")
+class Flamingo(Model):
+    """Reference Flamingo (Perceiver Resampler + GATED XATTN-DENSE); default: bundled easy-VQA checkpoint."""
+
+    Options = FlamingoOptions
+    template_style = "openflamingo"
+    media_kinds = frozenset({"image", "video"})
+
+    def __init__(self, options=None):
+        super().__init__(options)
+        import torch
+
+        from .model import FlamingoModel
+
+        path = Path(self.options.path)
+        if not (path / "config.json").is_file():
+            raise HarnessError(
+                f"model flamingo: {path} is not a flamingo checkpoint directory (config.json, model.safetensors and "
+                f"tokenizer files, as `python -m models.flamingo.train --output DIR` writes them)"
+            )
+        self.torch = torch
+        self.model = FlamingoModel.load(path, self.options.device)
+        self._fingerprint = checkpoint_fingerprint(path)
+        self._cache: OrderedDict[tuple[str, str], object] = OrderedDict()
+
+    @property
+    def fingerprint(self) -> str:
+        return f"flamingo-{self._fingerprint}"
+
+    # ---- media -------------------------------------------------------------------
+    def _frames(self, video: Video) -> list:
+        """A video's frames. Decoding video files belongs to the harness's video helper; this
+        adapter takes a video given as a folder of frame images."""
+        folder = Path(video.path)
+        if not folder.is_dir():
+            raise MediaError(
+                f"{video.path}: model flamingo takes a video as a folder of frame images (decoded frames); "
+                f"decoding video files is not built into this adapter"
+            )
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in FRAME_SUFFIXES)
+        if not files:
+            raise MediaError(f"{video.path}: no frame images ({', '.join(FRAME_SUFFIXES)}) in this folder")
+        n = min(self.options.video_frames, self.model.cfg.resampler.max_frames, len(files))
+        picks = [files[round(i * (len(files) - 1) / max(n - 1, 1))] for i in range(n)]
+        return [load_image(str(p)) for p in picks]
+
+    def encode_media(self, media: Sequence[Media]) -> list:
+        """Visual tokens (num_latents, dim) of each media item, computed once per file."""
+        torch = self.torch
+        keys = [(m.kind, m.path) for m in media]
+        todo = list(dict.fromkeys(k for k in keys if k not in self._cache))
+        images = [k for k in todo if k[0] == "image"]
+        with torch.inference_mode():
+            if images:
+                pixels = self.model.preprocess([load_image(p) for _, p in images])
+                for k, feats in zip(images, self.model.encode_media(pixels)):
+                    self._remember(k, feats)
+            for k in todo:
+                if k[0] == "video":
+                    pixels = self.model.preprocess(self._frames(Video(k[1])))
+                    self._remember(k, self.model.encode_media(pixels[None])[0])
+                elif k[0] != "image":
+                    raise MediaError(f"{k[1]}: model flamingo does not take media of kind {k[0]!r}")
+        out = []
+        for k in keys:
+            self._cache.move_to_end(k)
+            out.append(self._cache[k])
+        return out
+
+    def _remember(self, key, feats) -> None:
+        self._cache[key] = feats
+        while len(self._cache) > self.options.feature_cache:
+            self._cache.popitem(last=False)
+
+    # ---- prompts -----------------------------------------------------------------
+    def prompt_ids(self, prompt: Prompt) -> list[int]:
+        """Token ids of the OpenFlamingo rendering (what ``render_prompt`` shows as text)."""
+        ids = self.model.prompt_prefix()
+        last = len(prompt.chunks) - 1
+        for i, chunk in enumerate(prompt.chunks):
+            ids += self.model.chunk_ids(len(chunk.media), chunk.text, end_of_chunk=i < last)
+        return ids
+
+    def _media_features(self, prompts: Sequence[Prompt]) -> list:
+        feats = self.encode_media([m for p in prompts for m in p.media])
+        out, k = [], 0
+        for p in prompts:
+            n = len(p.media)
+            out.append(self.torch.stack(feats[k : k + n]) if n else self.torch.zeros(0, 0, 0))
+            k += n
+        return out
+
+    def generate(self, requests: Sequence[GenerateRequest]) -> list[str]:
+        configs = {r.config for r in requests}
+        if len(configs) > 1:  # the runner batches one cell at a time, so this is a caller bug
+            raise HarnessError("model flamingo: one generate() batch must share one GenerationConfig")
+        cfg = requests[0].config
+        prompts = [r.prompt for r in requests]
+        new = self.model.generate([self.prompt_ids(p) for p in prompts], media_features=self._media_features(prompts),
+                                  max_new_tokens=cfg.max_new_tokens, num_beams=cfg.num_beams,
+                                  length_penalty=cfg.length_penalty, min_new_tokens=cfg.min_new_tokens)
+        return [self.model.tokenizer.decode(t, skip_special_tokens=True) for t in new]
+
+    def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[float]:
+        prompts = [r.prompt for r in requests]
+        return self.model.loglikelihood([self.prompt_ids(p) for p in prompts],
+                                        [self.model.encode_text(r.continuation) for r in requests],
+                                        media_features=self._media_features(prompts))

@@ -1,0 +1,70 @@
+"""GATED XATTN-DENSE (Flamingo, Sec. 2.2 and Fig. 4) and per-media masking.
+
+Each block is a cross-attention from text to visual tokens, then a feed-forward,
+each added to the residual stream through ``tanh(alpha)`` with ``alpha = 0`` at
+initialisation, so an untrained model computes exactly the frozen LM.
+
+Masking (Sec. 2.3): each text token attends only to the visual tokens of the
+*last* media item before it (``text_time``: 1-based index of that item, 0 when no
+media precedes the token, which then attends to nothing and gets zero update).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .resampler import feed_forward
+
+
+def media_time(input_ids: torch.Tensor, media_token_id: int, offset: torch.Tensor | None = None) -> torch.Tensor:
+    """For each token, the 1-based index of the last media token at or before it (0: none).
+
+    ``offset`` (B,) counts media already seen in a cached prefix.
+    """
+    t = torch.cumsum(input_ids == media_token_id, dim=1)
+    return t if offset is None else t + offset[:, None]
+
+
+class MaskedCrossAttention(nn.Module):
+    def __init__(self, dim: int, dim_visual: int, heads: int, dim_head: int):
+        super().__init__()
+        self.heads, self.scale = heads, dim_head ** -0.5
+        inner = heads * dim_head
+        self.norm = nn.LayerNorm(dim)
+        self.to_q = nn.Linear(dim, inner, bias=False)
+        self.to_kv = nn.Linear(dim_visual, 2 * inner, bias=False)
+        self.to_out = nn.Linear(inner, dim, bias=False)
+
+    def forward(self, x: torch.Tensor, media: torch.Tensor, text_time: torch.Tensor) -> torch.Tensor:
+        """x: (B, T, dim); media: (B, M, L, dim_visual); text_time: (B, T) in 0..M."""
+        b, t, _ = x.shape
+        m, l = media.shape[1:3]
+        h = self.heads
+        q = self.to_q(self.norm(x)).view(b, t, h, -1).transpose(1, 2)
+        k, v = self.to_kv(media.flatten(1, 2)).chunk(2, dim=-1)
+        k, v = (z.view(b, m * l, h, -1).transpose(1, 2) for z in (k, v))
+        scores = q @ k.transpose(-1, -2) * self.scale  # (B, h, T, M*L)
+        key_time = torch.arange(1, m + 1, device=x.device).repeat_interleave(l)  # media index of each key
+        allowed = text_time[:, None, :, None] == key_time[None, None, None, :]
+        scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+        out = scores.softmax(dim=-1) @ v
+        # Tokens with no media before them attend to nothing: their output is exactly zero.
+        out = out * (text_time > 0)[:, None, :, None].to(out.dtype)
+        return self.to_out(out.transpose(1, 2).reshape(b, t, -1))
+
+
+class GatedCrossAttentionBlock(nn.Module):
+    """x + tanh(a_attn) * xattn(x, media);  x + tanh(a_ff) * ffw(x)."""
+
+    def __init__(self, dim: int, dim_visual: int, heads: int, dim_head: int, ff_mult: int):
+        super().__init__()
+        self.attn = MaskedCrossAttention(dim, dim_visual, heads, dim_head)
+        self.attn_gate = nn.Parameter(torch.zeros(1))
+        self.ff = feed_forward(dim, ff_mult)
+        self.ff_gate = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor, media: torch.Tensor | None, text_time: torch.Tensor) -> torch.Tensor:
+        if media is not None and media.shape[1] > 0:  # a text-only batch has nothing to attend to
+            x = x + self.attn_gate.tanh() * self.attn(x, media, text_time)
+        return x + self.ff_gate.tanh() * self.ff(x)
