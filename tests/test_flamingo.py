@@ -238,7 +238,7 @@ def test_adapter_renders_openflamingo_prompts_and_takes_video_folders(tmp_path):
         (frames / f"{i:03d}.png").write_bytes(Path(p).read_bytes())
     video_prompt = Prompt((Chunk((Video(str(frames)),), "Question:what color is the shape? Short answer:"),))
     assert len(adapter.generate([GenerateRequest(video_prompt, GenerationConfig(), query=None)])) == 1  # type: ignore[arg-type]
-    with pytest.raises(MediaError, match="folder of frame images"):
+    with pytest.raises(MediaError, match="video not found"):  # video files are decoded by harness.video
         adapter.encode_media([Video(str(tmp_path / "clip.mp4"))])
     with pytest.raises(MediaError, match="not found"):
         adapter.encode_media([Image(str(tmp_path / "missing.png"))])
@@ -264,3 +264,23 @@ def test_listing_models_does_not_import_torch():
             "assert 'flamingo' in names, names; assert 'torch' not in sys.modules; print('ok')")
     proc = subprocess.run([PY, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+def test_bundled_flamingo_runs_a_video_task_from_mp4_files(tmp_path):
+    """Video files go through harness.video (PyAV, the task's frame selection); the selection is
+    part of the feature-cache key, and more frames than the resampler's time embeddings is a clear error."""
+    import json
+
+    from conftest_video import write_msqa
+    from tests.conftest import run_cli
+
+    write_msqa(tmp_path / "data", "msrvtt_qa", "video{video_id}.mp4")
+    out = tmp_path / "res"
+    args = ["run", "--model", "flamingo", "--tasks", "msrvtt_qa", "--data-dir", str(tmp_path / "data"),
+            "--shots", "2", "--seeds", "0", "--output", str(out), "-q"]
+    run_cli(*args, "--frames", "4")
+    metrics = json.loads(next(out.rglob("metrics.json")).read_text())
+    assert metrics["n"] == 4 and metrics["n_failed"] == 0
+    assert metrics["config"]["task"]["options"]["frames"] == 4
+    proc = run_cli(*args, "--frames", "16", check=False)
+    assert proc.returncode == 2 and "takes at most 8" in proc.stderr and "--frames 8" in proc.stderr

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Sequence
 
 from harness.errors import HarnessError, MediaError
+from harness.video import load_video_frames, selection_of
 from harness.media import load_image
 from harness.model import Model, checkpoint_fingerprint
 from harness.registry import register_model
-from harness.types import GenerateRequest, Image, LoglikelihoodRequest, Media, Prompt, Video
+from harness.types import GenerateRequest, LoglikelihoodRequest, Media, Prompt, Video
 
 BUNDLED_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "easyvqa"
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -30,7 +31,8 @@ FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 class FlamingoOptions:
     """path: checkpoint directory written by models.flamingo (default: the bundled easy-VQA one).
     device: cpu, cuda, cuda:1 ... feature_cache: media items whose visual tokens are kept.
-    video_frames: frames sampled (uniformly) from a video given as a folder of frame images."""
+    video_frames: frames sampled (uniformly) from a video given as a folder of frame images
+    (video files follow the task's --frames/--fps selection)."""
 
     path: str = str(BUNDLED_CHECKPOINT)
     device: str = "cpu"
@@ -69,14 +71,16 @@ class Flamingo(Model):
 
     # ---- media -------------------------------------------------------------------
     def _frames(self, video: Video) -> list:
-        """A video's frames. Decoding video files belongs to the harness's video helper; this
-        adapter takes a video given as a folder of frame images."""
+        """A video's frames: a video file is decoded by harness.video (the task's frame selection,
+        the shared frame cache); a folder of frame images is sampled uniformly."""
         folder = Path(video.path)
         if not folder.is_dir():
-            raise MediaError(
-                f"{video.path}: model flamingo takes a video as a folder of frame images (decoded frames); "
-                f"decoding video files is not built into this adapter"
-            )
+            frames = load_video_frames(video)
+            cap = self.model.cfg.resampler.max_frames
+            if len(frames) > cap:
+                raise MediaError(f"{video.path}: {len(frames)} frames selected but this checkpoint takes at most "
+                                 f"{cap} (its resampler's time embeddings); use --frames {cap} or fewer")
+            return frames
         files = sorted(p for p in folder.iterdir() if p.suffix.lower() in FRAME_SUFFIXES)
         if not files:
             raise MediaError(f"{video.path}: no frame images ({', '.join(FRAME_SUFFIXES)}) in this folder")
@@ -87,17 +91,19 @@ class Flamingo(Model):
     def encode_media(self, media: Sequence[Media]) -> list:
         """Visual tokens (num_latents, dim) of each media item, computed once per file."""
         torch = self.torch
-        keys = [(m.kind, m.path) for m in media]
+        # A video's features depend on which frames were selected, so the selection is part of its key.
+        keys = [(m.kind, m.path, repr(selection_of(m)) if isinstance(m, Video) else "") for m in media]
+        by_key = dict(zip(keys, media))
         todo = list(dict.fromkeys(k for k in keys if k not in self._cache))
         images = [k for k in todo if k[0] == "image"]
         with torch.inference_mode():
             if images:
-                pixels = self.model.preprocess([load_image(p) for _, p in images])
+                pixels = self.model.preprocess([load_image(k[1]) for k in images])
                 for k, feats in zip(images, self.model.encode_media(pixels)):
                     self._remember(k, feats)
             for k in todo:
                 if k[0] == "video":
-                    pixels = self.model.preprocess(self._frames(Video(k[1])))
+                    pixels = self.model.preprocess(self._frames(by_key[k]))
                     self._remember(k, self.model.encode_media(pixels[None])[0])
                 elif k[0] != "image":
                     raise MediaError(f"{k[1]}: model flamingo does not take media of kind {k[0]!r}")
