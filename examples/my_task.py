@@ -15,10 +15,9 @@ OpenFlamingo answer post-processing, the official VQA accuracy, results, tables.
 
 from __future__ import annotations
 
-import json
-
 from harness.errors import DataError
 from harness.registry import register_task
+from harness.tabular import read_jsonl
 from harness.types import Example, Image
 from tasks.vqa import VQATask, choose_answer
 
@@ -34,23 +33,17 @@ class MyVQA(VQATask):
 
     def load(self, split: str) -> list[Example]:
         path = self.root / f"{split}.jsonl"
-        if not path.is_file():
-            raise DataError(f"task my_vqa: file not found: {path}\nExpected layout: {LAYOUT}")
         examples = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
+        for n, rec in enumerate(read_jsonl(path, "task my_vqa", LAYOUT), 1):
             try:
-                rec = json.loads(line)
                 answers = tuple(rec["answers"])
-                ex = Example(
+                examples.append(Example(
                     id=str(rec["id"]),
                     media=(Image(str(self.root / rec["image"])),),
                     fields={"question": rec["question"]},
                     answers=answers,
                     target=choose_answer(answers, self.options.answer_choice),
-                )
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise DataError(f"{path}, line {n}: {type(exc).__name__}: {exc}\nExpected layout: {LAYOUT}") from None
-            examples.append(ex)
+                ))
+            except (KeyError, TypeError) as exc:
+                raise DataError(f"{path}, record {n}: {type(exc).__name__}: {exc}\nExpected layout: {LAYOUT}") from None
         return examples

@@ -8,7 +8,6 @@ from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
 
 from .errors import MediaError
-from .types import Image, Media
 
 
 @lru_cache(maxsize=256)
@@ -21,13 +20,3 @@ def load_image(path: str) -> PILImage.Image:
         raise MediaError(f"image not found: {path}") from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise MediaError(f"image could not be read: {path} ({exc})") from None
-
-
-def load_images(media: tuple[Media, ...] | list[Media]) -> list[PILImage.Image]:
-    """The PIL images of a list of media; a video here is an error of this image-only loader."""
-    out = []
-    for m in media:
-        if not isinstance(m, Image):
-            raise MediaError(f"{m.path}: this model takes images only, not {m.kind}")
-        out.append(load_image(m.path))
-    return out
