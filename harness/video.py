@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image as PILImage
 
 from .errors import HarnessError, MediaError
+from .media import load_image
 from .types import Image, Media, Video
 
 log = logging.getLogger(__name__)
@@ -253,8 +254,6 @@ def load_video_frames(video: Video, cache: FrameCache | None = None) -> list[PIL
 
 def media_as_images(media: Sequence[Media], video_as_frames: bool, model: str = "this model") -> list[PILImage.Image]:
     """Images for an image-only model: each image, and each video as its frames in order (if opted in)."""
-    from .media import load_image
-
     out: list[PILImage.Image] = []
     for m in media:
         if isinstance(m, Image):
