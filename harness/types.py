@@ -17,6 +17,11 @@ class Image:
     path: str
     kind: str = field(default="image", init=False)
 
+    @property
+    def identity(self) -> str:
+        """Stable identity used by every cache (features, RICES, frames) and in result keys."""
+        return self.path
+
 
 @dataclass(frozen=True)
 class Video:
@@ -24,6 +29,11 @@ class Video:
 
     path: str
     kind: str = field(default="video", init=False)
+
+    @property
+    def identity(self) -> str:
+        """Stable identity used by every cache (features, RICES, frames) and in result keys."""
+        return self.path
 
 
 Media = Union[Image, Video]
