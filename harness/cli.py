@@ -2,7 +2,8 @@
 
     python run_eval.py run --model NAME [--model-arg k=v ...] --tasks vqav2,okvqa --shots 0 4 32 --seeds 0 1 2
     python run_eval.py score --task vqav2 --predictions preds.json [--split val] [--json]
-    python run_eval.py compare results/A results/B [--format markdown|csv|latex] [--plot out.png]
+    python run_eval.py compare results/A results/B [--format markdown|csv|latex] [--plot out.png] [--baseline A]
+    python run_eval.py view results/A results/B [--output report.html]
     python run_eval.py list tasks|models
 """
 
@@ -119,6 +120,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     table = summary_table(summaries)
     print(render(table, "markdown"), end="")
     print(f"\n{len(summaries) * len(spec.seeds)} cells in {time.time() - t0:.1f}s; results under {output}/")
+    data = f" --data-dir {args.data_dir}" if args.data_dir else ""
+    print(f"browse the samples: python run_eval.py view {output}{data} --output {output}/report.html")
     return 0
 
 
@@ -151,12 +154,33 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .report import compare, plot, render
+    from .report import TABLE_NOTE, compare, plot, render
 
     table = compare(args.results, metrics=args.metrics)
     print(render(table, args.format), end="")
+    if args.format == "markdown":
+        print(f"\n{TABLE_NOTE}")
+    if args.baseline:
+        from .paired import paired_compare, render_paired
+
+        paired = paired_compare(args.results, args.baseline, seed=args.bootstrap_seed)
+        if args.format == "markdown":
+            print(f"\nPaired differences vs {paired['baseline'].iloc[0]} (95% paired bootstrap CI over queries, "
+                  f"sign-flip permutation p, * = significant after Holm over the {paired['p'].notna().sum()} "
+                  "tested rows; see docs/statistics.md)\n")
+        print(render_paired(paired, args.format), end="")
     if args.plot:
         log.info("wrote %s", plot(args.results, args.plot))
+    return 0
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    from .viewer import write_viewer
+
+    info = write_viewer(args.results, args.output, data_dir=args.data_dir, thumb_size=args.thumb_size,
+                        max_images=args.max_images)
+    print(f"wrote {info.path} ({info.size_bytes / 1e6:.1f} MB: {info.n_samples} samples in {info.n_cells} cells, "
+          f"{info.n_images} thumbnails embedded{info.note})")
     return 0
 
 
@@ -237,8 +261,28 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--metrics", choices=["primary", "all"], default="primary",
                    help="only each task's main metric, or breakdowns too")
     c.add_argument("--plot", metavar="PNG", help="also write metric-vs-shots plots")
+    c.add_argument("--baseline", metavar="LABEL|FOLDER",
+                   help="add each other checkpoint's paired difference from this one (a checkpoint as the "
+                        "table names it, or its results folder): 95%% interval, p-value, Holm-marked rows")
+    c.add_argument("--bootstrap-seed", type=int, default=0,
+                   help="seed of the bootstrap and permutation draws (default 0: reproducible output)")
     c.add_argument("--include", action="append", default=[], help=argparse.SUPPRESS)
     c.set_defaults(func=cmd_compare)
+
+    v = sub.add_parser("view", help="write a self-contained HTML results viewer (table, plots, samples, images)",
+                       description="One static HTML file, opened from disk, no server or network: the comparison "
+                       "table and metric-vs-shots plots, then per cell a sample browser (demo images and texts, "
+                       "prompt, raw output, prediction, references, score) with wrong/failed filters, search, "
+                       "and the queries two checkpoints disagree on. Images are embedded as JPEG thumbnails.")
+    v.add_argument("results", nargs="+", help="results folders (or metrics.json files)")
+    v.add_argument("--output", default="report.html", help="HTML file to write (default: report.html)")
+    v.add_argument("--data-dir", help="data root the tasks read images from (default: $HARNESS_DATA)")
+    v.add_argument("--thumb-size", type=int, default=96, help="longest side of embedded thumbnails in px (default 96)")
+    v.add_argument("--max-images", type=int, default=2000,
+                   help="cap on distinct embedded images; samples past it show their file name only (default 2000)")
+    v.add_argument("--include", action="append", default=[], metavar="PATH",
+                   help="plug-in tasks the results used (to find their images)")
+    v.set_defaults(func=cmd_view)
 
     ls = sub.add_parser("list", help="list registered tasks or models (plug-ins included)")
     ls.add_argument("what", choices=["tasks", "models"])

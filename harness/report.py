@@ -5,6 +5,8 @@ From Python::
     from harness.report import load_results, compare
     cells = load_results(["results/A", "results/B"])   # one row per cell x metric
     table = compare(["results/A", "results/B"])         # mean, std, seeds, n per (task, metric) x (model, shots)
+
+Paired differences with intervals and p-values: :func:`harness.paired.paired_compare`.
 """
 
 from __future__ import annotations
@@ -116,6 +118,16 @@ def render(table: pd.DataFrame, fmt: Format = "markdown") -> str:
     headers = ["task", "metric"] + [f"{ck} {shots}-shot" for ck, shots in table.columns]
     rows = [[str(task), str(metric)] + ["" if pd.isna(v) else str(v) for v in vals]
             for (task, metric), vals in zip(table.index, table.to_numpy())]
+    return render_rows(headers, rows, fmt)
+
+
+#: What a comparison-table cell shows (printed under markdown tables).
+TABLE_NOTE = ("cells: mean over seeds (std over seeds, population std ddof=0 as OpenFlamingo reports it; "
+              "shown with 2+ seeds) n=queries per seed")
+
+
+def render_rows(headers: Sequence[str], rows: Sequence[Sequence[str]], fmt: Format = "markdown") -> str:
+    """Rows of strings as markdown, CSV or LaTeX."""
     if fmt == "csv":
         flat = pd.DataFrame(rows, columns=headers)
         return flat.to_csv(index=False)

@@ -184,7 +184,7 @@ class KarpathyCaptionTask(Task):
                 for r, v in zip(records, per_image):
                     r.score = v
                     r.fields["CIDEr"] = v
-                ci = mean_with_ci(per_image, scale=1.0)
+                ci = mean_with_ci(per_image, scale=1.0, bounded=False)  # per-image CIDEr is unbounded
                 out["CIDEr_ci95"] = [ci["ci95_low"], ci["ci95_high"]]
         for name, note in result.notes.items():
             out[name] = None

@@ -1,0 +1,241 @@
+"""Paired comparison of checkpoints: B - A over the same queries and seeds, with an interval,
+a p-value, and a Holm correction over the table (see docs/statistics.md).
+
+From Python::
+
+    from harness.paired import paired_compare
+    df = paired_compare(["results/A", "results/B"], baseline="A-label")
+    df[["task", "shots", "checkpoint", "delta", "ci_low", "ci_high", "p", "p_holm", "significant"]]
+
+Two cells are paired only when everything that decides their queries and demonstrations is
+the same (task and its options, data, splits, limit/sample, sampler, shots, seed) and their
+prediction files hold the same query ids with the same demo ids; otherwise the row says why
+it was refused and has no p-value.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .errors import HarnessError
+from .metrics.stats import holm, paired_difference
+
+#: config["task"] keys that do not change which queries and demos a cell has (the template is
+#: resolved per model family, so checkpoints of different families may differ there).
+_TASK_KEYS_FREE = frozenset({"template", "template_text"})
+#: top-level config keys that belong to the model or the run, not to the queries / demos.
+_FREE_KEYS = frozenset({"model", "label", "generation", "harness_version"})
+ALPHA = 0.05
+
+
+@dataclass
+class CellRecords:
+    """One finished cell: its config and its per-query (score, demo ids), in file order."""
+
+    file: Path
+    config: dict[str, Any]
+    value: float
+    ids: list[str]
+    scores: np.ndarray
+    demos: dict[str, list[str]]
+
+
+def pairing_fields(config: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a cell's configuration that decide its queries and demonstrations.
+
+    Everything except the model, label, generation settings, version and the prompt template;
+    unknown keys are kept, so a field added later (a data fingerprint, ``sample``) counts.
+    """
+    out = {k: v for k, v in config.items() if k not in _FREE_KEYS}
+    if isinstance(out.get("task"), dict):
+        out["task"] = {k: v for k, v in out["task"].items() if k not in _TASK_KEYS_FREE}
+    return out
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): d}
+
+
+def pairing_mismatch(a: dict[str, Any], b: dict[str, Any]) -> str | None:
+    """Why two configs cannot be paired (the differing fields and values), or None."""
+    fa, fb = _flat(pairing_fields(a)), _flat(pairing_fields(b))
+    diffs = [k for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)]
+    if not diffs:
+        return None
+    shown = ", ".join(f"{k} {fa.get(k)!r} vs {fb.get(k)!r}" for k in diffs[:3])
+    more = f" (+{len(diffs) - 3} more)" if len(diffs) > 3 else ""
+    return f"different queries/demos: {shown}{more}"
+
+
+def read_cell(file: str | Path, value: float) -> CellRecords:
+    """A cell's records from the predictions.jsonl beside its metrics.json."""
+    file = Path(file)
+    metrics = json.loads(file.read_text(encoding="utf-8"))
+    preds = file.parent / "predictions.jsonl"
+    if not preds.is_file():
+        raise HarnessError(f"{file}: no predictions.jsonl beside it; the paired test needs per-query scores")
+    ids, scores, demos = [], [], {}
+    with open(preds, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                r = json.loads(line)
+                qid = str(r["query_id"])
+                ids.append(qid)
+                scores.append(float(r["score"]))
+                demos[qid] = [str(x) for x in r.get("demo_ids", [])]
+    return CellRecords(file, metrics["config"], value, ids, np.asarray(scores, dtype=float), demos)
+
+
+def records_mismatch(a: CellRecords, b: CellRecords) -> str | None:
+    """Why two cells' records cannot be paired query by query, or None."""
+    sa, sb = set(a.ids), set(b.ids)
+    if sa != sb:
+        return f"different queries: {len(sa - sb)} only in A, {len(sb - sa)} only in B"
+    bad = sum(a.demos[q] != b.demos[q] for q in a.ids)
+    if bad:
+        return f"different demonstrations for {bad} of {len(a.ids)} queries"
+    return None
+
+
+def score_scale(cell: CellRecords) -> float | None:
+    """100 or 1 if the cell's metric is the mean of its per-sample scores on that scale, else None."""
+    if len(cell.scores) == 0 or cell.value is None or math.isnan(cell.value):
+        return None
+    mean = float(cell.scores.mean())
+    for scale in (100.0, 1.0):
+        if abs(mean * scale - cell.value) <= 1e-6 * max(1.0, abs(cell.value)):
+            return scale
+    return None
+
+
+def resolve_baseline(cells: pd.DataFrame, baseline: str) -> str:
+    """The checkpoint (as the table shows it) named by ``baseline``: a checkpoint label, or a results folder."""
+    names = sorted(cells["checkpoint"].unique())
+    if baseline in names:
+        return baseline
+    target = Path(baseline).resolve()
+    by_source = sorted({ck for src, ck in zip(cells["source"], cells["checkpoint"])
+                        if Path(src).resolve() == target})
+    if len(by_source) == 1:
+        return by_source[0]
+    if len(by_source) > 1:
+        raise HarnessError(f"--baseline {baseline}: that folder holds several checkpoints "
+                           f"({', '.join(by_source)}); name one of them")
+    raise HarnessError(f"--baseline {baseline!r} is neither a checkpoint of these results "
+                       f"({', '.join(names)}) nor one of the results folders")
+
+
+def paired_compare(paths: Sequence[str | Path], baseline: str, seed: int = 0,
+                   n_boot: int | None = None, n_perm: int | None = None) -> pd.DataFrame:
+    """Every other checkpoint against ``baseline`` on each (task, primary metric, shots) both have.
+
+    Columns: task, metric, shots, checkpoint, baseline, seeds, n, baseline_mean, mean, delta,
+    ci_low, ci_high, p, p_holm, significant (Holm-adjusted p < 0.05 over the table's rows),
+    note (why a row has no test, or what is resampled). ``delta = mean - baseline_mean``.
+    """
+    from .report import load_results
+
+    cells = load_results(paths)
+    base = resolve_baseline(cells, baseline)
+    cells = cells[cells["primary"]]
+    if base not in set(cells["checkpoint"]):
+        raise HarnessError(f"--baseline {baseline}: no finished cells of {base}")
+    kw = {k: v for k, v in (("n_boot", n_boot), ("n_perm", n_perm)) if v is not None}
+    cache: dict[str, CellRecords] = {}
+
+    def load(row: Any) -> CellRecords:
+        if row.file not in cache:
+            cache[row.file] = read_cell(row.file, row.value)
+        return cache[row.file]
+
+    rows = []
+    for (task, metric, shots), grp in cells.groupby(["task", "metric", "shots"], sort=True):
+        a_cells = {r.seed: r for r in grp[grp["checkpoint"] == base].itertuples()}
+        if not a_cells:
+            continue
+        for ck, bgrp in grp[grp["checkpoint"] != base].groupby("checkpoint", sort=True):
+            b_cells = {r.seed: r for r in bgrp.itertuples()}
+            seeds = sorted(set(a_cells) & set(b_cells))
+            row: dict[str, Any] = {
+                "task": task, "metric": metric, "shots": int(shots), "checkpoint": ck, "baseline": base,
+                "seeds": len(seeds), "n": math.nan,
+                "baseline_mean": float(np.mean([a_cells[s].value for s in seeds])) if seeds else math.nan,
+                "mean": float(np.mean([b_cells[s].value for s in seeds])) if seeds else math.nan,
+                "delta": math.nan, "ci_low": math.nan, "ci_high": math.nan, "p": math.nan, "note": "",
+            }
+            if seeds:
+                row["delta"] = row["mean"] - row["baseline_mean"]
+            row.update(_test(task, metric, [(load(a_cells[s]), load(b_cells[s]), s) for s in seeds],
+                             sorted(a_cells), sorted(b_cells), seed, kw))
+            rows.append(row)
+    if not rows:
+        raise HarnessError(f"nothing to compare with {base}: no other checkpoint has a (task, shots) it has")
+    df = pd.DataFrame(rows)
+    df["p_holm"] = holm(df["p"].to_numpy())
+    df["significant"] = df["p_holm"] < ALPHA
+    cols = ["task", "metric", "shots", "checkpoint", "baseline", "seeds", "n", "baseline_mean", "mean",
+            "delta", "ci_low", "ci_high", "p", "p_holm", "significant", "note"]
+    return df[cols]
+
+
+def _test(task: str, metric: str, pairs: list[tuple[CellRecords, CellRecords, int]], seeds_a: list[int],
+          seeds_b: list[int], seed: int, kw: dict[str, int]) -> dict[str, Any]:
+    if not pairs:
+        return {"note": f"not paired: no common seed (baseline {seeds_a}, this {seeds_b})"}
+    a_list, b_list = [], []
+    scales = set()
+    for a, b, s in pairs:
+        why = pairing_mismatch(a.config, b.config) or records_mismatch(a, b)
+        if why:
+            return {"note": f"not paired (seed {s}): {why}"}
+        sa, sb = score_scale(a), score_scale(b)
+        if sa is None or sb is None or sa != sb:
+            return {"note": f"no paired test: {metric} is not the mean of the per-sample scores"}
+        scales.add(sa)
+        order = sorted(a.ids)
+        ia, ib = {q: i for i, q in enumerate(a.ids)}, {q: i for i, q in enumerate(b.ids)}
+        a_list.append(a.scores[[ia[q] for q in order]])
+        b_list.append(b.scores[[ib[q] for q in order]])
+    res = paired_difference(a_list, b_list, scale=scales.pop(), seed=seed, **kw)
+    note = ""
+    if metric.lower() == "cider":
+        note = "per-image CIDEr resampled (document frequencies of the full eval set held fixed)"
+    if len(pairs) < max(len(seeds_a), len(seeds_b)):
+        note = "; ".join(x for x in (note, f"on the {len(pairs)} common seeds") if x)
+    return {"delta": res.delta, "ci_low": res.ci_low, "ci_high": res.ci_high, "p": res.p,
+            "n": res.n_queries, "note": note}
+
+
+def render_paired(df: pd.DataFrame, fmt: str = "markdown") -> str:
+    """The paired table in the same formats as the comparison table."""
+    from .report import render_rows
+
+    headers = ["task", "metric", "shots", "checkpoint", "baseline", "seeds", "n", "baseline mean",
+               "mean", "delta (B-A)", "95% CI", "p", "p (Holm)", "sig.", "note"]
+
+    def num(v: float, digits: int = 2) -> str:
+        return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+    def pval(v: float) -> str:
+        return "" if math.isnan(v) else (f"{v:.2g}" if v < 0.001 else f"{v:.3f}")
+
+    rows = []
+    for r in df.itertuples():
+        ci = f"[{num(r.ci_low)}, {num(r.ci_high)}]" if not math.isnan(r.ci_low) else ""
+        rows.append([str(r.task), str(r.metric), str(r.shots), str(r.checkpoint), str(r.baseline), str(r.seeds),
+                     "" if math.isnan(r.n) else str(int(r.n)), num(r.baseline_mean), num(r.mean),
+                     (f"{r.delta:+.2f}" if not math.isnan(r.delta) else ""), ci, pval(r.p), pval(r.p_holm),
+                     "*" if r.significant else "", str(r.note)])
+    return render_rows(headers, rows, fmt)
