@@ -126,8 +126,9 @@ def resolve_baseline(cells: pd.DataFrame, baseline: str) -> str:
     if baseline in names:
         return baseline
     target = Path(baseline).resolve()
-    by_source = sorted({ck for src, ck in zip(cells["source"], cells["checkpoint"])
-                        if Path(src).resolve() == target})
+    # a results folder given to compare, or any folder holding the checkpoint's cells (e.g. results/A/label)
+    by_source = sorted({ck for src, file, ck in zip(cells["source"], cells["file"], cells["checkpoint"])
+                        if Path(src).resolve() == target or target in Path(file).resolve().parents})
     if len(by_source) == 1:
         return by_source[0]
     if len(by_source) > 1:
