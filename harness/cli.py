@@ -97,7 +97,7 @@ def _flag_task_args(args: argparse.Namespace, names: Sequence[str]) -> list[str]
 
 # ---- subcommands ---------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
-    from .report import render, summary_table
+    from .report import TABLE_NOTE, render, summary_table
     from .sweep import SweepSpec, run_sweep
 
     model_list = _split_names(args.model) or list(DEFAULT_MODELS)
@@ -119,6 +119,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     table = summary_table(summaries)
     print(render(table, "markdown"), end="")
+    print(TABLE_NOTE)
     print(f"\n{len(summaries) * len(spec.seeds)} cells in {time.time() - t0:.1f}s; results under {output}/")
     data = f" --data-dir {args.data_dir}" if args.data_dir else ""
     print(f"browse the samples: python run_eval.py view {output}{data} --output {output}/report.html")

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import HarnessError
-from .metrics.stats import holm, paired_difference
+from .metrics.stats import N_PERM, holm, paired_difference
 
 #: config["task"] keys that do not change which queries and demos a cell has (the template is
 #: resolved per model family, so checkpoints of different families may differ there).
@@ -219,6 +219,14 @@ def _test(task: str, metric: str, pairs: list[tuple[CellRecords, CellRecords, in
             "n": res.n_queries, "note": note}
 
 
+def format_p(p: float, n_perm: int = N_PERM) -> str:
+    """A p-value for tables; the smallest a permutation test can give (1/(n_perm+1)) shows as a bound."""
+    floor = 1.0 / (n_perm + 1)
+    if p <= floor * (1 + 1e-9):
+        return f"<={floor:.1g}"
+    return f"{p:.2g}" if p < 0.001 else f"{p:.3f}"
+
+
 def render_paired(df: pd.DataFrame, fmt: str = "markdown") -> str:
     """The paired table in the same formats as the comparison table."""
     from .report import render_rows
@@ -230,7 +238,7 @@ def render_paired(df: pd.DataFrame, fmt: str = "markdown") -> str:
         return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
     def pval(v: float) -> str:
-        return "" if math.isnan(v) else (f"{v:.2g}" if v < 0.001 else f"{v:.3f}")
+        return "" if math.isnan(v) else format_p(v)
 
     rows = []
     for r in df.itertuples():

@@ -229,7 +229,7 @@ def _table_html(table: pd.DataFrame) -> str:
 
 
 def _paired_html(paths: Sequence[str | Path], baseline: str, notes: list[str]) -> str:
-    from .paired import paired_compare
+    from .paired import format_p, paired_compare
 
     try:
         df = paired_compare(paths, baseline)
@@ -241,8 +241,8 @@ def _paired_html(paths: Sequence[str | Path], baseline: str, notes: list[str]) -
     for r in df.itertuples():
         ci = "" if math.isnan(r.ci_low) else f"[{r.ci_low:.2f}, {r.ci_high:.2f}]"
         delta = "" if math.isnan(r.delta) else f"{r.delta:+.2f}"
-        p = "" if math.isnan(r.p) else f"{r.p:.3g}"
-        ph = "" if math.isnan(r.p_holm) else f"{r.p_holm:.3g}"
+        p = "" if math.isnan(r.p) else format_p(r.p)
+        ph = "" if math.isnan(r.p_holm) else format_p(r.p_holm)
         vals = [r.task, r.shots, r.checkpoint, delta, ci, p, ph, "*" if r.significant else "", r.note]
         rows.append("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in vals) + "</tr>")
     return (f"<h3>Paired differences vs {html.escape(baseline)}</h3><table class='summary'><tr>"

@@ -166,6 +166,7 @@ def test_viewer_in_headless_chromium(two_models, browser, tmp_path):
     assert len(widths) == 2 and all(w > 0 for w in widths)  # both demo images of a 2-shot query loaded
     assert js("return arguments[0].querySelector('img.query-img').naturalWidth", first) > 0
     assert "Question:" in first.text and "prompt" in first.text and "references" in first.text
+    js("document.getElementById('cards').scrollIntoView()")
     browser.save_screenshot(str(tmp_path / "viewer.png"))
     assert (tmp_path / "viewer.png").stat().st_size > 10_000
 
@@ -194,6 +195,7 @@ def test_viewer_in_headless_chromium(two_models, browser, tmp_path):
     _select(browser, "other", value)
     assert js("return document.querySelectorAll('#cards .pair').length") == min(50, n_dis)
     assert js("return document.querySelectorAll('#cards .pair .card').length") == 2 * min(50, n_dis)
+    js("document.getElementById('cards').scrollIntoView()")
     browser.save_screenshot(str(tmp_path / "viewer_disagreements.png"))
     print(f"screenshots: {tmp_path / 'viewer.png'} {tmp_path / 'viewer_disagreements.png'}")
 
