@@ -23,6 +23,7 @@ import io
 import json
 import logging
 import math
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,6 +102,27 @@ class _Thumbs:
         return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+class _Strings:
+    """Prompts as lists of indices into one table of pieces (split after each ``>`` or newline):
+    demo chunks recur across thousands of prompts, so a 32-shot prompt costs ~33 numbers, not 2 KB."""
+
+    _SPLIT = re.compile(r"(?<=[>\n])")
+
+    def __init__(self) -> None:
+        self.table: list[str] = []
+        self.index: dict[str, int] = {}
+
+    def encode(self, text: str) -> list[int]:
+        out = []
+        for piece in self._SPLIT.split(text):
+            if piece:
+                if piece not in self.index:
+                    self.index[piece] = len(self.table)
+                    self.table.append(piece)
+                out.append(self.index[piece])
+        return out
+
+
 def _task_data(config: dict[str, Any], data_dir: str | None) -> _TaskData:
     """Re-load the task's support and eval examples as the cell's run did (for media and demo texts)."""
     from .registry import get_task_class
@@ -126,11 +148,12 @@ def _task_data(config: dict[str, Any], data_dir: str | None) -> _TaskData:
     return out
 
 
-def _demo_text(td: _TaskData, ex: Example | None) -> str:
+def _demo_text(td: _TaskData, ex: Example | None, query: bool = False) -> str:
+    """The example's text as a demo (with its answer), or as the query stem."""
     if ex is None or td.template is None:
         return ""
     try:
-        return td.template.format_demo(ex)
+        return td.template.format_query(ex) if query else td.template.format_demo(ex)
     except HarnessError:
         return ""
 
@@ -142,8 +165,13 @@ def build_data(paths: Sequence[str | Path], data_dir: str | None = None, thumb_s
 
     cells = load_results(paths)
     thumbs = _Thumbs(thumb_size, max_images)
-    task_cache: dict[str, _TaskData] = {}
+    task_index: dict[str, int] = {}
+    task_data: list[_TaskData] = []
+    # Per task configuration: example id -> [media refs, demo text], written once and referenced by
+    # id from every sample of every cell (a 32-shot cell repeats the same demos thousands of times).
+    tables: list[dict[str, list[Any]]] = []
     notes: list[str] = []
+    strings = _Strings()
     out_cells = []
     prim = cells[cells["primary"]].sort_values(["task", "shots", "checkpoint", "seed"])
     for r in prim.itertuples():
@@ -151,12 +179,21 @@ def build_data(paths: Sequence[str | Path], data_dir: str | None = None, thumb_s
         config = metrics["config"]
         tkey = json.dumps({k: config.get("task", {}).get(k) for k in ("name", "options", "support_split",
                                                                         "eval_split")}, sort_keys=True, default=str)
-        if tkey not in task_cache:
-            task_cache[tkey] = _task_data(config, data_dir)
-            if task_cache[tkey].error:
-                notes.append(task_cache[tkey].error)
-        td = task_cache[tkey]
-        text_only = int(config.get("shots", 0)) == 0
+        if tkey not in task_index:
+            task_index[tkey] = len(task_data)
+            task_data.append(_task_data(config, data_dir))
+            tables.append({})
+            if task_data[-1].error:
+                notes.append(task_data[-1].error)
+        tix = task_index[tkey]
+        td, table = task_data[tix], tables[tix]
+
+        def entry(eid: str, td: _TaskData = td, table: dict[str, list[Any]] = table) -> None:
+            if eid not in table:
+                ex = td.examples.get(eid)
+                table[eid] = [[_media_ref(m) for m in ex.media] if ex else [], _demo_text(td, ex),
+                              _demo_text(td, ex, query=True)]
+
         samples = []
         preds = Path(r.file).parent / "predictions.jsonl"
         records = []
@@ -167,18 +204,14 @@ def build_data(paths: Sequence[str | Path], data_dir: str | None = None, thumb_s
             notes.append(f"{preds}: missing; cell {r.checkpoint} {r.task} {r.shots}-shot seed {r.seed} has no samples")
         for rec in records:
             qid = str(rec.get("query_id"))
-            q = td.examples.get(qid)
-            demos = []
-            for did in rec.get("demo_ids", []):
-                d = td.examples.get(str(did))
-                imgs = [] if (text_only or d is None) else [_media_ref(thumbs, m) for m in d.media]
-                demos.append([str(did), imgs, _demo_text(td, d)])
+            demo_ids = [str(d) for d in rec.get("demo_ids", [])]
+            for eid in [qid, *demo_ids]:
+                entry(eid)
             answers = rec.get("answers", rec.get("references", []))
             samples.append({
                 "id": qid,
-                "q": [_media_ref(thumbs, m) for m in q.media] if q is not None else [],
-                "demos": demos,
-                "prompt": rec.get("prompt", ""),
+                "demos": demo_ids,
+                "prompt": strings.encode(rec.get("prompt", "")),
                 "raw": rec.get("raw_output", ""),
                 "pred": rec.get("prediction", ""),
                 "refs": [str(a) for a in answers] if isinstance(answers, list) else [str(answers)],
@@ -189,8 +222,15 @@ def build_data(paths: Sequence[str | Path], data_dir: str | None = None, thumb_s
         out_cells.append({
             "checkpoint": r.checkpoint, "task": r.task, "shots": int(r.shots), "seed": int(r.seed),
             "metric": r.metric, "value": r.value, "n": int(r.n), "n_failed": int(r.n_failed),
-            "bounded": bounded, "samples": samples,
+            "bounded": bounded, "ex": tix,
+            # Flamingo's zero-shot: text-only demos, their media removed
+            "text_only": int(config.get("shots", 0)) == 0,
+            "samples": samples,
         })
+    _embed(out_cells, tables, thumbs)
+    if thumbs.failed:
+        notes.append(f"{thumbs.failed} media could not be read for thumbnails (their file names are shown; "
+                     "the log names them)")
     if thumbs.skipped:
         notes.append(f"thumbnail cap reached: {len(thumbs.urls)} images embedded, {thumbs.skipped} more media "
                      f"references show their file name only (raise --max-images)")
@@ -204,6 +244,8 @@ def build_data(paths: Sequence[str | Path], data_dir: str | None = None, thumb_s
         "paired_html": paired_html,
         "plot": _plot_url(paths, notes),
         "cells": out_cells,
+        "examples": tables,
+        "strings": strings.table,
         "images": thumbs.urls,
         "notes": notes,
         "thumb_size": thumb_size,
@@ -211,9 +253,32 @@ def build_data(paths: Sequence[str | Path], data_dir: str | None = None, thumb_s
     }
 
 
-def _media_ref(thumbs: _Thumbs, m: Media) -> list[str]:
-    """[thumbnail key or "", file name] for one media item."""
-    return [thumbs.key(m) or "", Path(str(m.identity)).name]
+def _media_ref(m: Media) -> list[Any]:
+    """[media, file name]; :func:`_embed` replaces the media by its thumbnail key ("" if none)."""
+    return [m, Path(str(m.identity)).name]
+
+
+def _embed(cells: list[dict[str, Any]], tables: list[dict[str, list[Any]]], thumbs: _Thumbs,
+           first_page: int = 50) -> None:
+    """Make thumbnails under the cap: first every cell's first page (queries, then demos), then the rest."""
+    def refs(cell: dict[str, Any], samples: list[dict[str, Any]]):
+        table = tables[cell["ex"]]
+        for s in samples:
+            yield from table[s["id"]][0]
+            if not cell["text_only"]:
+                for did in s["demos"]:
+                    yield from table[did][0]
+
+    for part in (slice(0, first_page), slice(first_page, None)):
+        for c in cells:
+            for ref in refs(c, c["samples"][part]):
+                if not isinstance(ref[0], str):
+                    ref[0] = thumbs.key(ref[0]) or ""
+    for table in tables:  # media never shown (0-shot demos only): no thumbnail, no object left in the JSON
+        for imgs, *_ in table.values():
+            for ref in imgs:
+                if not isinstance(ref[0], str):
+                    ref[0] = ""
 
 
 def _table_html(table: pd.DataFrame) -> str:

@@ -57,9 +57,10 @@ D.cells.forEach((c, i) => {
 });
 function cellMean(c) { if (c._mean === undefined) { let s = 0; for (const x of c.samples) s += Number(x.score) || 0; c._mean = c.samples.length ? s / c.samples.length : 0; } return c._mean; }
 function isWrong(c, s) { return c.bounded ? Number(s.score) < 1 : Number(s.score) < cellMean(c); }
+function promptOf(s) { if (s._prompt === undefined) s._prompt = s.prompt.map((i) => D.strings[i]).join(""); return s._prompt; }
 function matches(s, q) {
   if (!q) return true;
-  return [s.id, s.pred, s.raw, s.prompt, s.refs.join(" | ")].some((t) => String(t).toLowerCase().includes(q));
+  return [s.id, s.pred, s.raw, promptOf(s), s.refs.join(" | ")].some((t) => String(t).toLowerCase().includes(q));
 }
 function fillOther() {
   const c = D.cells[+$("cell").value], sel = $("other"), keep = sel.value;
@@ -82,17 +83,20 @@ function card(c, s) {
   d.dataset.qid = s.id; d.dataset.score = s.score;
   const head = el("div", "", `${c.checkpoint} · query ${s.id} · score ${Number(s.score).toFixed(3)}` + (failed ? " · FAILED" : ""));
   head.style.fontWeight = "bold"; d.appendChild(head);
-  const row = el("div", "demos");
-  s.demos.forEach(([id, imgs, text], k) => {
-    const b = el("div", "demo"); b.appendChild(el("div", "note", `demo ${k + 1}: ${id}`));
-    for (const r of imgs) b.appendChild(media(r, "demo-img"));
+  const row = el("div", "demos"), ex = D.examples[c.ex];
+  s.demos.forEach((id, k) => {
+    const [imgs, text] = ex[id] || [[], "", ""];
+    const b = el("div", "demo"); b.appendChild(el("div", "note", `demo ${k + 1}: ${id}` + (c.text_only ? " (text only)" : "")));
+    if (!c.text_only) for (const r of imgs) b.appendChild(media(r, "demo-img"));
     b.appendChild(el("div", "", text)); row.appendChild(b);
   });
   const q = el("div", "query"); q.appendChild(el("div", "note", "query"));
-  for (const r of s.q) q.appendChild(media(r, "query-img"));
+  const [qimgs, , qtext] = ex[s.id] || [[], "", ""];
+  for (const r of qimgs) q.appendChild(media(r, "query-img"));
+  q.appendChild(el("div", "", qtext));
   row.appendChild(q); d.appendChild(row);
   const kv = (k, v, pre) => { const line = el("div", "kv"); line.appendChild(el("b", "", k)); line.appendChild(pre ? el("pre", "", v) : el("span", "", v)); d.appendChild(line); };
-  kv("prompt", s.prompt, true);
+  kv("prompt", promptOf(s), true);
   kv("raw output", s.raw, true);
   kv("prediction", s.pred);
   kv("references", s.refs.join(" | "));

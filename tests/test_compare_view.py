@@ -166,6 +166,9 @@ def test_viewer_in_headless_chromium(two_models, browser, tmp_path):
     assert len(widths) == 2 and all(w > 0 for w in widths)  # both demo images of a 2-shot query loaded
     assert js("return arguments[0].querySelector('img.query-img').naturalWidth", first) > 0
     assert "Question:" in first.text and "prompt" in first.text and "references" in first.text
+    qid0 = first.get_attribute("data-qid")
+    shown_prompt = js("return arguments[0].querySelector('pre').textContent", first)
+    assert shown_prompt == _scores(two_models, "demo-majority", 2, 0)[qid0]["prompt"]  # rebuilt from pieces exactly
     js("document.getElementById('cards').scrollIntoView()")
     browser.save_screenshot(str(tmp_path / "viewer.png"))
     assert (tmp_path / "viewer.png").stat().st_size > 10_000
