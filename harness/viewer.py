@@ -9,8 +9,10 @@ side. Samples live in embedded JSON and are rendered one page at a time, so a ce
 10,000 samples stays usable.
 
 Images are embedded as JPEG thumbnails (``thumb_size`` px, longest side), each distinct image
-once, at most ``max_images`` of them (in order of first appearance: a cell's queries and their
-demos, cell by cell); samples past the cap show the file name instead. The images are found by
+once, at most ``max_images`` of them (first the queries and demos of every cell's first page, then
+the rest in order); samples past the cap show the file name instead. Demo texts and media are
+stored once per example and prompts as indices into a table of pieces, so the file grows with
+the number of samples far more slowly than the prompts' total length. The images are found by
 re-loading each task's data from its recorded options (``data_dir`` / $HARNESS_DATA, as ``run``);
 if that fails the viewer still shows everything else and says why images are missing.
 """
