@@ -88,6 +88,16 @@ def test_pairing_fields_by_hand():
     assert "sample" in pairing_mismatch(base, {**base, "sample": 500})  # a field added later counts
 
 
+def test_metrics_that_are_not_a_mean_of_scores_get_no_test():
+    from harness.paired import CellRecords, score_scale
+
+    scores = np.array([1.0, 0.0, 1.0, 1.0])
+    cell = lambda value: CellRecords(Path("m.json"), {}, value, ["a", "b", "c", "d"], scores, {})  # noqa: E731
+    assert score_scale(cell(75.0)) == 100.0  # accuracy on 0-100 from 0/1 scores
+    assert score_scale(cell(0.75)) == 1.0  # e.g. CIDEr: per-image values already on the metric's scale
+    assert score_scale(cell(91.3)) is None  # ROC-AUC: not the mean of the per-sample scores
+
+
 def test_compare_baseline_errors(two_models):
     proc = run_cli("compare", str(two_models), "--baseline", "gpt-17", check=False)
     assert proc.returncode == 2 and proc.stderr.startswith("error: --baseline 'gpt-17'") and "support-prior" in proc.stderr
@@ -212,3 +222,39 @@ def test_view_cli_and_bad_input(two_models, tmp_path):
     assert proc.returncode == 2 and proc.stderr.startswith("error: results folder not found")
     proc = run_cli("view", str(two_models), "--output", str(tmp_path), check=False)
     assert proc.returncode == 2 and "is a folder" in proc.stderr
+
+
+def test_viewer_failed_filter_and_unreadable_image(browser, tmp_path):
+    """A plug-in task with one unreadable test image, run by the bundled flamingo: that sample fails."""
+    from PIL import Image
+
+    root = tmp_path / "data" / "my_vqa"
+    (root / "images").mkdir(parents=True)
+    colours = {"red": (220, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 220)}
+    for split, n in (("train", 9), ("test", 6)):
+        lines = []
+        for i in range(n):
+            name = list(colours)[i % 3]
+            Image.new("RGB", (32, 32), colours[name]).save(root / "images" / f"{split}{i}.png")
+            lines.append(json.dumps({"id": f"{split}{i}", "image": f"images/{split}{i}.png",
+                                     "question": "What colour is the image?", "answers": [name] * 3}))
+        (root / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    (root / "images" / "test1.png").write_bytes(b"broken")
+    out, page = tmp_path / "res", tmp_path / "view.html"
+    run_cli("run", "--include", "examples/my_task.py", "--model", "flamingo", "--tasks", "my_vqa", "--data-dir",
+            str(tmp_path / "data"), "--shots", "2", "--seeds", "0", "--output", str(out), "-q")
+    proc = run_cli("view", str(out), "--include", "examples/my_task.py", "--data-dir", str(tmp_path / "data"),
+                   "--output", str(page))
+    assert "6 samples in 1 cells" in proc.stdout
+    browser.get(page.as_uri())
+    js = browser.execute_script
+    assert js("return document.querySelectorAll('#cards .card').length") == 6
+    assert "1 media could not be read" in js("return document.getElementById('notes').textContent")
+    browser.find_element("id", "failed").click()
+    cards = js("return [...document.querySelectorAll('#cards .card')].map(c => [c.dataset.qid, c.className])")
+    assert cards == [["test1", "card failed"]]
+    failed = js("return document.querySelector('#cards .card')")
+    assert "image could not be read" in failed.text and "test1.png" in failed.text  # the file name stands in
+    assert js("return arguments[0].querySelector('img.query-img')", failed) is None
+    widths = js("return [...arguments[0].querySelectorAll('img.demo-img')].map(i => i.naturalWidth)", failed)
+    assert len(widths) == 2 and all(w > 0 for w in widths)

@@ -31,7 +31,9 @@ def wilson_interval(mean: float, n: int, z: float = Z95) -> tuple[float, float]:
     denom = 1.0 + z2 / n
     center = (mean + z2 / (2 * n)) / denom
     half = z * math.sqrt(max(mean * (1.0 - mean), 0.0) / n + z2 / (4 * n * n)) / denom
-    return max(0.0, center - half), min(1.0, center + half)
+    lo = 0.0 if mean <= 0.0 else max(0.0, center - half)  # exact ends at 0% / 100% (no rounding dust)
+    hi = 1.0 if mean >= 1.0 else min(1.0, center + half)
+    return lo, hi
 
 
 def bootstrap_mean_interval(values: np.ndarray, n_boot: int = N_BOOT, seed: int = 0,
