@@ -158,7 +158,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .report import TABLE_NOTE, compare, plot, render
 
     table = compare(args.results, metrics=args.metrics)
-    print(render(table, args.format), end="")
+    if not (args.baseline and args.format == "csv"):  # CSV: one table per output, the paired one has both means
+        print(render(table, args.format), end="")
     if args.format == "markdown":
         print(f"\n{TABLE_NOTE}")
     if args.baseline:
@@ -264,7 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--plot", metavar="PNG", help="also write metric-vs-shots plots")
     c.add_argument("--baseline", metavar="LABEL|FOLDER",
                    help="add each other checkpoint's paired difference from this one (a checkpoint as the "
-                        "table names it, or its results folder): 95%% interval, p-value, Holm-marked rows")
+                        "table names it, or its results folder): 95%% interval, p-value, Holm-marked rows "
+                        "(with --format csv only this paired table is printed)")
     c.add_argument("--bootstrap-seed", type=int, default=0,
                    help="seed of the bootstrap and permutation draws (default 0: reproducible output)")
     c.add_argument("--include", action="append", default=[], help=argparse.SUPPRESS)

@@ -57,6 +57,7 @@ def test_compare_baseline_table_and_dataframe(two_models):
     assert {"delta", "ci_low", "ci_high", "p"} <= set(df.columns)
     # The table's own csv output carries the same numbers.
     csv = run_cli("compare", str(two_models), "--baseline", str(two_models / "demo-majority"), "--format", "csv").stdout
+    assert csv.splitlines()[0].startswith("task,metric,shots,checkpoint,baseline,") and len(csv.splitlines()) == 3
     assert f"{df['delta'].iloc[0]:+.2f}" in csv
 
 
