@@ -6,11 +6,14 @@ explicit seed (numpy Generator), so the same results give the same intervals and
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 Z95 = 1.959963984540054
 #: resamples for bootstrap intervals and sign flips for permutation p-values (defaults).
@@ -66,16 +69,20 @@ def mean_with_ci(values: Sequence[float], scale: float = 100.0, bounded: bool = 
     For 0/1 scores it is the usual Wilson interval; for scores in between (VQA accuracy:
     0, 1/3, 2/3, 1) it uses the Bernoulli variance mean*(1-mean), an upper bound on the variance
     of any [0, 1] variable, so the interval is conservative. ``bounded=False`` (e.g. per-image
-    CIDEr): a percentile bootstrap (fixed ``seed``). Neither leaves the scores' range.
+    CIDEr), or scores that turn out to leave [0, 1] (logged): a percentile bootstrap (fixed
+    ``seed``). Neither leaves the scores' range.
     """
     arr = np.asarray(values, dtype=float)
     n = len(arr)
     if n == 0:
         return {"mean": math.nan, "ci95_low": math.nan, "ci95_high": math.nan, "n": 0, "ci_method": "none"}
     mean = float(arr.mean())
+    if bounded and (arr.min() < 0.0 or arr.max() > 1.0):
+        # A (plug-in) task whose scores leave [0, 1]: still an interval, never a crash after the run.
+        log.warning("per-sample scores outside [0, 1] (%g..%g): using a bootstrap interval; Task.score should "
+                    "return values in [0, 1]", arr.min(), arr.max())
+        bounded = False
     if bounded:
-        if arr.min() < 0.0 or arr.max() > 1.0:
-            raise ValueError(f"bounded scores must lie in [0, 1]; got values in [{arr.min()}, {arr.max()}]")
         lo, hi = wilson_interval(mean, n)
         binary = bool(np.all((arr == 0.0) | (arr == 1.0)))
         method = "wilson" if binary else "wilson (bernoulli variance bound)"
