@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
-from harness.errors import DataError
+from harness.errors import DataError, HarnessError
 from harness.metrics.stats import mean_with_ci
 from harness.metrics.visdial import ndcg, ranks_from_scores, sparse_metrics
 from harness.prompts import PromptTemplate
@@ -169,6 +169,12 @@ class VisDial(Task):
     def aggregate(self, records: Sequence[SampleRecord]) -> dict[str, Any]:
         """NDCG (dense rounds), MRR, R@1/5/10 (0-100) and mean rank. A failed round ranks its
         ground truth last and gets NDCG 0."""
+        unranked = [r.query_id for r in records if not r.error and "option_ranks" not in r.fields]
+        if unranked:
+            raise HarnessError(
+                f"task visdial is scored from the ranks of each round's 100 options, which round {unranked[0]} "
+                f"does not have: answers alone cannot give NDCG or MRR (a run writes the ranks to "
+                f"predictions.jsonl and the metrics to metrics.json)")
         gt_ranks, ndcgs = [], []
         for r in records:
             n_options = len(r.fields.get("relevance") or r.fields.get("option_ranks") or [None] * 100)
