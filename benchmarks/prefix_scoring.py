@@ -12,7 +12,8 @@ names (1-3 words each, as ImageNet's) after one few-shot prompt (``--shots`` dem
 It prints both times, their ratio, and the largest absolute difference between the two
 log-likelihoods (float32 rounding only; the ranking must not change).
 
-    python benchmarks/prefix_scoring.py [--classes 1000] [--shots 16] [--queries 3] [--batch-size 64] [--json]
+    python benchmarks/prefix_scoring.py [--preset imagenet|visdial] [--classes C] [--shots K] [--queries 3]
+                                        [--batch-size 64] [--json]
 """
 
 from __future__ import annotations
@@ -42,12 +43,12 @@ NOUNS = ["shark", "ray", "owl", "newt", "salamander", "frog", "turtle", "lizard"
          "lamp", "chair", "violin", "drum", "train", "bus", "kayak"]
 
 
-def class_names(n: int, seed: int = 0) -> list[str]:
+def class_names(n: int, seed: int = 0, lengths: tuple[int, ...] = (1, 2, 2, 3)) -> list[str]:
     rng = random.Random(seed)
     names: list[str] = []
     seen = set()
     while len(names) < n:
-        words = rng.choice([1, 2, 2, 3])
+        words = rng.choice(lengths)
         name = " ".join([rng.choice(ADJECTIVES) for _ in range(words - 1)] + [rng.choice(NOUNS)])
         if name not in seen:
             seen.add(name)
@@ -76,26 +77,37 @@ def tiny_flamingo(vocab_texts: list[str], seed: int = 0) -> FlamingoModel:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--classes", type=int, default=1000)
-    ap.add_argument("--shots", type=int, default=16)
+    ap.add_argument("--preset", choices=["imagenet", "visdial"], default="imagenet",
+                    help="imagenet: 1,000 names of 1-3 words after 16 short demos; visdial: 100 answers of 2-6 "
+                         "words after 2 demos and a query that each carry an 80-word dialogue history")
+    ap.add_argument("--classes", type=int, help="candidates per query (preset: 1000 / 100)")
+    ap.add_argument("--shots", type=int, help="demos in the prompt (preset: 16 / 2)")
     ap.add_argument("--queries", type=int, default=3, help="prompts scored (each against every class)")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    visdial = args.preset == "visdial"
+    args.classes = args.classes or (100 if visdial else 1000)
+    args.shots = args.shots if args.shots is not None else (2 if visdial else 16)
+    context_words = 80 if visdial else 0
 
-    names = class_names(args.classes)
+    names = class_names(args.classes, lengths=(2, 3, 4, 5, 6) if visdial else (1, 2, 2, 3))
     model = tiny_flamingo(["Output :"] + names)
     rng = random.Random(1)
     cands = [model.encode_text(n) for n in names]
     prompts = []
+
+    def history() -> str:  # a dialogue so far, as VisDial prompts carry it
+        return " ".join(rng.choice(ADJECTIVES + NOUNS) for _ in range(context_words))
+
     for q in range(args.queries):
         demos = [rng.choice(names) for _ in range(args.shots)]
         ids = []
         for d in demos:
-            ids += model.chunk_ids(1, f"Output:{d}", end_of_chunk=True)
-        ids += model.chunk_ids(1, "Output:", end_of_chunk=False)
+            ids += model.chunk_ids(1, f"{history()} Output:{d}", end_of_chunk=True)
+        ids += model.chunk_ids(1, f"{history()} Output:", end_of_chunk=False)
         with torch.inference_mode():
             feats = model.encode_media(torch.randn(args.shots + 1, 3, 32, 32, generator=torch.Generator().manual_seed(q)))
         prompts.append((ids, feats))
@@ -125,7 +137,7 @@ def main() -> int:
         for n, s in zip(naive_out, shared_out))
     prompt_tokens = len(prompts[0][0])
     result = {
-        "classes": args.classes, "shots": args.shots, "queries": args.queries, "prompt_tokens": prompt_tokens,
+        "preset": args.preset, "classes": args.classes, "shots": args.shots, "queries": args.queries, "prompt_tokens": prompt_tokens,
         "mean_class_tokens": round(sum(map(len, cands)) / len(cands), 2), "batch_size": args.batch_size,
         "threads": args.threads, "naive_s": round(t_naive, 3), "shared_s": round(t_shared, 3),
         "speedup": round(t_naive / t_shared, 1), "max_abs_logprob_diff": max_diff, "same_top5": same_ranking,

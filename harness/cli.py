@@ -99,9 +99,8 @@ def _flag_task_args(args: argparse.Namespace, names: Sequence[str]) -> list[str]
 # ---- subcommands ---------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
     from .report import render, summary_table
-    from .sweep import SweepSpec, run_sweep
-
     from .suites import expand
+    from .sweep import SweepSpec, run_sweep
 
     model_list = _split_names(args.model) or list(DEFAULT_MODELS)
     # Suites expand to their tasks, with their published shots unless --shots is given.
