@@ -192,3 +192,15 @@ def test_tiny_flamingo_ranks_with_a_shared_prefix(data_root, flamingo_dir, tmp_p
     naive = model.loglikelihood([LoglikelihoodRequest(prompt, c, None) for c in conts])
     assert shared == pytest.approx(naive, abs=1e-5)
     assert len(set(shared)) == 4  # distinct candidates, distinct scores: the comparison is not vacuous
+
+
+def test_score_reads_the_official_vizwiz_results_format(data_root, tmp_path):
+    from harness.scoring import score_predictions
+    from tasks.textvqa_vizwiz import VizWiz
+
+    results = tmp_path / "results.json"  # the VizWiz challenge's format: [{"image", "answer"}]
+    results.write_text(json.dumps([{"image": "VizWiz_val_00000000.jpg", "answer": "Unanswerable"},
+                                   {"image": "VizWiz_val_00000001.jpg", "answer": "red."}]))
+    m = score_predictions(VizWiz(data_root), results)
+    assert m["accuracy"] == 100.0 and m["n"] == 2 and m["n_missing"] == 2
+    assert m["unanswerability"] == {"average_precision": 100.0, "f1": 100.0}
