@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
 
+from .errors import HarnessError
 from .options import build_options
 from .types import Example, GenerateRequest, LoglikelihoodRequest, Media, Prompt, RankRequest
 
@@ -88,6 +89,12 @@ class Model:
             out.append(scores[k : k + len(group.continuations)])
             k += len(group.continuations)
         return out
+
+    def count_tokens(self, text: str) -> int:
+        """How many tokens ``text`` is as a continuation (for ``length_normalization=tokens``)."""
+        raise HarnessError(
+            f"model {self.name} does not count tokens, which length_normalization=tokens needs; "
+            f"pass --task-arg length_normalization=bytes (or none)")
 
     def encode_media(self, media: Sequence[Media]) -> Any:
         """Vision features of ``media`` (vision encoder + resampler), where the architecture

@@ -111,6 +111,8 @@ class Runner:
         if spec.shots < 0:
             raise HarnessError(f"shots must be >= 0, got {spec.shots}")
         sampler = task.demo_sampler(spec.seed)
+        if getattr(task.options, "length_normalization", None) == "tokens":
+            self.model.count_tokens("a")  # a model that cannot count tokens fails here, before any sample
         n_demos = spec.shots if spec.shots > 0 else task.zero_shot_demos()
         sampler.check_shots(n_demos)
         template_name, template = task.template(self.model.template_style)
@@ -240,7 +242,8 @@ class Runner:
             return SampleRecord(raw_output="", prediction="", score=0.0, error=str(errors[0]),
                                 fields=task.record_fields(q), **common)
         per_order = [[float(o) for o in outs[i : i + len(cands)]] for i in range(0, len(outs), len(cands))]
-        prediction, logprobs, scores = rank(cands, conts, per_order, norm)
+        counts = [self.model.count_tokens(c) for c in conts] if norm == "tokens" else None
+        prediction, logprobs, scores = rank(cands, conts, per_order, norm, counts)
         fields = {**task.record_fields(q), **task.ranking_fields(q, logprobs, scores, norm), "n_orders": len(prompts)}
         return SampleRecord(raw_output=prediction, prediction=prediction, score=task.score(prediction, q),
                             fields=fields, **common)

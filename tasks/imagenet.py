@@ -22,7 +22,7 @@ from harness.errors import DataError, HarnessError
 from harness.metrics.classification import top_k_correct
 from harness.metrics.stats import mean_with_ci
 from harness.prompts import PromptTemplate
-from harness.ranking import RankingOptions
+from harness.ranking import LengthNorm, RankingOptions
 from harness.registry import register_task
 from harness.sampling import RandomSampler
 from harness.task import Task, TaskOptions
@@ -37,10 +37,12 @@ CLASSIFICATION_TEMPLATES = {
 
 @dataclass(frozen=True)
 class ClassificationOptions(TaskOptions, RankingOptions):
-    """Classification options: ensemble / length_normalization (harness.ranking);
+    """Classification options: ensemble / length_normalization (harness.ranking; default ``tokens``, the mean
+    token log-prob of the class name, as OpenFlamingo's ImageNet evaluation);
     ``sampler``: ``class_balanced`` demos (default) or ``random`` (OpenFlamingo's evaluate.py);
     ``keep_top``: how many top classes each prediction record keeps with their scores."""
 
+    length_normalization: LengthNorm = "tokens"
     sampler: Literal["class_balanced", "random"] = "class_balanced"
     keep_top: int = 5
 

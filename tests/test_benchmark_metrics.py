@@ -69,3 +69,15 @@ def test_class_balanced_sampler_spreads_demos_over_classes():
     assert [d.id for d in sampler.demos(query, 6)] == [d.id for d in demos]  # pure function of the keys
     others = {tuple(d.id for d in sampler.demos(q, 6)) for q in pool[1:6]}
     assert len(others) > 1  # ...of the query id too
+
+
+def test_token_length_normalisation_ranks_by_mean_token_logprob():
+    from harness.model import Model
+    from harness.ranking import rank
+
+    # Sums -2 (1 token) and -3 (3 tokens): the sum prefers "a", the per-token mean (-2 vs -1) prefers "b b b".
+    assert rank(["a", "b b b"], ["a", "b b b"], [[-2.0, -3.0]])[0] == "a"
+    pred, _, scores = rank(["a", "b b b"], ["a", "b b b"], [[-2.0, -3.0]], "tokens", [1, 3])
+    assert pred == "b b b" and scores == {"a": -2.0, "b b b": -1.0}
+    with pytest.raises(Exception, match="does not count tokens.*length_normalization=bytes"):
+        Model().count_tokens("tench")

@@ -153,6 +153,9 @@ class Flamingo(Model):
                                         [self.model.encode_text(r.continuation) for r in requests],
                                         media_features=self._media_features(prompts))
 
+    def count_tokens(self, text: str) -> int:
+        return len(self.model.encode_text(text))
+
     def rank_candidates(self, requests: Sequence[RankRequest]) -> list[list[float]]:
         """Each prompt computed once, its key/values reused for every candidate (see scoring.py)."""
         from .scoring import shared_prefix_loglikelihoods
