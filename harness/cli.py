@@ -257,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--metrics", choices=["primary", "all"], default="primary",
                    help="only each task's main metric, or breakdowns too")
     c.add_argument("--plot", metavar="PNG", help="also write metric-vs-shots plots")
-    c.add_argument("--include", action="append", default=[], help=argparse.SUPPRESS)
+    c.add_argument("--include", action="append", default=[], metavar="PATH",
+                   help="a plug-in file defining suites (harness.suites.define_suite) whose summary rows to add")
     c.set_defaults(func=cmd_compare)
 
     ls = sub.add_parser("list", help="list registered tasks or models (plug-ins included)")
