@@ -18,7 +18,7 @@ from .prompts import PromptTemplate
 from .sampling import rng_for
 from .types import Example
 
-LengthNorm = Literal["none", "bytes"]
+LengthNorm = Literal["none", "bytes", "tokens"]
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,9 @@ class RankingOptions:
 
     ensemble:              number of demo orders averaged (Flamingo used 6); 1 = the sampler's order only.
     length_normalization:  ``none`` ranks by the summed log-likelihood; ``bytes`` by it divided by the
-                           candidate's UTF-8 length (model-agnostic, as lm-evaluation-harness's acc_norm).
+                           candidate's UTF-8 length (model-agnostic, as lm-evaluation-harness's acc_norm);
+                           ``tokens`` by the mean over the candidate's tokens (OpenFlamingo's
+                           classification; the model counts them, ``Model.count_tokens``).
     """
 
     ensemble: int = 1
@@ -67,13 +69,18 @@ def continuation_for(template: PromptTemplate, query: Example, candidate: str) -
 
 
 def rank(candidates: Sequence[str], continuations: Sequence[str], logprobs: Sequence[Sequence[float]],
-         normalization: LengthNorm = "none") -> tuple[str, dict[str, float], dict[str, float]]:
+         normalization: LengthNorm = "none",
+         token_counts: Sequence[int] | None = None) -> tuple[str, dict[str, float], dict[str, float]]:
     """The prediction, each candidate's mean log-likelihood over orders, and its ranking score.
 
     ``logprobs[p][c]`` is candidate c's log-likelihood under order p. Ties go to the first candidate.
     """
     means = {c: float(sum(lp[i] for lp in logprobs) / len(logprobs)) for i, c in enumerate(candidates)}
-    if normalization == "bytes":
+    if normalization == "tokens":
+        if token_counts is None:
+            raise HarnessError("length_normalization=tokens needs the candidates' token counts")
+        scores = {c: means[c] / max(1, n) for c, n in zip(candidates, token_counts)}
+    elif normalization == "bytes":
         scores = {c: means[c] / max(1, len(cont.encode("utf-8"))) for c, cont in zip(candidates, continuations)}
     else:
         scores = dict(means)

@@ -49,6 +49,9 @@ class DemoMajority(Model):
     def generate(self, requests: Sequence[GenerateRequest]) -> list[str]:
         return [_most_common_last_wins([d.target for d in r.demos]) for r in requests]
 
+    def count_tokens(self, text: str) -> int:
+        return 1  # scores are vote counts, not log-probabilities: length normalisation leaves them as they are
+
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[float]:
         # Rank candidates by how many demos gave them.
         return [float(sum(d.target.strip() == r.continuation.strip() for d in r.demos)) for r in requests]
@@ -84,6 +87,9 @@ class SupportPrior(Model):
 
     def generate(self, requests: Sequence[GenerateRequest]) -> list[str]:
         return [self._answer(r.query) for r in requests]
+
+    def count_tokens(self, text: str) -> int:
+        return 1  # scores are 0/1 matches, not log-probabilities: length normalisation leaves them as they are
 
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[float]:
         return [float(self._answer(r.query).strip() == r.continuation.strip()) for r in requests]

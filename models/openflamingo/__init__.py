@@ -267,5 +267,9 @@ class OpenFlamingo(Model):
             out.append(float(pred.gather(-1, target[:, None]).sum()))
         return out
 
+    def count_tokens(self, text: str) -> int:
+        """Tokens of a continuation tokenized on its own, as ``loglikelihood`` (and OpenFlamingo) does."""
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
 
 __all__ = ["OpenFlamingo", "OpenFlamingoOptions", "MEDIA_TOKEN", "END_OF_CHUNK"]
