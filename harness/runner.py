@@ -108,8 +108,7 @@ class Runner:
     def run_cell(self, task: Task, spec: CellSpec) -> dict[str, Any]:
         queries = select_queries(task, spec.limit)
         check_media(self.model, queries, task)
-        if spec.shots < 0:
-            raise HarnessError(f"shots must be >= 0, got {spec.shots}")
+        task.check_shots(spec.shots)
         sampler = RandomSampler(task.name, task.support_examples(), spec.seed, task.options.support_size)
         n_demos = spec.shots if spec.shots > 0 else task.zero_shot_demos()
         sampler.check_shots(n_demos)
