@@ -29,6 +29,8 @@ DEFAULT_TASKS = ("easyvqa",)
 #: The default sweep (no --model, --tasks or --limit) evaluates the first N test questions, the
 #: same for every model, so that it runs in a few minutes on a 2-core CPU; --limit overrides it.
 DEFAULT_LIMIT = 1000
+#: Shots when neither --shots nor a suite says otherwise.
+DEFAULT_SHOTS = (0, 4, 32)
 
 
 def _split_names(values: Sequence[str] | None) -> list[str]:
@@ -97,10 +99,13 @@ def _flag_task_args(args: argparse.Namespace, names: Sequence[str]) -> list[str]
 # ---- subcommands ---------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
     from .report import render, summary_table
+    from .suites import expand
     from .sweep import SweepSpec, run_sweep
 
     model_list = _split_names(args.model) or list(DEFAULT_MODELS)
-    task_list = _split_names(args.tasks) or list(DEFAULT_TASKS)
+    # Suites expand to their tasks, with their published shots unless --shots is given.
+    expansion = expand(_split_names(args.tasks) or list(DEFAULT_TASKS), args.shots, DEFAULT_SHOTS, task_names())
+    task_list = list(expansion.tasks)
     if not args.model and not args.tasks and args.limit is None:
         args.limit = DEFAULT_LIMIT
         log.info("default sweep: the first %d eval questions of each task (pass --limit N to change)", DEFAULT_LIMIT)
@@ -108,7 +113,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise HarnessError("the same --model is named twice; run it twice with different --output or --label")
     tasks = build_tasks(task_list, _flag_task_args(args, task_list) + list(args.task_arg or []), args.data_dir)
     models = build_models(model_list, args.model_arg, args.label)
-    spec = SweepSpec(tuple(args.shots), tuple(args.seeds), args.limit, args.batch_size, _shard(args.shard))
+    spec = SweepSpec(tuple(args.shots or DEFAULT_SHOTS), tuple(args.seeds), args.limit, args.batch_size,
+                     _shard(args.shard), task_shots=expansion.shots)
     output = Path(args.output)
     t0 = time.time()
     summaries = run_sweep(models, tasks, spec, output, progress=not args.quiet)
@@ -171,6 +177,17 @@ def cmd_list(args: argparse.Namespace) -> int:
         if args.verbose:
             for name, typ, default in describe_options(cls.Options):
                 print(f"{'':18s}{name} ({typ}) = {default}")
+    if args.what == "tasks":
+        from .suites import suites
+
+        print("\nsuites (--tasks NAME; shots default to the published ones):")
+        for suite in suites():
+            missing = [t for t in suite.tasks if t not in names]
+            note = f"; not yet registered: {', '.join(missing)}" if missing else ""
+            print(f"{suite.name:16s} {len(suite.tasks)} tasks, shots {' '.join(map(str, suite.shots))}: "
+                  f"{suite.description}{note}")
+            if args.verbose:
+                print(f"{'':18s}{', '.join(suite.tasks)}")
     return 0
 
 
@@ -201,8 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--model-arg", action="append", metavar="[MODEL:]KEY=VALUE",
                    help="model option, e.g. path=DIR (see `list models -v`)")
     r.add_argument("--label", action="append", help="name of each model's results (default: model@checkpoint)")
-    r.add_argument("--tasks", action="append", metavar="T1,T2", help="registered tasks (comma list)")
-    r.add_argument("--shots", type=int, nargs="+", default=[0, 4, 32])
+    r.add_argument("--tasks", action="append", metavar="T1,T2",
+                   help="registered tasks or suites (comma list), e.g. vqav2,okvqa or flamingo16, openflamingo, video")
+    r.add_argument("--shots", type=int, nargs="+",
+                   help=f"shots for every task (default: {' '.join(map(str, DEFAULT_SHOTS))}; a suite's tasks: "
+                        "the suite's published shots, see `list tasks`)")
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     r.add_argument("--limit", type=int, help="evaluate only the first N eval examples (same for every seed; "
                    f"default sweep: {DEFAULT_LIMIT})")

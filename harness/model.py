@@ -5,6 +5,7 @@ tokens and implements some of:
 
 - ``generate(requests) -> list[str]``            open-ended tasks
 - ``loglikelihood(requests) -> list[float]``     close-ended tasks (ranking candidates)
+- ``rank_candidates(requests) -> list[list[float]]``  the same, grouped by shared prompt (optional)
 - ``encode_media(media) -> features``            where the architecture separates it, for caching
 
 Register one with ``@register_model("name")``; its ``Options`` dataclass lists the
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
 
 from .options import build_options
-from .types import Example, GenerateRequest, LoglikelihoodRequest, Media, Prompt
+from .types import Example, GenerateRequest, LoglikelihoodRequest, Media, Prompt, RankRequest
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,21 @@ class Model:
 
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[float]:
         raise NotImplementedError(f"model {self.name} does not implement loglikelihood (close-ended tasks)")
+
+    def rank_candidates(self, requests: Sequence[RankRequest]) -> list[list[float]]:
+        """Each request's candidates' log-likelihoods after its shared prompt.
+
+        The default scores one (prompt, candidate) pair at a time through ``loglikelihood``;
+        adapters that can compute the prompt once and reuse its key/values for every
+        candidate override it (the reference ``flamingo`` does: models/flamingo/scoring.py).
+        """
+        flat = [r for group in requests for r in group.requests()]
+        scores = list(self.loglikelihood(flat))
+        out, k = [], 0
+        for group in requests:
+            out.append(scores[k : k + len(group.continuations)])
+            k += len(group.continuations)
+        return out
 
     def encode_media(self, media: Sequence[Media]) -> Any:
         """Vision features of ``media`` (vision encoder + resampler), where the architecture

@@ -17,6 +17,7 @@ import pandas as pd
 
 from .errors import HarnessError
 from .store import iter_metrics
+from .suites import add_suite_rows
 
 Format = Literal["markdown", "csv", "latex"]
 
@@ -82,21 +83,22 @@ def summarize(cells: pd.DataFrame) -> pd.DataFrame:
 
 def compare(paths: Sequence[str | Path], metrics: str = "primary") -> pd.DataFrame:
     """The comparison table as a DataFrame: rows (task, metric), columns (checkpoint, shots),
-    cells ``mean (std) n=N``. ``metrics='all'`` adds the breakdowns (e.g. per answer type)."""
+    cells ``mean (std) n=N``. ``metrics='all'`` adds the breakdowns (e.g. per answer type). A suite
+    (harness.suites) whose tasks are all present adds a row: the mean of their primary metrics."""
     summary = summarize(load_results(paths))
     if metrics == "primary":
         summary = summary[summary["primary"]]
-    return _pivot(summary)
+    return _pivot(add_suite_rows(summary))
 
 
 def summary_table(summaries: Sequence[dict[str, Any]]) -> pd.DataFrame:
     """The same table from a sweep's in-memory summaries (see harness.sweep.run_sweep)."""
     df = pd.DataFrame([
         {"task": s["task"], "metric": s["metric"], "checkpoint": s["label"], "shots": s["shots"],
-         "mean": s["mean"], "std": s["std"], "seeds": len(s["seeds"]), "n": s["n"]}
+         "mean": s["mean"], "std": s["std"], "seeds": len(s["seeds"]), "n": s["n"], "primary": True}
         for s in summaries
     ])
-    return _pivot(df)
+    return _pivot(add_suite_rows(df))
 
 
 def _pivot(summary: pd.DataFrame) -> pd.DataFrame:

@@ -15,10 +15,10 @@ from .errors import HarnessError, SampleError
 from .model import Model, config_hash
 from .prompts import PromptBuilder
 from .ranking import continuation_for, demo_orders, rank
-from .sampling import RandomSampler, sampler_config
+from .sampling import sampler_config
 from .store import Journal, cell_dir, write_json
 from .task import Task
-from .types import Example, GenerateRequest, GenerationConfig, LoglikelihoodRequest, SampleRecord
+from .types import Example, GenerateRequest, GenerationConfig, RankRequest, SampleRecord
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class Runner:
         queries = select_queries(task, spec.limit)
         check_media(self.model, queries, task)
         task.check_shots(spec.shots)
-        sampler = RandomSampler(task.name, task.support_examples(), spec.seed, task.options.support_size)
+        sampler = task.demo_sampler(spec.seed)
         n_demos = spec.shots if spec.shots > 0 else task.zero_shot_demos()
         sampler.check_shots(n_demos)
         template_name, template = task.template(self.model.template_style)
@@ -205,8 +205,10 @@ class Runner:
                        for o in demo_orders(demos, ensemble, cell.spec.seed, task.name, q.id)]
             cands = task.candidates(q)
             conts = [continuation_for(template, q, c) for c in cands]
-            reqs = [LoglikelihoodRequest(p, c, q, tuple(demos)) for p in prompts for c in conts]
-            outs = _call_batch(self.model.loglikelihood, reqs)
+            # One request per prompt with all its candidates, so the model can compute the prompt once.
+            groups = [RankRequest(p, tuple(conts), q, tuple(demos)) for p in prompts]
+            outs = [x for o in _call_batch(self.model.rank_candidates, groups)
+                    for x in (o if isinstance(o, list) else [o] * len(conts))]
             record = self._ranked_record(task, q, demos, prompts, cands, conts, outs, norm)
             cell.journal.append([record])
             records.append(record)
@@ -238,8 +240,6 @@ class Runner:
                                 fields=task.record_fields(q), **common)
         per_order = [[float(o) for o in outs[i : i + len(cands)]] for i in range(0, len(outs), len(cands))]
         prediction, logprobs, scores = rank(cands, conts, per_order, norm)
-        fields = {**task.record_fields(q), "candidate_logprobs": logprobs, "n_orders": len(prompts)}
-        if norm != "none":
-            fields["candidate_scores"] = scores
+        fields = {**task.record_fields(q), **task.ranking_fields(q, logprobs, scores, norm), "n_orders": len(prompts)}
         return SampleRecord(raw_output=prediction, prediction=prediction, score=task.score(prediction, q),
                             fields=fields, **common)

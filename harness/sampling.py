@@ -70,4 +70,4 @@ class RandomSampler:
 
 
 def sampler_config(sampler: RandomSampler) -> dict:
-    return {"name": "random", "support_size": len(sampler.pool), "seed": sampler.seed}
+    return {"name": getattr(sampler, "name", "random"), "support_size": len(sampler.pool), "seed": sampler.seed}

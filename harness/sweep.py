@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from .metrics.stats import mean_std
 from .model import Model
@@ -23,6 +23,8 @@ class SweepSpec:
     limit: int | None = None
     batch_size: int = 8
     shard: tuple[int, int] | None = None
+    #: per-task shots (suites' published shots); tasks not named here use ``shots``.
+    task_shots: Mapping[str, tuple[int, ...]] | None = None
 
 
 def run_sweep(
@@ -42,7 +44,7 @@ def run_sweep(
         runner = Runner(model, output, label, progress=progress)
         per_label = []
         for task in tasks:
-            for shots in spec.shots:
+            for shots in (spec.task_shots or {}).get(task.name, spec.shots):
                 results = []
                 for seed in spec.seeds:
                     res = runner.run_cell(task, CellSpec(shots, seed, spec.limit, spec.batch_size, spec.shard))

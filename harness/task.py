@@ -137,6 +137,22 @@ class Task:
         """Close-ended tasks: the continuations to rank by log-likelihood."""
         raise NotImplementedError(f"task {self.name} is not close-ended")
 
+    def demo_sampler(self, seed: int):
+        """The sampler that picks each query's demos (random from the support set; a task may
+        override it, e.g. class-balanced demos for classification)."""
+        from .sampling import RandomSampler
+
+        return RandomSampler(self.name, self.support_examples(), seed, self.options.support_size)
+
+    def ranking_fields(self, example: Example, logprobs: Mapping[str, float], scores: Mapping[str, float],
+                       normalization: str) -> dict[str, Any]:
+        """Close-ended tasks: what a record keeps of the candidates' scores (default: all of them;
+        a task with 1,000 candidates keeps only its top ones)."""
+        fields: dict[str, Any] = {"candidate_logprobs": dict(logprobs)}
+        if normalization != "none":
+            fields["candidate_scores"] = dict(scores)
+        return fields
+
     def score(self, prediction: str, example: Example) -> float:
         """Per-sample score in [0, 1]."""
         raise NotImplementedError

@@ -143,6 +143,21 @@ class LoglikelihoodRequest:
     demos: tuple[Example, ...] = ()
 
 
+@dataclass(frozen=True)
+class RankRequest:
+    """Score every one of ``continuations`` after the one shared ``prompt`` (a close-ended query's
+    candidates). Grouping them lets a model compute the prompt once (shared-prefix scoring)."""
+
+    prompt: Prompt
+    continuations: tuple[str, ...]
+    query: Example
+    demos: tuple[Example, ...] = ()
+
+    def requests(self) -> list[LoglikelihoodRequest]:
+        """The same work as one LoglikelihoodRequest per candidate (for models without prefix sharing)."""
+        return [LoglikelihoodRequest(self.prompt, c, self.query, self.demos) for c in self.continuations]
+
+
 @dataclass
 class SampleRecord:
     """One evaluated sample, as written to the predictions journal."""

@@ -1,3 +1,4 @@
 """Built-in tasks, one module per benchmark family; importing registers them."""
 
-from . import captioning, classification, rareact, video_captioning, video_qa, vqa  # noqa: F401
+from . import (captioning, classification, imagenet, rareact, textvqa_vizwiz,  # noqa: F401
+               video_captioning, video_qa, visdial, vqa)

@@ -42,3 +42,9 @@ def prob_of(logprobs: Mapping[str, float], positive: str) -> float:
     values = np.asarray(list(logprobs.values()), dtype=float)
     top = values.max()
     return float(math.exp(logprobs[positive] - top) / np.exp(values - top).sum())
+
+
+def top_k_correct(scores: Mapping[str, float], target: str, k: int) -> bool:
+    """Whether ``target`` is among the ``k`` highest-scoring candidates (ties: candidate order)."""
+    ranked = sorted(scores, key=lambda c: -scores[c])
+    return target in ranked[:k]

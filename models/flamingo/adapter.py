@@ -21,7 +21,7 @@ from harness.video import load_video_frames, selection_of
 from harness.media import load_image
 from harness.model import Model, checkpoint_fingerprint
 from harness.registry import register_model
-from harness.types import GenerateRequest, LoglikelihoodRequest, Media, Prompt, Video
+from harness.types import GenerateRequest, LoglikelihoodRequest, Media, Prompt, RankRequest, Video
 
 BUNDLED_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "easyvqa"
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -152,3 +152,12 @@ class Flamingo(Model):
         return self.model.loglikelihood([self.prompt_ids(p) for p in prompts],
                                         [self.model.encode_text(r.continuation) for r in requests],
                                         media_features=self._media_features(prompts))
+
+    def rank_candidates(self, requests: Sequence[RankRequest]) -> list[list[float]]:
+        """Each prompt computed once, its key/values reused for every candidate (see scoring.py)."""
+        from .scoring import shared_prefix_loglikelihoods
+
+        feats = self._media_features([r.prompt for r in requests])
+        return [shared_prefix_loglikelihoods(self.model, self.prompt_ids(r.prompt), f,
+                                             [self.model.encode_text(c) for c in r.continuations])
+                for r, f in zip(requests, feats)]
