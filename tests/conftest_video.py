@@ -187,3 +187,29 @@ def write_rareact(root: Path) -> Path:
         wr.writerow(["id", "video_id", "start", "end", "class_id", "verb", "noun", "annotation"])
         wr.writerows(rows)
     return root
+
+
+KINETICS_LABELS = ["abseiling", "playing cello", "riding a bike"]
+
+
+def write_kinetics(root: Path, per_class_train: int = 2, n_val: int = 3) -> Path:
+    """Kinetics-700-2020: ``{train,validate}.csv`` (label, youtube_id, time_start, time_end, split),
+    clips ``videos/{split}/{label}/{youtube_id}_{start:06d}_{end:06d}.mp4``."""
+    base = root / "kinetics700"
+    for split, fname, n in (("train", "train.csv", per_class_train * len(KINETICS_LABELS)),
+                            ("validate", "validate.csv", n_val)):
+        with open(base.joinpath(fname) if base.is_dir() else _mkdir(base) / fname, "w", newline="") as f:
+            wr = csv.writer(f)
+            wr.writerow(["label", "youtube_id", "time_start", "time_end", "split"])
+            for i in range(n):
+                label = KINETICS_LABELS[i % len(KINETICS_LABELS)] if split == "train" else KINETICS_LABELS[0]
+                yid = f"{split[:2]}K{i:03d}-x"
+                write_video(base / "videos" / split / label / f"{yid}_{i * 10:06d}_{i * 10 + 10:06d}.mp4",
+                            n_frames=8, seed=i)
+                wr.writerow([label, yid, i * 10, i * 10 + 10, split])
+    return root
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path

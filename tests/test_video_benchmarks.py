@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import run_cli  # noqa: E402
-from conftest_video import (RAREACT_ACTIONS, square_x, write_rareact, write_star,  # noqa: E402
-                            write_vatex, write_video, write_youcook2)
+from conftest_video import (KINETICS_LABELS, RAREACT_ACTIONS, square_x, write_kinetics,  # noqa: E402
+                            write_rareact, write_star, write_vatex, write_video, write_youcook2)
 from harness.errors import DataError, HarnessError
 from harness.metrics.rareact import RareActRow, mean_weighted_ap, weighted_average_precision
 from harness.video import FrameCache, FrameSelection, SampledVideo
@@ -28,6 +28,7 @@ def data_root(tmp_path_factory) -> Path:
     write_youcook2(root)
     write_star(root)
     write_rareact(root)
+    write_kinetics(root)
     return root
 
 
@@ -81,6 +82,14 @@ def test_loaders_read_the_official_schemas(data_root):
     assert len(clips) == 6 and clips[0].id == "RA0_0_1"
     assert ra.candidates(clips[0]) == [f"{v} {n}" for v, n in RAREACT_ACTIONS]
     assert clips[0].answers == ("cut laptop",)  # (v + clip) % 4 == class 0
+
+    from tasks.kinetics import Kinetics700
+
+    k = Kinetics700(data_root)
+    val = k.eval_examples()
+    assert k.candidates(val[0]) == sorted(KINETICS_LABELS) and val[0].id == "vaK000-x_000000_000010"
+    assert val[0].media[0].path.endswith("kinetics700/videos/validate/abseiling/vaK000-x_000000_000010.mp4")
+    assert len(k.support_examples()) == 6 and k.support_examples()[1].target == "playing cello"
 
 
 def test_bad_files_name_the_file_and_field(data_root, tmp_path):
@@ -199,9 +208,10 @@ def _metrics(out: Path, task: str, shots: int) -> dict:
     return json.loads(path.read_text())
 
 
-def test_cli_video_captioning_and_star_with_a_baseline(data_root, tmp_path):
+def test_cli_video_benchmarks_with_a_baseline(data_root, tmp_path):
     out = tmp_path / "out"
-    run_cli("run", "--model", "demo-majority", "--tasks", "vatex,youcook2,star", "--shots", "0", "2", "--seeds", "0",
+    run_cli("run", "--model", "demo-majority", "--tasks", "vatex,youcook2,star,kinetics700", "--shots", "0", "2",
+            "--seeds", "0",
             "--frames", "2", "--data-dir", str(data_root), "--output", str(out), "-q")
     for task in ("vatex", "youcook2"):
         m = _metrics(out, task, 2)
@@ -210,6 +220,10 @@ def test_cli_video_captioning_and_star_with_a_baseline(data_root, tmp_path):
         journal = next(p for p in out.rglob("predictions.jsonl") if f"/{task}/2shot" in str(p))
         first = json.loads(journal.read_text().splitlines()[0])
         assert first["prediction"] and "video_id" in first and len(first["demo_ids"]) == 2
+    kin = _metrics(out, "kinetics700", 2)
+    # 2 class-balanced demos of 2 different classes: demo-majority's top-1 is the demo nearest the query
+    assert kin["primary_metric"] == "top1" and kin["n"] == 3 and kin["config"]["sampler"]["name"] == "class_balanced"
+    assert kin["metrics"]["top5"] == 100.0  # 3 classes: always in the top 5
     star = _metrics(out, "star", 2)
     assert star["primary_metric"] == "accuracy" and star["n"] == 4
     assert set(star["metrics"]["accuracy_by_type"]) <= {"Interaction", "Sequence", "Prediction", "Feasibility"}
