@@ -108,8 +108,7 @@ class Runner:
     def run_cell(self, task: Task, spec: CellSpec) -> dict[str, Any]:
         queries = select_queries(task, spec.limit)
         check_media(self.model, queries, task)
-        if spec.shots < 0:
-            raise HarnessError(f"shots must be >= 0, got {spec.shots}")
+        task.check_shots(spec.shots)
         sampler = task.demo_sampler(spec.seed)
         if getattr(task.options, "length_normalization", None) == "tokens":
             self.model.count_tokens("a")  # a model that cannot count tokens fails here, before any sample

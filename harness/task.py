@@ -60,6 +60,8 @@ class Task:
     prediction_keys: ClassVar[tuple[str, str]] = ("question_id", "answer")
     #: whether ``load`` needs files under the data root (False for bundled data).
     needs_data_dir: ClassVar[bool] = True
+    #: the most shots the benchmark allows (0: zero-shot only, e.g. RareAct has no training split).
+    max_shots: ClassVar[int | None] = None
 
     def __init__(self, data_dir: str | Path | None = None, options: Mapping[str, Any] | None = None):
         self.name = self.registry_name or type(self).__name__
@@ -108,6 +110,14 @@ class Task:
         if name is None:
             name = model_style if model_style in self.templates else self.default_template
         return name, pick_template(self.templates, name, f"task {self.name}")
+
+    def check_shots(self, shots: int) -> None:
+        """Refuse a shot count the benchmark does not have (before any model loads)."""
+        if shots < 0:
+            raise HarnessError(f"shots must be >= 0, got {shots}")
+        if self.max_shots is not None and shots > self.max_shots:
+            raise HarnessError(f"task {self.name} is evaluated with at most {self.max_shots} shots "
+                               f"(it has no split to draw demonstrations from); got --shots {shots}")
 
     def zero_shot_demos(self) -> int:
         return self.options.zero_shot_text_demos if self.kind == "generate" else 0

@@ -19,7 +19,7 @@ import math
 import os
 import threading
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -45,12 +45,17 @@ class FrameSelection:
     over the clip (the cap never truncates the end of the clip).
     size: frames are resized to ``size`` x ``size`` once, at decode time
     (None keeps the decoded resolution).
+    start / end: a clip window in seconds from the start of the file (YouCook2
+    segments, STAR and RareAct clips); frames are chosen within it as above.
+    Set per video by the task (``FrameSelection.clip``), not by a run flag.
     """
 
     frames: int = 8
     fps: float | None = None
     max_frames: int | None = None
     size: int | None = 224
+    start: float | None = None
+    end: float | None = None
 
     def __post_init__(self) -> None:
         if self.frames <= 0:
@@ -63,13 +68,28 @@ class FrameSelection:
             raise HarnessError("--max-frames caps frame-rate sampling: give it with --fps R (or use --frames N)")
         if self.size is not None and self.size <= 0:
             raise HarnessError(f"frame_size must be positive, got {self.size}")
+        if self.start is not None and not (math.isfinite(self.start) and self.start >= 0):
+            raise HarnessError(f"clip start must be a time >= 0 in seconds, got {self.start}")
+        if self.end is not None and not (math.isfinite(self.end) and self.end > (self.start or 0.0)):
+            raise HarnessError(f"clip end must be after its start ({self.start or 0.0} s), got {self.end}")
+
+    @property
+    def windowed(self) -> bool:
+        return self.start is not None or self.end is not None
+
+    def clip(self, start: float | None, end: float | None) -> "FrameSelection":
+        """This selection restricted to ``[start, end]`` seconds of the file."""
+        return replace(self, start=None if start is None else float(start), end=None if end is None else float(end))
 
     @property
     def cap(self) -> int:
         return self.max_frames if self.max_frames is not None else self.frames
 
     def describe(self) -> dict:
-        return {"mode": "uniform" if self.fps is None else "fps", **asdict(self)}
+        out = {"mode": "uniform" if self.fps is None else "fps", **asdict(self)}
+        if not self.windowed:  # per-clip windows are the data's, not the run's setting
+            del out["start"], out["end"]
+        return out
 
 
 @dataclass(frozen=True)
@@ -77,6 +97,13 @@ class SampledVideo(Video):
     """A video together with the frame selection its task asked for."""
 
     selection: FrameSelection = field(default_factory=FrameSelection)
+
+    @property
+    def identity(self) -> str:
+        """The path plus the frames taken from it: two clips of one file are different media."""
+        sel = self.selection
+        window = f"@{sel.start or 0.0:g}-{'' if sel.end is None else format(sel.end, 'g')}" if sel.windowed else ""
+        return f"{self.path}{window}"
 
 
 def selection_of(video: Video) -> FrameSelection:
@@ -90,6 +117,8 @@ def select_indices(n_frames: int, timestamps: Sequence[float] | None, sel: Frame
     """
     if n_frames <= 0:
         return []
+    if sel.windowed:
+        return _select_in_window(n_frames, timestamps, sel)
     if sel.fps is None:
         return [min(n_frames - 1, int((i + 0.5) * n_frames / sel.frames)) for i in range(sel.frames)]
     if timestamps is None or len(timestamps) != n_frames:
@@ -101,6 +130,20 @@ def select_indices(n_frames: int, timestamps: Sequence[float] | None, sel: Frame
     if len(picks) > sel.cap:
         picks = [picks[min(len(picks) - 1, int((i + 0.5) * len(picks) / sel.cap))] for i in range(sel.cap)]
     return picks
+
+
+def _select_in_window(n_frames: int, timestamps: Sequence[float] | None, sel: FrameSelection) -> list[int]:
+    """The selection applied to the frames whose time (from the first frame) lies in [start, end]."""
+    if timestamps is None or len(timestamps) != n_frames:
+        raise ValueError("a clip window needs one timestamp per frame")
+    ts = np.asarray(timestamps, dtype=float)
+    rel = ts - ts[0]
+    lo, hi = sel.start or 0.0, math.inf if sel.end is None else sel.end
+    inside = np.flatnonzero((rel >= lo - 1e-6) & (rel <= hi + 1e-6))
+    if len(inside) == 0:
+        raise ValueError(f"clip {lo:g}-{hi:g} s lies outside the video ({rel[-1]:.2f} s long)")
+    local = select_indices(len(inside), [float(t) for t in ts[inside]], replace(sel, start=None, end=None))
+    return [int(inside[i]) for i in local]
 
 
 def decode_frames(path: str, sel: FrameSelection) -> np.ndarray:

@@ -1,3 +1,4 @@
 """Built-in tasks, one module per benchmark family; importing registers them."""
 
-from . import captioning, classification, imagenet, textvqa_vizwiz, video_qa, visdial, vqa  # noqa: F401
+from . import (captioning, classification, imagenet, kinetics, rareact,  # noqa: F401
+               textvqa_vizwiz, video_captioning, video_qa, visdial, vqa)

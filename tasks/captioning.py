@@ -49,7 +49,16 @@ KARPATHY_SPLITS = ("train", "val", "test", "restval")
 
 
 @dataclass(frozen=True)
-class CaptionOptions(TaskOptions):
+class CaptionMetricOptions:
+    """metrics: comma list of cider, bleu, rouge, meteor, spice; cider is always
+    added. METEOR starts a JVM with a large paraphrase table: slow, so off by
+    default. SPICE runs only if its CoreNLP models are on disk."""
+
+    metrics: tuple[str, ...] = DEFAULT_METRICS
+
+
+@dataclass(frozen=True)
+class CaptionOptions(TaskOptions, CaptionMetricOptions):
     """Captioning options.
 
     include_restval: demos also come from Karpathy's ``restval`` images (the 30k COCO val
@@ -62,30 +71,78 @@ class CaptionOptions(TaskOptions):
     """
 
     include_restval: bool = False
-    metrics: tuple[str, ...] = DEFAULT_METRICS
     image_dir: str | None = None
 
 
-class KarpathyCaptionTask(Task):
-    """A captioning task reading a Karpathy-split JSON file."""
+class CaptionScoring(Task):
+    """Captioning prompts, decoding, post-processing and corpus scoring (image or video).
 
-    Options = CaptionOptions
+    A subclass's Options must include :class:`CaptionMetricOptions`; its examples carry
+    every reference caption in ``answers`` and the results-file id in ``meta[id_field]``.
+    """
+
     templates = CAPTION_TEMPLATES
     default_template = "openflamingo"
     generation = GenerationConfig(max_new_tokens=20, num_beams=3, length_penalty=0.0)
-    default_support_split = "train"
-    default_eval_split = "test"
     primary_metric = "CIDEr"
+    #: the id key of each record and of an official-format results file (``prediction_keys[0]``).
+    id_field = "image_id"
     prediction_keys = ("image_id", "caption")
-
-    #: name of the Karpathy file under ``<root>/<task>/``.
-    karpathy_file = ""
 
     def __init__(self, data_dir=None, options=None):
         super().__init__(data_dir, options)
         names = check_metrics(self.options.metrics)
         # CIDEr is the primary metric that tables and sweeps read: always computed.
         self.metrics = names if "cider" in names else ("cider", *names)
+
+    def postprocess(self, raw: str, example: Example) -> str:
+        return caption(raw)
+
+    def score(self, prediction: str, example: Example) -> float:
+        """Placeholder 0.0: CIDEr is defined over the corpus; ``aggregate`` fills in per-sample CIDEr."""
+        return 0.0
+
+    def record_fields(self, example: Example) -> dict[str, Any]:
+        return {self.id_field: example.meta[self.id_field], "references": list(example.answers)}
+
+    def aggregate(self, records: Sequence[SampleRecord]) -> dict[str, Any]:
+        """Corpus metrics over all records (0-100). A failed sample counts as an empty caption."""
+        refs = {r.query_id: r.fields["references"] for r in records}
+        cands = {r.query_id: ("" if r.error else r.prediction) for r in records}
+        result = score_captions(refs, cands, self.metrics)
+        out: dict[str, Any] = {}
+        for name, value in result.corpus.items():
+            out[name] = value
+            if name == "CIDEr":
+                per_image = [result.per_image[r.query_id]["CIDEr"] for r in records]
+                for r, v in zip(records, per_image):
+                    r.score = v
+                    r.fields["CIDEr"] = v
+                ci = mean_with_ci(per_image, scale=1.0, bounded=False)  # per-image CIDEr is unbounded
+                out["CIDEr_ci95"] = [ci["ci95_low"], ci["ci95_high"]]
+        for name, note in result.notes.items():
+            out[name] = None
+            out[f"{name}_note"] = note
+        out["n"] = len(records)
+        return out
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "metrics": list(self.metrics),
+                "cider_df": "references of the scored images (as pycocoevalcap)"}
+
+
+class KarpathyCaptionTask(CaptionScoring):
+    """A captioning task reading a Karpathy-split JSON file."""
+
+    Options = CaptionOptions
+    default_support_split = "train"
+    default_eval_split = "test"
+
+    #: name of the Karpathy file under ``<root>/<task>/``.
+    karpathy_file = ""
+
+    def __init__(self, data_dir=None, options=None):
+        super().__init__(data_dir, options)
         self._images: list[dict] | None = None
 
     # ---- data -----------------------------------------------------------------
@@ -159,42 +216,6 @@ class KarpathyCaptionTask(Task):
                 meta={"image_id": image_id, "split": entry_split},
             ))
         return examples
-
-    # ---- scoring --------------------------------------------------------------
-    def postprocess(self, raw: str, example: Example) -> str:
-        return caption(raw)
-
-    def score(self, prediction: str, example: Example) -> float:
-        """Placeholder 0.0: CIDEr is defined over the corpus; ``aggregate`` fills in per-image CIDEr."""
-        return 0.0
-
-    def record_fields(self, example: Example) -> dict[str, Any]:
-        return {"image_id": example.meta["image_id"], "references": list(example.answers)}
-
-    def aggregate(self, records: Sequence[SampleRecord]) -> dict[str, Any]:
-        """Corpus metrics over all records (0-100). A failed sample counts as an empty caption."""
-        refs = {r.query_id: r.fields["references"] for r in records}
-        cands = {r.query_id: ("" if r.error else r.prediction) for r in records}
-        result = score_captions(refs, cands, self.metrics)
-        out: dict[str, Any] = {}
-        for name, value in result.corpus.items():
-            out[name] = value
-            if name == "CIDEr":
-                per_image = [result.per_image[r.query_id]["CIDEr"] for r in records]
-                for r, v in zip(records, per_image):
-                    r.score = v
-                    r.fields["CIDEr"] = v
-                ci = mean_with_ci(per_image, scale=1.0, bounded=False)  # per-image CIDEr is unbounded
-                out["CIDEr_ci95"] = [ci["ci95_low"], ci["ci95_high"]]
-        for name, note in result.notes.items():
-            out[name] = None
-            out[f"{name}_note"] = note
-        out["n"] = len(records)
-        return out
-
-    def config(self) -> dict[str, Any]:
-        return {**super().config(), "metrics": list(self.metrics),
-                "cider_df": "references of the scored images (as pycocoevalcap)"}
 
 
 @register_task("coco")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
 
-from harness.errors import DataError
+from harness.errors import DataError, HarnessError
 from harness.metrics.stats import mean_with_ci
 from harness.metrics.video_qa import exact_match, ivqa_accuracy
 from harness.postprocess import vqa_answer
@@ -54,6 +54,8 @@ class VideoTask(Task):
     default_support_split = "train"
     default_eval_split = "test"
     video_pattern: ClassVar[str] = "{video_id}.mp4"
+    #: default folder of the videos under the task's data folder (option ``video_dir`` overrides).
+    video_folder: ClassVar[str] = "videos"
 
     def __init__(self, data_dir=None, options=None):
         super().__init__(data_dir, options)
@@ -68,8 +70,16 @@ class VideoTask(Task):
         except KeyError as exc:
             raise DataError(f"task {self.name}: video_pattern {pattern!r} uses {{{exc.args[0]}}}, which {where} "
                             f"does not have (fields: {', '.join(sorted(map(str, row)))})") from None
-        base = Path(self.options.video_dir) if self.options.video_dir else self.root / "videos"
+        base = Path(self.options.video_dir) if self.options.video_dir else self.root / self.video_folder
         return SampledVideo(str(base / name), selection=self.selection)
+
+    def clip(self, video: SampledVideo, start: Any, end: Any, where: str) -> SampledVideo:
+        """``video`` restricted to ``[start, end]`` seconds (a segment of a longer file)."""
+        try:
+            return SampledVideo(video.path, selection=self.selection.clip(float(start), float(end)))
+        except (TypeError, ValueError, HarnessError) as exc:
+            raise DataError(f"task {self.name}: {where}: bad clip start/end {start!r}, {end!r} "
+                            f"(seconds, 0 <= start < end): {exc}") from None
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "frame_selection": self.selection.describe()}
@@ -166,13 +176,37 @@ class NextQAOptions(VideoOptions, RankingOptions):
     """NExT-QA MC options: the video options plus ensemble / length_normalization (see harness.ranking)."""
 
 
-@register_task("nextqa_mc")
-class NextQAMC(VideoTask):
-    """NExT-QA multiple choice (Xiao et al. 2021): rank a0..a4 by log-likelihood; accuracy."""
+class VideoMultipleChoice(VideoTask):
+    """Close-ended video QA: rank the example's choices by log-likelihood; accuracy (+ by question type).
+
+    Examples carry ``fields["choices"]``, the right choice as ``target`` and the question type in ``meta["type"]``.
+    """
 
     kind = "loglikelihood"
     Options = NextQAOptions
     default_eval_split = "val"
+
+    def candidates(self, example: Example) -> list[str]:
+        return list(example.fields["choices"])
+
+    def score(self, prediction: str, example: Example) -> float:
+        return float(prediction == example.target)
+
+    def aggregate(self, records: Sequence[SampleRecord]) -> dict[str, Any]:
+        out = super().aggregate(records)
+        by_type: dict[str, list[float]] = defaultdict(list)
+        for r in records:
+            if r.fields.get("type"):
+                by_type[str(r.fields["type"])].append(r.score)
+        if by_type:
+            out["accuracy_by_type"] = {k: mean_with_ci(v)["mean"] for k, v in sorted(by_type.items())}
+        return out
+
+
+@register_task("nextqa_mc")
+class NextQAMC(VideoMultipleChoice):
+    """NExT-QA multiple choice (Xiao et al. 2021): rank a0..a4 by log-likelihood; accuracy."""
+
     video_pattern = "{video}.mp4"
     CHOICES: ClassVar[tuple[str, ...]] = tuple(f"a{i}" for i in range(5))
 
@@ -201,18 +235,50 @@ class NextQAMC(VideoTask):
             ))
         return out
 
-    def candidates(self, example: Example) -> list[str]:
-        return list(example.fields["choices"])
 
-    def score(self, prediction: str, example: Example) -> float:
-        return float(prediction == example.target)
+@register_task("star")
+class STAR(VideoMultipleChoice):
+    """STAR situated reasoning (Wu et al. 2021): rank the 4 choices by log-likelihood; accuracy (+ per category).
 
-    def aggregate(self, records: Sequence[SampleRecord]) -> dict[str, Any]:
-        out = super().aggregate(records)
-        by_type: dict[str, list[float]] = defaultdict(list)
-        for r in records:
-            if r.fields.get("type"):
-                by_type[str(r.fields["type"])].append(r.score)
-        if by_type:
-            out["accuracy_by_type"] = {k: mean_with_ci(v)["mean"] for k, v in sorted(by_type.items())}
+    ``STAR_{train,val}.json`` = ``[{question_id, question, video_id, start, end, answer, choices: [{choice_id,
+    choice}, ...], ...}]``; the clip is ``[start, end]`` seconds of Charades video ``videos/{video_id}.mp4``.
+    The category (Interaction, Sequence, Prediction, Feasibility) is ``question_id``'s prefix. The test split's
+    answers are not public: evaluation is on val.
+    """
+
+    video_pattern = "{video_id}.mp4"
+    SPLIT_FILES: ClassVar[dict[str, str]] = {"train": "STAR_train.json", "val": "STAR_val.json",
+                                              "test": "STAR_test.json"}
+    LAYOUT: ClassVar[str] = ("<data root>/star/STAR_<split>.json (train, val) = [{'question_id', 'question', "
+                             "'video_id', 'start', 'end', 'answer', 'choices': [{'choice_id', 'choice'}, ...]}, ...]; "
+                             "Charades videos <data root>/star/videos/{video_id}.mp4")
+
+    def load(self, split: str) -> list[Example]:
+        if split not in self.SPLIT_FILES:
+            raise DataError(f"task star: unknown split {split!r}; STAR has {', '.join(self.SPLIT_FILES)}")
+        path = self.root / self.SPLIT_FILES[split]
+        rows = read_json(path, f"task star ({split})", self.LAYOUT)
+        if not isinstance(rows, list):
+            raise DataError(f"{path}: expected a JSON list of questions\nExpected layout: {self.LAYOUT}")
+        out = []
+        for i, row in enumerate(rows):
+            where = f"item #{i}"
+            for key in ("question_id", "question", "video_id", "start", "end", "answer", "choices"):
+                require(row, key, path, where, self.LAYOUT)
+            choices = tuple(str(require(c, "choice", path, f"{where}.choices", self.LAYOUT)).strip()
+                            for c in row["choices"])
+            answer = str(row["answer"]).strip()
+            if answer not in choices:
+                raise DataError(f"{path}: {where} ({row['question_id']}): answer {answer!r} is not one of its "
+                                f"choices {list(choices)}")
+            video = self.video(row, f"{where} of {path}")
+            clip = self.clip(video, row["start"], row["end"], f"{where} of {path}")
+            out.append(Example(
+                id=str(row["question_id"]),
+                media=(clip,),
+                fields={"question": str(row["question"]), "choices": choices},
+                answers=(answer,),
+                target=answer,
+                meta={"video_id": row["video_id"], "type": str(row["question_id"]).split("_")[0]},
+            ))
         return out
