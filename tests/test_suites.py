@@ -73,9 +73,18 @@ def test_cli_lists_suites_and_refuses_an_incomplete_one(tmp_path):
     from tests.conftest import run_cli
 
     listing = run_cli("list", "tasks").stdout
-    for name in ("textvqa", "vizwiz", "visdial", "imagenet", "flamingo16", "openflamingo", "video"):
+    for name in ("textvqa", "vizwiz", "visdial", "imagenet", "kinetics700", "vatex", "youcook2", "star", "rareact",
+                 "flamingo16", "openflamingo", "video"):
         assert f"\n{name} " in "\n" + listing
+    # Every task of the built-in suites is registered: flamingo16 expands and fails on the (absent) data.
     proc = run_cli("run", "--model", "demo-majority", "--tasks", "flamingo16", "--data-dir", str(tmp_path),
                    "--output", str(tmp_path / "r"), check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "file not found" in proc.stderr
+    plugin = tmp_path / "my_suite.py"
+    plugin.write_text('from harness.suites import define_suite\n'
+                      'define_suite("mine", tasks=["vqav2", "no_such_task"], shots=[0])\n')
+    proc = run_cli("run", "--model", "demo-majority", "--tasks", "mine", "--include", str(plugin), "--data-dir",
+                   str(tmp_path), "--output", str(tmp_path / "r"), check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1].startswith("error: suite flamingo16 needs tasks that are not registered")
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: suite mine needs tasks that are not registered")
+    assert "no_such_task" in proc.stderr
