@@ -173,8 +173,8 @@ class HF(Model):
         self.config_ = self._load_config()
         self.family = FAMILIES.get(self.config_.model_type, DEFAULT_FAMILY)
         self.processor = self._load_processor()
-        self.tokenizer = self.processor.tokenizer
         self._check_takes_images()
+        self.tokenizer = self.processor.tokenizer
         self._images_kwargs = self._image_settings()
         self.format = self._pick_format()
         self.model = self._load_model()
@@ -218,7 +218,7 @@ class HF(Model):
         if getattr(self.processor, "image_processor", None) is None or not has_vision:
             raise HarnessError(
                 f"{self.where}: this {self.config_.model_type} model takes no images (no vision tower in its config "
-                f"or no image processor); give a vision-language model directory, or use a text-only harness")
+                f"or no image processor); give the directory of a vision-language model")
 
     def _image_settings(self) -> dict[str, Any]:
         o = self.options
@@ -408,7 +408,7 @@ class HF(Model):
                 max_new_tokens=cfg.max_new_tokens,
                 min_new_tokens=cfg.min_new_tokens,
                 num_beams=cfg.num_beams,
-                length_penalty=cfg.length_penalty,
+                **({"length_penalty": cfg.length_penalty} if cfg.num_beams > 1 else {}),
                 do_sample=False,
                 eos_token_id=self._stop_ids,
                 pad_token_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None
