@@ -340,7 +340,7 @@ class HF(Model):
 
     def _n_images(self, media) -> int:
         """Images a media item becomes: one, or a video's frames (decoded once, then cached)."""
-        return len(self._images([media])) if isinstance(media, Video) and self.options.video_as_frames else 1
+        return len(self._images([media])) if isinstance(media, Video) else 1
 
     def _placeholder(self) -> str:
         token = self.family.placeholder or getattr(self.processor, "image_token", None)

@@ -254,3 +254,32 @@ def test_error_more_images_than_max_images(hf_dirs, tmp_path, capsys):
     assert rc == 2
     assert err.startswith("error: model hf") and "3 images" in err and "max_images=2" in err and "--shots" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_video_goes_in_as_its_frames(hf_dirs, tmp_path):
+    from conftest_video import write_video
+
+    from harness.types import Chunk, GenerateRequest, GenerationConfig, Example, Prompt
+    from harness.video import FrameSelection, SampledVideo
+    from models.hf import HF
+
+    video = SampledVideo(str(write_video(tmp_path / "v.mp4")), selection=FrameSelection(frames=3, size=32))
+    adapter = HF({"path": str(hf_dirs["qwen2_vl"]), "video_as_frames": "true"})
+    prompt = Prompt((Chunk((video,), "Question: what moves? Answer: a square", answer=" a square"),
+                     Chunk((video,), "Question: what moves? Answer:")))
+    text = adapter.render_prompt(prompt)
+    assert text.count(PLACEHOLDER["qwen2_vl"]) == 6
+    query = Example("q", (video,), {"question": "what moves?"})
+    (out,) = adapter.generate([GenerateRequest(prompt, GenerationConfig(max_new_tokens=2, num_beams=1), query)])
+    assert isinstance(out, str)
+    with pytest.raises(Exception, match="video_as_frames=true"):
+        HF({"path": str(hf_dirs["qwen2_vl"])}).render_prompt(prompt)
+
+
+def test_list_models_documents_the_options(capsys):
+    assert main(["list", "models", "-v"]) == 0
+    out = capsys.readouterr().out
+    hf = out[out.index("\nhf ") :]
+    for option in ("path", "dtype", "device_map", "attn_implementation", "trust_remote_code", "max_images",
+                   "prompt_format", "system", "image_size", "processor_args", "video_as_frames"):
+        assert f"{option}: " in hf and f"{option} (" in hf
