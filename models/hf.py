@@ -20,7 +20,6 @@ expands each image placeholder into the image's tokens). Family quirks live in :
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
@@ -30,6 +29,8 @@ from harness.model import Model, checkpoint_fingerprint
 from harness.registry import register_model
 from harness.types import GenerateRequest, Image, LoglikelihoodRequest, Prompt, Video
 from harness.video import media_as_images
+
+from .hf_cache import KEY, MERGES, ByteLRU, CachedImageProcessor, nbytes
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class HFOptions:
     image_size: longest image side (pixels) the processor resizes to, for families that allow it.
     processor_args: image-processor settings, k=v;k=v (e.g. do_image_splitting=false;max_pixels=200704).
     video_as_frames: each video goes in as its frames, in order, as images (no native video here).
-    cache_mb: bound of the processed-image cache (MiB); 0 disables it."""
+    cache_mb: bound (MiB) of the cache of decoded images and processed pixels; 0 disables it."""
 
     path: str = ""
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
@@ -104,35 +105,6 @@ FAMILIES: dict[str, Family] = {
 DEFAULT_FAMILY = Family()
 
 
-class ImageCache:
-    """Decoded images per media identity (an LRU bounded in bytes): demo images recur across queries."""
-
-    def __init__(self, max_bytes: int):
-        self.max_bytes = max_bytes
-        self._items: OrderedDict[str, Any] = OrderedDict()
-        self._bytes = 0
-        self.hits = self.misses = 0
-
-    def get(self, key: str, load: Callable[[], Any]) -> Any:
-        if key in self._items:
-            self._items.move_to_end(key)
-            self.hits += 1
-            return self._items[key]
-        self.misses += 1
-        value = load()
-        size = _image_bytes(value)
-        if size <= self.max_bytes:
-            self._items[key] = value
-            self._bytes += size
-            while self._bytes > self.max_bytes:
-                self._bytes -= _image_bytes(self._items.popitem(last=False)[1])
-        return value
-
-
-def _image_bytes(images: list) -> int:
-    return sum(im.width * im.height * len(im.getbands()) for im in images)
-
-
 def _parse_processor_args(text: str) -> dict[str, Any]:
     import json
 
@@ -179,7 +151,10 @@ class HF(Model):
         self.format = self._pick_format()
         self.model = self._load_model()
         self._stop_ids = self._stop_token_ids()
-        self._cache = ImageCache(o.cache_mb << 20)
+        self._cache = ByteLRU(o.cache_mb << 20, nbytes)
+        merge = MERGES.get(self.config_.model_type)
+        if merge is not None and o.cache_mb > 0:
+            self.processor.image_processor = CachedImageProcessor(self.processor.image_processor, merge, self._cache)
         self._fingerprint = checkpoint_fingerprint(path)
 
     # ---- loading --------------------------------------------------------------------------
@@ -360,12 +335,20 @@ class HF(Model):
 
     # ---- media ----------------------------------------------------------------------------
     def _images(self, media: Sequence) -> list:
+        """Decoded images (a video: its frames), each tagged with its cache key for the pixel cache."""
         out = []
         for m in media:
             key = m.identity if isinstance(m, Image) else f"{m.identity}\0{getattr(m, 'selection', None)}"
-            out.extend(self._cache.get(key, lambda m=m: media_as_images([m], self.options.video_as_frames,
-                                                                         f"model {self.name}")))
+            out.extend(self._cache.get(("decoded", key), lambda m=m, key=key: self._decode(m, key)))
         return out
+
+    def _decode(self, media, key: str) -> list:
+        images = media_as_images([media], self.options.video_as_frames, f"model {self.name}")
+        if len(images) > 1:  # frames: their own objects, their own keys
+            images = [im.copy() for im in images]
+        for i, im in enumerate(images):
+            im.info[KEY] = key if len(images) == 1 else f"{key}\0frame {i}"
+        return images
 
     def _prompt_images(self, prompt: Prompt) -> list:
         images = self._images(prompt.media)

@@ -200,7 +200,7 @@ def test_plain_format_interleaves_placeholders_and_stops_at_the_separator(hf_dir
         assert "\n" not in r["raw_output"]
 
 
-def test_system_prompt_and_demo_images_decoded_once(hf_dirs):
+def test_system_prompt_and_demo_images_decoded_and_processed_once(hf_dirs):
     from harness.prompts import PromptBuilder
     from harness.registry import get_task_class
     from harness.types import GenerateRequest, GenerationConfig
@@ -215,8 +215,10 @@ def test_system_prompt_and_demo_images_decoded_once(hf_dirs):
     adapter.generate(reqs)
     paths = [m.path for r in reqs for m in r.prompt.media]
     assert len(paths) == 9
-    # each distinct image decoded once; every other use (demos recur in all three prompts) is a hit
-    assert adapter._cache.misses == len(set(paths)) and adapter._cache.hits >= len(paths) - len(set(paths))
+    # each distinct image decoded once and processed once; every other use (demos recur in all three
+    # prompts) is a hit
+    assert adapter._cache.misses == 2 * len(set(paths))
+    assert adapter._cache.hits >= 2 * (len(paths) - len(set(paths)))
     assert adapter.render_prompt(reqs[0].prompt).startswith("<bos><start_of_turn>user\nAnswer in one word.\n\n")
 
 
@@ -283,3 +285,38 @@ def test_list_models_documents_the_options(capsys):
     for option in ("path", "dtype", "device_map", "attn_implementation", "trust_remote_code", "max_images",
                    "prompt_format", "system", "image_size", "processor_args", "video_as_frames"):
         assert f"{option}: " in hf and f"{option} (" in hf
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cached_pixels_equal_the_processor_own(family, hf_dirs):
+    """The per-image pixel cache rebuilds exactly the processor's batch output (mixed image counts
+    and sizes per sample), and a repeated image is processed once."""
+    import numpy as np
+    import torch
+    from PIL import Image as PILImage
+
+    from models.hf import HF
+    from models.hf_cache import KEY, CachedImageProcessor
+
+    rng = np.random.default_rng(0)
+    images = [PILImage.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+              for h, w in ((64, 64), (40, 60), (64, 32), (30, 64))]
+    for i, im in enumerate(images):
+        im.info[KEY] = f"image {i}"
+    adapter = HF({"path": str(hf_dirs[family])})
+    proc = adapter.processor
+    assert isinstance(proc.image_processor, CachedImageProcessor)
+    ph = adapter._placeholder()
+    texts = [f"{ph}{ph}a b", f"{ph}c", f"{ph}{ph}{ph}d"]
+    batch = [[images[0], images[1]], [images[2]], [images[3], images[0], images[2]]]
+    got = proc(text=texts, images=batch, return_tensors="pt", padding=True)
+    misses = adapter._cache.misses
+    again = proc(text=texts, images=batch, return_tensors="pt", padding=True)
+    assert adapter._cache.misses == misses  # all from the cache the second time
+    proc.image_processor = proc.image_processor._inner
+    want = proc(text=texts, images=batch, return_tensors="pt", padding=True)
+    assert set(got) == set(want) == set(again)
+    for k in want:
+        for out in (got, again):
+            same = torch.equal(out[k], want[k]) if isinstance(want[k], torch.Tensor) else out[k] == want[k]
+            assert same, k
