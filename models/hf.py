@@ -234,6 +234,11 @@ class HF(Model):
         if o.attn_implementation:
             kw["attn_implementation"] = o.attn_implementation
         if o.device_map:
+            import importlib.util
+
+            if importlib.util.find_spec("accelerate") is None:
+                raise HarnessError(f"{self.where}: device_map={o.device_map} needs the accelerate package "
+                                   f"(pip install accelerate), or use device=cuda for one GPU")
             kw["device_map"] = o.device_map
         loaders = [AutoModelForImageTextToText]
         if hasattr(transformers, "AutoModelForVision2Seq"):
