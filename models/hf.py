@@ -73,8 +73,9 @@ def _longest_edge(image_processor: Any, n: int) -> dict[str, Any]:
 
 
 def _qwen_pixels(image_processor: Any, n: int) -> dict[str, Any]:
-    return {"max_pixels": n * n, "size": {"shortest_edge": min(image_processor.min_pixels, n * n),
-                                          "longest_edge": n * n}}
+    """Qwen2-VL bounds the pixel count (size.shortest_edge/longest_edge are min/max pixels)."""
+    low = image_processor.size.shortest_edge or n * n
+    return {"size": {"shortest_edge": min(low, n * n), "longest_edge": n * n}}
 
 
 @dataclass(frozen=True)
@@ -142,17 +143,17 @@ class HF(Model):
             raise HarnessError(f"model hf option max_images must be >= 1, got {o.max_images}")
         self.path = path
         self.where = f"model hf ({path})"
-        self.config_ = self._load_config()
-        self.family = FAMILIES.get(self.config_.model_type, DEFAULT_FAMILY)
+        self.hf_config = self._load_config()
+        self.family = FAMILIES.get(self.hf_config.model_type, DEFAULT_FAMILY)
         self.processor = self._load_processor()
         self._check_takes_images()
         self.tokenizer = self.processor.tokenizer
-        self._images_kwargs = self._image_settings()
+        self._apply_image_settings()
         self.format = self._pick_format()
         self.model = self._load_model()
         self._stop_ids = self._stop_token_ids()
         self._cache = ByteLRU(o.cache_mb << 20, nbytes)
-        merge = MERGES.get(self.config_.model_type)
+        merge = MERGES.get(self.hf_config.model_type)
         if merge is not None and o.cache_mb > 0:
             self.processor.image_processor = CachedImageProcessor(self.processor.image_processor, merge, self._cache)
         self._fingerprint = checkpoint_fingerprint(path)
@@ -185,17 +186,18 @@ class HF(Model):
         import transformers
         from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
 
-        name = PROCESSOR_MAPPING_NAMES.get(self.config_.model_type)
+        name = PROCESSOR_MAPPING_NAMES.get(self.hf_config.model_type)
         return getattr(transformers, name, None) if name else None
 
     def _check_takes_images(self) -> None:
-        has_vision = getattr(self.config_, "vision_config", None) is not None
-        if getattr(self.processor, "image_processor", None) is None or not has_vision:
+        if getattr(self.processor, "image_processor", None) is None:
             raise HarnessError(
-                f"{self.where}: this {self.config_.model_type} model takes no images (no vision tower in its config "
-                f"or no image processor); give the directory of a vision-language model")
+                f"{self.where}: this {self.hf_config.model_type} model takes no images (its processor has no image "
+                f"processor); give the directory of a vision-language model")
 
-    def _image_settings(self) -> dict[str, Any]:
+    def _apply_image_settings(self) -> None:
+        """image_size and processor_args, checked, then set on the image processor (so saved configs
+        and every call see them)."""
         o = self.options
         kwargs = _parse_processor_args(o.processor_args)
         ip = self.processor.image_processor
@@ -207,12 +209,15 @@ class HF(Model):
                 raise HarnessError(f"model hf option image_size must be positive, got {o.image_size}")
             if self.family.image_size is None:
                 raise HarnessError(
-                    f"{self.where}: {self.config_.model_type} has a fixed image size; image_size is not supported "
+                    f"{self.where}: {self.hf_config.model_type} has a fixed image size; image_size is not supported "
                     f"(processor_args sets its processor's own settings)")
             kwargs = {**self.family.image_size(ip, o.image_size), **kwargs}
-        for key, value in kwargs.items():  # set on the processor, so every call and save sees them
+        from transformers.image_utils import SizeDict
+
+        for key, value in kwargs.items():
+            if isinstance(getattr(ip, key, None), SizeDict) and isinstance(value, dict):
+                value = SizeDict(**value)
             setattr(ip, key, value)
-        return kwargs
 
     def _pick_format(self) -> str:
         has_template = bool(getattr(self.processor, "chat_template", None) or self.tokenizer.chat_template)
@@ -254,7 +259,7 @@ class HF(Model):
             except ImportError as exc:
                 raise HarnessError(f"{self.where}: loading needs a missing package ({exc})") from None
         else:
-            raise HarnessError(f"{self.where}: no auto class loads {self.config_.model_type} "
+            raise HarnessError(f"{self.where}: no auto class loads {self.hf_config.model_type} "
                                f"({'; '.join(errors)}); check transformers' version or trust_remote_code")
         if not o.device_map:
             model.to(o.device)
@@ -287,11 +292,11 @@ class HF(Model):
     # ---- prompts --------------------------------------------------------------------------
     @property
     def fingerprint(self) -> str:
-        return f"hf-{self.config_.model_type}-{self._fingerprint}"
+        return f"hf-{self.hf_config.model_type}-{self._fingerprint}"
 
     def config(self) -> dict[str, Any]:
         out = super().config()
-        out.update(model_type=self.config_.model_type, prompt_format=self.format)
+        out.update(model_type=self.hf_config.model_type, prompt_format=self.format)
         return out
 
     def _apply_template(self, messages: list[dict], add_generation_prompt: bool) -> str:

@@ -325,3 +325,25 @@ def test_cached_pixels_equal_the_processor_own(family, hf_dirs):
         for out in (got, again):
             same = torch.equal(out[k], want[k]) if isinstance(want[k], torch.Tensor) else out[k] == want[k]
             assert same, k
+
+
+def test_image_size_and_processor_args_reach_the_processor(hf_dirs):
+    from harness.errors import HarnessError
+    from harness.media import load_image
+    from models.hf import HF
+
+    import easy_vqa
+
+    image = load_image(easy_vqa.get_test_image_paths()[0])  # 64 x 64
+
+    def n_tokens(family, **options):
+        adapter = HF({"path": str(hf_dirs[family]), **options})
+        out = adapter.processor(text=[adapter._placeholder() + "hi"], images=[[image]], return_tensors="pt")
+        return out["input_ids"].shape[1]
+
+    assert n_tokens("qwen2_vl", image_size="32") < n_tokens("qwen2_vl")  # max_pixels 32^2: 4 tokens, not 16
+    assert n_tokens("idefics3", processor_args="do_image_splitting=false") < n_tokens("idefics3")  # 1 tile, not 5
+    with pytest.raises(HarnessError, match="gemma3 has a fixed image size"):
+        HF({"path": str(hf_dirs["gemma3"]), "image_size": "32"})
+    with pytest.raises(HarnessError, match="has no setting 'bogus'"):
+        HF({"path": str(hf_dirs["idefics3"]), "processor_args": "bogus=1"})
