@@ -300,8 +300,9 @@ class HF(Model):
         return out
 
     def _apply_template(self, messages: list[dict], add_generation_prompt: bool) -> str:
-        return self.processor.apply_chat_template(messages, tokenize=False,
-                                                  add_generation_prompt=add_generation_prompt)
+        # Some checkpoints keep the chat template with the tokenizer only.
+        owner = self.processor if getattr(self.processor, "chat_template", None) else self.tokenizer
+        return owner.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
     def _messages(self, prompt: Prompt) -> list[dict]:
         """Chat turns: per demo a user turn (media, stem) and an assistant turn (answer); the query last."""
