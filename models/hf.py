@@ -152,6 +152,9 @@ class HF(Model):
         self.format = self._pick_format()
         self.model = self._load_model()
         self._stop_ids = self._stop_token_ids()
+        import inspect
+
+        self._keeps_logits = "logits_to_keep" in inspect.signature(self.model.forward).parameters
         self._cache = ByteLRU(o.cache_mb << 20, nbytes)
         merge = MERGES.get(self.hf_config.model_type)
         if merge is not None and o.cache_mb > 0:
@@ -447,17 +450,27 @@ class HF(Model):
         fulls = [context + self._continuation_text(prompt, context, c) for c in continuations]
         ctx_ids = self._inputs([context], [images], "right")["input_ids"][0].tolist()
         inputs = self._inputs(fulls, [images] * len(fulls), "right")
-        with torch.inference_mode():
-            logp = self.model(**inputs).logits.float().log_softmax(-1)
-        scores = []
+        rows, starts = [], []
         for row in range(len(fulls)):
             ids = inputs["input_ids"][row][inputs["attention_mask"][row].bool()].tolist()
             # Where the candidate merges with the context's last token, that token is scored too.
             start = 0
             while start < min(len(ids), len(ctx_ids)) and ids[start] == ctx_ids[start]:
                 start += 1
-            start = max(start, 1)
-            scores.append(float(sum(logp[row, j - 1, ids[j]] for j in range(start, len(ids)))))
+            rows.append(ids)
+            starts.append(max(start, 1))
+        # Logits only from the first scored position on: a full (batch, length, vocab) tensor of a
+        # 150k-word model over a many-shot prompt would take gigabytes.
+        length = inputs["input_ids"].shape[1]
+        first = min(starts) - 1
+        extra = {"logits_to_keep": length - first} if self._keeps_logits else {}
+        with torch.inference_mode():
+            logits = self.model(**inputs, **extra).logits
+        offset = length - logits.shape[1]
+        scores = []
+        for row, (ids, start) in enumerate(zip(rows, starts)):
+            logp = logits[row, start - 1 - offset: len(ids) - 1 - offset].float().log_softmax(-1)
+            scores.append(float(logp.gather(1, torch.tensor(ids[start:], device=logp.device)[:, None]).sum()))
         return scores
 
 
