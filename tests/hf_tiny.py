@@ -1,11 +1,12 @@
 """Tiny random-weight Hugging Face VLMs of four families, built offline and saved with save_pretrained.
 
-Each builder writes a model directory that ``AutoProcessor`` + ``AutoModelForImageTextToText`` load:
-config and weights from the family's transformers config (text and vision towers shrunk), a BPE
-tokenizer trained here on a few sentences with the family's special tokens, a chat template in
-the family's style, and the family's PIL image processor (no torchvision here, so no video
-processor; ``models.hf.image_only_processor`` builds the processors that also take video without one).
-Imported by tests/test_hf.py (the lead owns tests/conftest.py).
+Each builder writes a model directory as a hub snapshot has it: config and weights from the family's
+transformers config (text and vision towers shrunk), a BPE tokenizer trained here on a few sentences
+with the family's special tokens, a chat template in the family's style, and the family's PIL image
+processor. Qwen2-VL and LLaVA-OneVision processors also take video, and transformers builds video
+processors only with torchvision (not installed): they are built and saved without one
+(``models.hf.image_only_processor``), so ``AutoProcessor`` fails on them as on a real snapshot here,
+and the adapter's fallback is exercised. Imported by tests/test_hf.py (the lead owns tests/conftest.py).
 """
 
 from __future__ import annotations

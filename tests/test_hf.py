@@ -347,3 +347,25 @@ def test_image_size_and_processor_args_reach_the_processor(hf_dirs):
         HF({"path": str(hf_dirs["gemma3"]), "image_size": "32"})
     with pytest.raises(HarnessError, match="has no setting 'bogus'"):
         HF({"path": str(hf_dirs["idefics3"]), "processor_args": "bogus=1"})
+
+
+def test_demo_chunks_carry_their_answer_for_chat_turns(hf_dirs):
+    from harness.errors import HarnessError
+    from harness.prompts import PromptBuilder, PromptTemplate
+    from harness.types import Chunk, Example, Image, Prompt
+    from models.hf import HF
+    from tasks.vqa import VQA_TEMPLATES
+
+    demo = Example("d", (Image("a.png"),), {"question": "what color?"}, target="red")
+    query = Example("q", (Image("b.png"),), {"question": "what shape?"})
+    for template in VQA_TEMPLATES.values():
+        d, q = PromptBuilder(template).build([demo], query).chunks
+        assert d.answer.strip() == "red" and d.stem + d.answer == d.text and d.stem.rstrip().lower().endswith("answer:")
+        assert q.answer is None and q.stem == q.text
+    # a template whose demo does not end with its answer cannot be split into turns
+    odd = PromptTemplate(demo="{answer} is the answer to: {question}", query="Answer to: {question}")
+    d, _ = PromptBuilder(odd).build([demo], query).chunks
+    assert d.answer is None
+    adapter = HF({"path": str(hf_dirs["idefics3"])})
+    with pytest.raises(HarnessError, match="use prompt_format=plain"):
+        adapter.render_prompt(Prompt((d, Chunk((), "Answer to: what shape?"))))
