@@ -10,9 +10,11 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import logging
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Sequence
@@ -203,6 +205,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         if args.verbose:
             for name, typ, default in describe_options(cls.Options):
                 print(f"{'':18s}{name} ({typ}) = {default}")
+            doc = inspect.cleandoc(cls.Options.__doc__ or "")
+            if doc and not doc.startswith(cls.Options.__name__ + "("):  # not the dataclass's generated one
+                print(textwrap.indent(doc, " " * 18))
     if args.what == "tasks":
         from .suites import suites
 

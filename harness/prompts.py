@@ -27,6 +27,12 @@ class PromptTemplate:
     def format_query(self, example: Example) -> str:
         return self._format(self.query, example, with_answer=False)
 
+    def answer_part(self, example: Example, demo_text: str) -> str | None:
+        """The end of ``demo_text`` (the formatted demo) that follows the query stem: what the answer adds
+        (e.g. ``" red"``); None when the demo does not start with the stem or adds nothing."""
+        stem = self.format_query(example)
+        return demo_text[len(stem):] if demo_text.startswith(stem) and len(demo_text) > len(stem) else None
+
     @staticmethod
     def _format(template: str, example: Example, with_answer: bool) -> str:
         values: dict[str, Any] = dict(example.fields)
@@ -52,9 +58,11 @@ class PromptBuilder:
     template: PromptTemplate
 
     def build(self, demos: Sequence[Example], query: Example, text_only_demos: bool = False) -> Prompt:
-        chunks = [
-            Chunk(media=() if text_only_demos else tuple(d.media), text=self.template.format_demo(d)) for d in demos
-        ]
+        chunks = []
+        for d in demos:
+            text = self.template.format_demo(d)
+            media = () if text_only_demos else tuple(d.media)
+            chunks.append(Chunk(media=media, text=text, answer=self.template.answer_part(d, text)))
         chunks.append(Chunk(media=tuple(query.media), text=self.template.format_query(query)))
         return Prompt(chunks=tuple(chunks))
 

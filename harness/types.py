@@ -70,6 +70,15 @@ class Chunk:
 
     media: tuple[Media, ...]
     text: str
+    #: Demonstrations: the end of ``text`` that the demo's answer adds after its query stem
+    #: (``text == stem + answer``), so chat adapters can split a demo into a user turn (media, stem)
+    #: and an assistant turn (answer). None for the query, and where the template does not end with it.
+    answer: str | None = None
+
+    @property
+    def stem(self) -> str:
+        """``text`` without its answer: the question part of a demo (all of ``text`` for the query)."""
+        return self.text[: len(self.text) - len(self.answer)] if self.answer else self.text
 
 
 @dataclass(frozen=True)

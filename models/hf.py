@@ -1,0 +1,494 @@
+"""Any Hugging Face interleaved vision-language model, few-shot with image demonstrations.
+
+``--model hf --model-arg path=DIR`` loads a local directory that ``AutoProcessor`` and
+``AutoModelForImageTextToText`` (else ``AutoModelForCausalLM``) load: Idefics2/3, SmolVLM,
+Qwen2-VL / Qwen2.5-VL, LLaVA-OneVision / LLaVA-NeXT-Interleave, Gemma 3 and their fine-tunes.
+Nothing is fetched.
+
+Prompts (see docs/hf.md):
+
+- ``chat`` (default when the processor has a chat template): each demonstration is a user turn
+  (its media, then its question stem) and an assistant turn (its answer); the query is the last
+  user turn; ``apply_chat_template(..., add_generation_prompt=True)``.
+- ``plain``: the interleaved text with the processor's image placeholder, each demonstration
+  closed by ``chunk_sep``.
+
+The ``prompt`` stored with each prediction is the exact text handed to the processor (which then
+expands each image placeholder into the image's tokens). Family quirks live in :data:`FAMILIES`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal, Sequence
+
+from harness.errors import HarnessError
+from harness.model import Model, checkpoint_fingerprint
+from harness.registry import register_model
+from harness.types import GenerateRequest, Image, LoglikelihoodRequest, Prompt, Video
+from harness.video import media_as_images
+
+from .hf_cache import KEY, MERGES, ByteLRU, CachedImageProcessor, nbytes
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HFOptions:
+    """path: local model+processor directory (as save_pretrained writes it, or a hub snapshot).
+    dtype: float32, bfloat16, float16 or auto (the config's); weights only, token ids never.
+    device: cpu, cuda, cuda:1 ...; device_map: auto spreads a large model over the GPUs (needs accelerate).
+    attn_implementation: eager, sdpa, flash_attention_2 ... (default: transformers' choice).
+    trust_remote_code: run the checkpoint's own Python code (off by default).
+    max_images: most images (video frames included) one prompt may hold; more is an error.
+    prompt_format: auto (chat if the processor has a chat template, else plain), chat or plain.
+    system: a system prompt (chat format).
+    chunk_sep: plain format: text closing each demonstration (generation stops there too).
+    image_size: longest image side (pixels) the processor resizes to, for families that allow it.
+    processor_args: image-processor settings, k=v;k=v (e.g. do_image_splitting=false;max_pixels=200704).
+    video_as_frames: each video goes in as its frames, in order, as images (no native video here).
+    cache_mb: bound (MiB) of the cache of decoded images and processed pixels; 0 disables it."""
+
+    path: str = ""
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    device: str = "cpu"
+    device_map: str = ""
+    attn_implementation: str = ""
+    trust_remote_code: bool = False
+    max_images: int | None = None
+    prompt_format: Literal["auto", "chat", "plain"] = "auto"
+    system: str = ""
+    chunk_sep: str = "\n"
+    image_size: int | None = None
+    processor_args: str = ""
+    video_as_frames: bool = False
+    cache_mb: int = 512
+
+
+# ---- family hooks ----------------------------------------------------------------------------
+def _longest_edge(image_processor: Any, n: int) -> dict[str, Any]:
+    return {"size": {"longest_edge": n}}
+
+
+def _qwen_pixels(image_processor: Any, n: int) -> dict[str, Any]:
+    """Qwen2-VL bounds the pixel count (size.shortest_edge/longest_edge are min/max pixels)."""
+    low = image_processor.size.shortest_edge or n * n
+    return {"size": {"shortest_edge": min(low, n * n), "longest_edge": n * n}}
+
+
+@dataclass(frozen=True)
+class Family:
+    """What differs between model families, keyed by ``config.model_type``.
+
+    placeholder:  text the plain format writes per image (None: the processor's ``image_token``).
+    end_of_turn:  token closing an assistant turn, an extra stop token (None: found from the chat template).
+    image_size:   processor settings for ``image_size=N`` (None: the family has a fixed input size).
+    """
+
+    placeholder: str | None = None
+    end_of_turn: str | None = None
+    image_size: Callable[[Any, int], dict[str, Any]] | None = None
+
+
+FAMILIES: dict[str, Family] = {
+    # Qwen's rope indexing finds each image by its <|vision_start|>: the bare pad token is not enough.
+    "qwen2_vl": Family("<|vision_start|><|image_pad|><|vision_end|>", "<|im_end|>", _qwen_pixels),
+    "qwen2_5_vl": Family("<|vision_start|><|image_pad|><|vision_end|>", "<|im_end|>", _qwen_pixels),
+    "idefics3": Family("<image>", "<end_of_utterance>", _longest_edge),
+    "smolvlm": Family("<image>", "<end_of_utterance>", _longest_edge),
+    "idefics2": Family("<image>", "<end_of_utterance>", _longest_edge),
+    "llava_onevision": Family("<image>", "<|im_end|>"),
+    "llava_next": Family("<image>"),
+    "gemma3": Family("<start_of_image>", "<end_of_turn>"),
+}
+DEFAULT_FAMILY = Family()
+
+
+def _parse_processor_args(text: str) -> dict[str, Any]:
+    import json
+
+    out: dict[str, Any] = {}
+    for item in filter(None, (x.strip() for x in text.split(";"))):
+        if "=" not in item:
+            raise HarnessError(f"model hf option processor_args: {item!r} is not key=value (separate items with ;)")
+        key, value = (s.strip() for s in item.split("=", 1))
+        try:
+            out[key] = json.loads(value.lower() if value.lower() in ("true", "false", "null") else value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+@register_model("hf")
+class HF(Model):
+    """Any Hugging Face vision-language model (AutoModelForImageTextToText) from a local directory."""
+
+    Options = HFOptions
+    template_style = "flamingo"
+
+    def __init__(self, options=None):
+        super().__init__(options)
+        import torch
+
+        self.torch = torch
+        o = self.options
+        path = Path(o.path) if o.path else None
+        if path is None or not (path / "config.json").is_file():
+            raise HarnessError(
+                f"model hf: --model-arg path={o.path or '(none)'} is not a model directory (no config.json); give a "
+                f"local directory with the config, weights and processor files, as save_pretrained writes them")
+        if o.max_images is not None and o.max_images < 1:
+            raise HarnessError(f"model hf option max_images must be >= 1, got {o.max_images}")
+        self.path = path
+        self.where = f"model hf ({path})"
+        self.hf_config = self._load_config()
+        self.family = FAMILIES.get(self.hf_config.model_type, DEFAULT_FAMILY)
+        self.processor = self._load_processor()
+        self._check_takes_images()
+        self.tokenizer = self.processor.tokenizer
+        self._apply_image_settings()
+        self.format = self._pick_format()
+        self.model = self._load_model()
+        self._stop_ids = self._stop_token_ids()
+        import inspect
+
+        self._keeps_logits = "logits_to_keep" in inspect.signature(self.model.forward).parameters
+        self._cache = ByteLRU(o.cache_mb << 20, nbytes)
+        merge = MERGES.get(self.hf_config.model_type)
+        if merge is not None and o.cache_mb > 0:
+            self.processor.image_processor = CachedImageProcessor(self.processor.image_processor, merge, self._cache)
+        self._fingerprint = checkpoint_fingerprint(path)
+
+    # ---- loading --------------------------------------------------------------------------
+    def _load_config(self):
+        from transformers import AutoConfig
+
+        try:
+            return AutoConfig.from_pretrained(str(self.path), trust_remote_code=self.options.trust_remote_code)
+        except ValueError as exc:
+            hint = "" if self.options.trust_remote_code else "; if it ships its own code, add trust_remote_code=true"
+            raise HarnessError(f"{self.where}: transformers cannot read its config.json ({exc}){hint}") from None
+
+    def _load_processor(self):
+        from transformers import AutoProcessor
+
+        kw = {"trust_remote_code": self.options.trust_remote_code}
+        try:
+            return AutoProcessor.from_pretrained(str(self.path), **kw)
+        except (OSError, ImportError, ValueError, TypeError, AttributeError) as exc:
+            cls = self._processor_class()
+            if cls is None or "video_processor" not in cls.get_attributes():
+                raise HarnessError(f"{self.where}: AutoProcessor cannot load it ({exc})") from None
+            # transformers builds video processors only with torchvision; images need none of it.
+            log.info("%s: loading %s without its video processor (%s)", self.where, cls.__name__, exc)
+            return image_only_processor(cls).from_pretrained(str(self.path), **kw)
+
+    def _processor_class(self):
+        import transformers
+        from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+
+        name = PROCESSOR_MAPPING_NAMES.get(self.hf_config.model_type)
+        return getattr(transformers, name, None) if name else None
+
+    def _check_takes_images(self) -> None:
+        if getattr(self.processor, "image_processor", None) is None:
+            raise HarnessError(
+                f"{self.where}: this {self.hf_config.model_type} model takes no images (its processor has no image "
+                f"processor); give the directory of a vision-language model")
+
+    def _apply_image_settings(self) -> None:
+        """image_size and processor_args, checked, then set on the image processor (so saved configs
+        and every call see them)."""
+        o = self.options
+        kwargs = _parse_processor_args(o.processor_args)
+        ip = self.processor.image_processor
+        for key in kwargs:
+            if not hasattr(ip, key):
+                raise HarnessError(f"model hf option processor_args: {type(ip).__name__} has no setting {key!r}")
+        if o.image_size is not None:
+            if o.image_size <= 0:
+                raise HarnessError(f"model hf option image_size must be positive, got {o.image_size}")
+            if self.family.image_size is None:
+                raise HarnessError(
+                    f"{self.where}: {self.hf_config.model_type} has a fixed image size; image_size is not supported "
+                    f"(processor_args sets its processor's own settings)")
+            kwargs = {**self.family.image_size(ip, o.image_size), **kwargs}
+        from transformers.image_utils import SizeDict
+
+        for key, value in kwargs.items():
+            if isinstance(getattr(ip, key, None), SizeDict) and isinstance(value, dict):
+                value = SizeDict(**value)
+            setattr(ip, key, value)
+
+    def _pick_format(self) -> str:
+        has_template = bool(getattr(self.processor, "chat_template", None) or self.tokenizer.chat_template)
+        fmt = self.options.prompt_format
+        if fmt == "auto":
+            return "chat" if has_template else "plain"
+        if fmt == "chat" and not has_template:
+            raise HarnessError(f"{self.where}: prompt_format=chat needs a chat template, and its processor has none; "
+                               f"use prompt_format=plain")
+        return fmt
+
+    def _load_model(self):
+        import transformers
+        from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+        torch, o = self.torch, self.options
+        kw: dict[str, Any] = {"trust_remote_code": o.trust_remote_code,
+                              "dtype": "auto" if o.dtype == "auto" else getattr(torch, o.dtype)}
+        if o.attn_implementation:
+            kw["attn_implementation"] = o.attn_implementation
+        if o.device_map:
+            import importlib.util
+
+            if importlib.util.find_spec("accelerate") is None:
+                raise HarnessError(f"{self.where}: device_map={o.device_map} needs the accelerate package "
+                                   f"(pip install accelerate), or use device=cuda for one GPU")
+            kw["device_map"] = o.device_map
+        loaders = [AutoModelForImageTextToText]
+        if hasattr(transformers, "AutoModelForVision2Seq"):
+            loaders.append(transformers.AutoModelForVision2Seq)
+        loaders.append(AutoModelForCausalLM)
+        errors = []
+        for loader in loaders:
+            try:
+                model = loader.from_pretrained(str(self.path), **kw)
+                break
+            except ValueError as exc:  # the family is not registered with this auto class
+                errors.append(f"{loader.__name__}: {str(exc).splitlines()[0]}")
+            except ImportError as exc:
+                raise HarnessError(f"{self.where}: loading needs a missing package ({exc})") from None
+        else:
+            raise HarnessError(f"{self.where}: no auto class loads {self.hf_config.model_type} "
+                               f"({'; '.join(errors)}); check transformers' version or trust_remote_code")
+        if not o.device_map:
+            model.to(o.device)
+        return model.eval()
+
+    def _stop_token_ids(self) -> list[int]:
+        """End-of-sequence ids plus the token that closes an assistant turn."""
+        ids = self.model.generation_config.eos_token_id
+        out = list(ids) if isinstance(ids, (list, tuple)) else ([ids] if ids is not None else [])
+        if self.tokenizer.eos_token_id is not None:
+            out.append(self.tokenizer.eos_token_id)
+        end = self.family.end_of_turn or (self._probe_end_of_turn() if self.format == "chat" else None)
+        if end is not None:
+            tid = self.tokenizer.convert_tokens_to_ids(end)
+            if tid is not None and tid != self.tokenizer.unk_token_id:
+                out.append(tid)
+        return list(dict.fromkeys(out))
+
+    def _probe_end_of_turn(self) -> str | None:
+        """The first special token after an assistant answer, as the chat template writes it."""
+        probe = "zqzq"
+        text = self._apply_template([{"role": "user", "content": [{"type": "text", "text": "hi"}]},
+                                     {"role": "assistant", "content": [{"type": "text", "text": probe}]}], False)
+        tail = text[text.rfind(probe) + len(probe):]
+        for tok in self.tokenizer.all_special_tokens + list(self.tokenizer.get_added_vocab()):
+            if tail.lstrip().startswith(tok):
+                return tok
+        return None
+
+    # ---- prompts --------------------------------------------------------------------------
+    @property
+    def fingerprint(self) -> str:
+        return f"hf-{self.hf_config.model_type}-{self._fingerprint}"
+
+    def config(self) -> dict[str, Any]:
+        out = super().config()
+        out.update(model_type=self.hf_config.model_type, prompt_format=self.format)
+        return out
+
+    def _apply_template(self, messages: list[dict], add_generation_prompt: bool) -> str:
+        # Some checkpoints keep the chat template with the tokenizer only.
+        owner = self.processor if getattr(self.processor, "chat_template", None) else self.tokenizer
+        return owner.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+    def _messages(self, prompt: Prompt) -> list[dict]:
+        """Chat turns: per demo a user turn (media, stem) and an assistant turn (answer); the query last."""
+        msgs: list[dict] = []
+        if self.options.system:
+            msgs.append({"role": "system", "content": [{"type": "text", "text": self.options.system}]})
+        for chunk in prompt.demos:
+            if chunk.answer is None:
+                raise HarnessError(
+                    f"{self.where}: prompt_format=chat splits each demo into question and answer, but the task's "
+                    f"template does not end with the answer ({chunk.text!r}); use prompt_format=plain")
+            msgs.append(self._user_turn(chunk.media, chunk.stem))
+            msgs.append({"role": "assistant", "content": [{"type": "text", "text": chunk.answer.strip()}]})
+        msgs.append(self._user_turn(prompt.query.media, prompt.query.text))
+        return msgs
+
+    def _user_turn(self, media: Sequence, text: str) -> dict:
+        n = sum(self._n_images(m) for m in media)
+        content = [{"type": "image"} for _ in range(n)] + [{"type": "text", "text": text.strip()}]
+        return {"role": "user", "content": content}
+
+    def _n_images(self, media) -> int:
+        """Images a media item becomes: one, or a video's frames (decoded once, then cached)."""
+        return len(self._images([media])) if isinstance(media, Video) else 1
+
+    def _placeholder(self) -> str:
+        token = self.family.placeholder or getattr(self.processor, "image_token", None)
+        if not token:
+            raise HarnessError(f"{self.where}: its processor names no image token; use prompt_format=chat")
+        return token
+
+    def render_prompt(self, prompt: Prompt) -> str:
+        """The exact text handed to the processor (before it expands each image placeholder)."""
+        if self.format == "chat":
+            return self._apply_template(self._messages(prompt), True)
+        parts = []
+        for i, chunk in enumerate(prompt.chunks):
+            sep = self.options.chunk_sep if i < len(prompt.chunks) - 1 else ""
+            parts.append(self._placeholder() * sum(self._n_images(m) for m in chunk.media) + chunk.text + sep)
+        return "".join(parts)
+
+    # ---- media ----------------------------------------------------------------------------
+    def _images(self, media: Sequence) -> list:
+        """Decoded images (a video: its frames), each tagged with its cache key for the pixel cache."""
+        out = []
+        for m in media:
+            key = m.identity if isinstance(m, Image) else f"{m.identity}\0{getattr(m, 'selection', None)}"
+            out.extend(self._cache.get(("decoded", key), lambda m=m, key=key: self._decode(m, key)))
+        return out
+
+    def _decode(self, media, key: str) -> list:
+        images = media_as_images([media], self.options.video_as_frames, f"model {self.name}")
+        if len(images) > 1:  # frames: their own objects, their own keys
+            images = [im.copy() for im in images]
+        for i, im in enumerate(images):
+            im.info[KEY] = key if len(images) == 1 else f"{key}\0frame {i}"
+        return images
+
+    def _prompt_images(self, prompt: Prompt) -> list:
+        images = self._images(prompt.media)
+        limit = self.options.max_images
+        if limit is not None and len(images) > limit:
+            raise HarnessError(
+                f"{self.where}: a prompt holds {len(images)} images (video frames count), more than max_images="
+                f"{limit}; use fewer --shots (or --frames), or raise --model-arg max_images")
+        return images
+
+    def _inputs(self, texts: list[str], images: list[list], padding_side: str):
+        """Processor outputs on the model's device, pixels in the model's dtype."""
+        kw: dict[str, Any] = {"text": texts, "return_tensors": "pt", "padding": True, "padding_side": padding_side}
+        if any(images):
+            kw["images"] = images
+        inputs = self.processor(**kw)
+        dev = self.model.device
+        out = {}
+        for k, v in inputs.items():
+            if hasattr(v, "to"):
+                v = v.to(dev)
+                if v.is_floating_point():
+                    v = v.to(self.model.dtype)
+            out[k] = v
+        return out
+
+    # ---- generation -----------------------------------------------------------------------
+    def generate(self, requests: Sequence[GenerateRequest]) -> list[str]:
+        torch = self.torch
+        cfg = requests[0].config
+        texts = [self.render_prompt(r.prompt) for r in requests]
+        images = [self._prompt_images(r.prompt) for r in requests]
+        inputs = self._inputs(texts, images, "left")
+        stop: dict[str, Any] = {}
+        if self.format == "plain" and self.options.chunk_sep:
+            stop = {"stop_strings": [self.options.chunk_sep], "tokenizer": self.tokenizer}
+        with torch.inference_mode():
+            out = self.model.generate(
+                **inputs,
+                max_new_tokens=cfg.max_new_tokens,
+                min_new_tokens=cfg.min_new_tokens,
+                num_beams=cfg.num_beams,
+                **({"length_penalty": cfg.length_penalty} if cfg.num_beams > 1 else {}),
+                do_sample=False,
+                eos_token_id=self._stop_ids,
+                pad_token_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None
+                else self._stop_ids[0],
+                **stop,
+            )
+        new = out[:, inputs["input_ids"].shape[1]:]
+        return [t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+
+    # ---- close-ended scoring --------------------------------------------------------------
+    def _continuation_text(self, prompt: Prompt, context: str, continuation: str) -> str:
+        """What a candidate adds after the context, written as the demos write their answers: for chat,
+        the assistant turn as the template renders it (e.g. Idefics3's leading space), up to the answer's end."""
+        if self.format == "plain":
+            return continuation
+        answer = continuation.strip()
+        msgs = self._messages(prompt) + [{"role": "assistant", "content": [{"type": "text", "text": answer}]}]
+        full = self._apply_template(msgs, False)
+        if full.startswith(context):
+            end = full.find(answer, len(context))
+            if end >= 0:
+                return full[len(context): end + len(answer)]
+        return answer
+
+    def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[float]:
+        """Sum of the continuation tokens' log-probabilities after each prompt (after the assistant
+        prefix, in chat format). Candidates of one prompt go through the model in one right-padded
+        batch, so padding never shifts a scored token."""
+        groups: dict[Prompt, list[int]] = {}
+        for i, r in enumerate(requests):
+            groups.setdefault(r.prompt, []).append(i)
+        out = [0.0] * len(requests)
+        for prompt, idxs in groups.items():
+            for i, score in zip(idxs, self._score(prompt, [requests[i].continuation for i in idxs])):
+                out[i] = score
+        return out
+
+    def _score(self, prompt: Prompt, continuations: Sequence[str]) -> list[float]:
+        torch = self.torch
+        context = self.render_prompt(prompt)
+        images = self._prompt_images(prompt)
+        fulls = [context + self._continuation_text(prompt, context, c) for c in continuations]
+        ctx_ids = self._inputs([context], [images], "right")["input_ids"][0].tolist()
+        inputs = self._inputs(fulls, [images] * len(fulls), "right")
+        rows, starts = [], []
+        for row in range(len(fulls)):
+            ids = inputs["input_ids"][row][inputs["attention_mask"][row].bool()].tolist()
+            # Where the candidate merges with the context's last token, that token is scored too.
+            start = 0
+            while start < min(len(ids), len(ctx_ids)) and ids[start] == ctx_ids[start]:
+                start += 1
+            rows.append(ids)
+            starts.append(max(start, 1))
+        # Logits only from the first scored position on: a full (batch, length, vocab) tensor of a
+        # 150k-word model over a many-shot prompt would take gigabytes.
+        length = inputs["input_ids"].shape[1]
+        first = min(starts) - 1
+        extra = {"logits_to_keep": length - first} if self._keeps_logits else {}
+        with torch.inference_mode():
+            logits = self.model(**inputs, **extra).logits
+        offset = length - logits.shape[1]
+        scores = []
+        for row, (ids, start) in enumerate(zip(rows, starts)):
+            logp = logits[row, start - 1 - offset: len(ids) - 1 - offset].float().log_softmax(-1)
+            scores.append(float(logp.gather(1, torch.tensor(ids[start:], device=logp.device)[:, None]).sum()))
+        return scores
+
+
+_UNSET = object()
+
+
+def image_only_processor(cls: type) -> type:
+    """Processor class ``cls`` without its video processor: transformers builds video processors only
+    with torchvision, which images never need. Its other settings load and save as ``cls``'s do."""
+    import inspect
+
+    # ProcessorMixin reads the sub-processors and the saved settings off __init__'s own parameter
+    # names (its code object), so the replacement __init__ is written out with the same names.
+    names = [p.name for p in list(inspect.signature(cls.__init__).parameters.values())[1:]
+             if p.kind is p.POSITIONAL_OR_KEYWORD and p.name != "video_processor"]
+    src = (f"def __init__(self, {''.join(n + '=_UNSET, ' for n in names)}**kwargs):\n"
+           f"    given = {{k: v for k, v in dict({', '.join(f'{n}={n}' for n in names)}).items() if v is not _UNSET}}\n"
+           f"    _parent_init(self, video_processor=None, **given, **kwargs)\n")
+    namespace: dict[str, Any] = {"_UNSET": _UNSET, "_parent_init": cls.__init__}
+    exec(src, namespace)  # noqa: S102 - a signature copy, from names read above
+    return type(cls.__name__, (cls,), {"__init__": namespace["__init__"], "__module__": __name__})
