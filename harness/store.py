@@ -89,9 +89,11 @@ class Journal:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.shard:
             # Shards never delete: other processes write beside them; the key keeps configs apart.
-            done = _read_records(self.path) if self.path.is_file() else []
-            self.rewrite(done)
-            return done
+            own = _read_records(self.path) if self.path.is_file() else []
+            self.rewrite(own)
+            merged = self._merged()
+            seen = {r.query_id for r in merged}
+            return merged + [r for r in own if r.query_id not in seen]
         done: list[SampleRecord] = []
         same = False
         if self.meta_path.is_file():
@@ -117,7 +119,27 @@ class Journal:
         self.rewrite(done)
         for f in shard_files:  # merged into predictions.jsonl
             f.unlink()
+        for d in (self.shard_dir, self.shard_dir.parent):
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
         return done
+
+    def _merged(self) -> list[SampleRecord]:
+        """What predictions.jsonl holds for this configuration (read-only: for shards)."""
+        try:
+            same = read_json(self.meta_path).get("config_key") == self.config_key
+        except (OSError, json.JSONDecodeError):
+            return []
+        main = self.dir / "predictions.jsonl"
+        return _read_records(main) if same and main.is_file() else []
+
+    def prepare(self) -> dict[str, Any] | None:
+        """Before shards start: the finished cell's metrics, or None after merging earlier
+        journals into predictions.jsonl (what every shard then treats as done)."""
+        finished = self.completed_metrics()
+        if finished is None:
+            self.resume()
+        return finished
 
     def rewrite(self, records: list[SampleRecord]) -> None:
         """Replace the journal's content (resume, merge, and final per-sample scores)."""
