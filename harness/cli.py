@@ -1,8 +1,9 @@
-"""The command line: run, score, compare, list.
+"""The command line: run, merge, score, compare, list.
 
     python run_eval.py run --model NAME [--model-arg k=v ...] --tasks vqav2,okvqa --shots 0 4 32 --seeds 0 1 2
     python run_eval.py score --task vqav2 --predictions preds.json [--split val] [--json]
     python run_eval.py compare results/A results/B [--format markdown|csv|latex] [--plot out.png]
+    python run_eval.py merge results            # finish `run --shard K/N` runs
     python run_eval.py list tasks|models
 """
 
@@ -146,6 +147,16 @@ def _shard(value: str | None) -> tuple[int, int] | str | None:
     return k, n
 
 
+def cmd_merge(args: argparse.Namespace) -> int:
+    from .merge import merge_results
+    from .report import render, summary_table
+
+    summaries = merge_results(args.results, args.data_dir, progress=not args.quiet)
+    print(render(summary_table(summaries), "markdown"), end="")
+    print(f"\nmerged the shards under {', '.join(args.results)}")
+    return 0
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     from .scoring import score_predictions
 
@@ -236,6 +247,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="close-ended tasks: average log-likelihoods over P demo orders (Flamingo: 6)")
     common(r)
     r.set_defaults(func=cmd_run)
+
+    m = sub.add_parser("merge", help="finish `run --shard` runs: merge their journals, write metrics and summaries",
+                       description="Merge the shard journals under RESULTS (from `run --shard K/N` or `--shard slurm`) "
+                       "into each cell's predictions.jsonl, in eval order, and write metrics.json and summary.json as "
+                       "the run's command without --shard would; no model is loaded. Fails, naming the cell, if a "
+                       "shard is unfinished.")
+    m.add_argument("results", nargs="+", help="results folders (the runs' --output)")
+    m.add_argument("--data-dir", help="the data root the runs used (default: $HARNESS_DATA)")
+    m.add_argument("--include", action="append", default=[], metavar="PATH", help="the plug-ins the runs used")
+    m.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    m.set_defaults(func=cmd_merge)
 
     s = sub.add_parser("score", help="score an existing predictions file, no model needed")
     s.add_argument("--task", required=True)
