@@ -146,6 +146,7 @@ class Runner:
                 raise HarnessError("a cell is either sharded by torchrun or by --shard, not both")
             finished = self.group.from_main(lambda: Journal(directory, key, config).prepare())
             if finished is not None:
+                log.info("%s: already complete, skipping", directory)
                 return finished
             spec = replace(spec, shard=self.group.shard)
         # ---
@@ -157,19 +158,23 @@ class Runner:
 
         done = journal.resume()
         done_ids = {r.query_id for r in done}
+
+        def demos_for(q: Example) -> list[Example]:
+            return sampler.demos(q, n_demos)
+
         mine = queries
         if spec.shard is not None:
             # torchrun ranks all saw the same finished samples: they share what is left; independent
             # shards cannot know what the others finished, so each takes a fixed share of the whole cell.
             pool = [q for q in queries if q.id not in done_ids] if self.group is not None else queries
-            mine = balanced_share(pool, [self._cost(task, builder, sampler, n_demos, spec, q) for q in pool],
+            mine = balanced_share(pool, [self._cost(task, builder, demos_for(q), q, spec.shots == 0) for q in pool],
                                   *spec.shard)
         todo = [q for q in mine if q.id not in done_ids]
         self.model.observe_support(task.name, sampler.pool)
 
         desc = f"{self.label} {task.name} {spec.shots}-shot seed {spec.seed}"
         bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=desc, disable=not self.progress, leave=False)
-        cell = _Cell(task, spec, builder, lambda q: sampler.demos(q, n_demos), journal, bar)
+        cell = _Cell(task, spec, builder, demos_for, journal, bar)
         new_records = self._generate(cell, todo, gen) if task.kind == "generate" else self._rank(cell, todo, template)
         bar.close()
 
@@ -202,11 +207,10 @@ class Runner:
         write_json(directory / "metrics.json", result)
         return result
 
-    def _cost(self, task: Task, builder: PromptBuilder, sampler: RandomSampler, n_demos: int, spec: CellSpec,
-              q: Example) -> int:
+    def _cost(self, task: Task, builder: PromptBuilder, demos: list[Example], q: Example, text_only: bool) -> int:
         """The work a query costs, for balanced shares: its rendered prompt's length (times the
         candidates a close-ended task scores)."""
-        prompt = builder.build(sampler.demos(q, n_demos), q, spec.shots == 0)
+        prompt = builder.build(demos, q, text_only)
         n = 1 if task.kind == "generate" else len(task.candidates(q)) * getattr(task.options, "ensemble", 1)
         return len(self.model.render_prompt(prompt)) * n
 
