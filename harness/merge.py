@@ -113,8 +113,8 @@ def _check_complete(cell: Path, key: str, config: dict[str, Any], data_dir: str 
         shards = sorted(p.stem for p in journal.shard_dir.glob("*.jsonl"))
         raise HarnessError(
             f"merge: {cell}: {len(missing)} of {len(queries)} queries have no prediction yet (e.g. {missing[0]}; "
-            f"shard journals: {', '.join(shards) or 'none'}); finish the missing shards (the run's command with "
-            "--shard K/N, which resumes), then merge again"
+            f"shard journals: {', '.join(shards) or 'none'}); finish the missing shards (rerun the run's command with "
+            "its --shard K/N, or its torchrun command, which resume), then merge again"
         )
 
 

@@ -108,7 +108,9 @@ def torchrun(nproc: int, output: Path, *extra: str) -> subprocess.Popen:
 
 def finish(proc: subprocess.Popen) -> str:
     out, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{out}\n{err[-4000:]}"
+    if proc.returncode != 0:  # every rank's first error lines, then the end of the log
+        firsts = [line for line in err.splitlines() if "Error" in line or "error:" in line][:20]
+        raise AssertionError(f"torchrun failed ({proc.returncode}):\n{out}\n" + "\n".join(firsts) + f"\n...\n{err[-3000:]}")
     return out
 
 
