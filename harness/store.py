@@ -31,7 +31,7 @@ def safe_name(label: str) -> str:
 def write_json(path: Path, obj: Any) -> None:
     """Write atomically so a killed run never leaves half a metrics file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp = path.with_suffix(f"{path.suffix}.{os.getpid()}.tmp")  # own temp file: shards write the same file at once
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=2, sort_keys=False, default=str)
         f.write("\n")
