@@ -1,9 +1,10 @@
-"""The command line: run, score, compare, list.
+"""The command line: run, merge, score, compare, list.
 
     python run_eval.py run --model NAME [--model-arg k=v ...] --tasks vqav2,okvqa --shots 0 4 32 --seeds 0 1 2
     python run_eval.py score --task vqav2 --predictions preds.json [--split val] [--json]
     python run_eval.py compare results/A results/B [--format markdown|csv|latex] [--plot out.png] [--baseline A]
     python run_eval.py view results/A results/B [--output report.html]
+    python run_eval.py merge results            # finish `run --shard K/N` runs
     python run_eval.py list tasks|models
 """
 
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import __version__
+from .distributed import discover, set_threads, start_group
 from .errors import HarnessError
 from .options import describe_options, parse_key_values
 from .registry import get_model_class, get_task_class, include, load_builtins, model_names, task_names
@@ -114,13 +116,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.info("default sweep: the first %d eval questions of each task (pass --limit N to change)", DEFAULT_LIMIT)
     if len(set(model_list)) != len(model_list):
         raise HarnessError("the same --model is named twice; run it twice with different --output or --label")
+    launch = discover(_shard(args.shard))  # torchrun ranks, --shard K/N or a SLURM array task
+    if launch.kind == "torchrun" and not launch.is_main:
+        logging.getLogger("harness").setLevel(logging.WARNING)  # rank 0 reports for all
+    set_threads(args.threads, launch)
     tasks = build_tasks(task_list, _flag_task_args(args, task_list) + list(args.task_arg or []), args.data_dir)
     models = build_models(model_list, args.model_arg, args.label)
     spec = SweepSpec(tuple(args.shots or DEFAULT_SHOTS), tuple(args.seeds), args.limit, args.batch_size,
-                     _shard(args.shard), task_shots=expansion.shots)
+                     launch.shard, task_shots=expansion.shots)
     output = Path(args.output)
     t0 = time.time()
-    summaries = run_sweep(models, tasks, spec, output, progress=not args.quiet)
+    group = start_group(launch)
+    try:
+        summaries = run_sweep(models, tasks, spec, output, progress=not args.quiet, group=group)
+    finally:
+        if group is not None:
+            group.close()
+    if not launch.is_main and launch.kind == "torchrun":
+        return 0  # rank 0 prints the table
     if spec.shard:
         print(f"shard {args.shard} done in {time.time() - t0:.1f}s; when every shard is done, run the same "
               f"command without --shard to merge them and compute the metrics")
@@ -134,9 +147,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _shard(value: str | None) -> tuple[int, int] | None:
-    if value is None:
-        return None
+def _shard(value: str | None) -> tuple[int, int] | str | None:
+    if value is None or value == "slurm":
+        return value
     try:
         k, n = (int(x) for x in value.split("/"))
     except ValueError:
@@ -144,6 +157,16 @@ def _shard(value: str | None) -> tuple[int, int] | None:
     if not (n >= 1 and 0 <= k < n):
         raise HarnessError(f"--shard {value!r}: need 0 <= K < N")
     return k, n
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from .merge import merge_results
+    from .report import render, summary_table
+
+    summaries = merge_results(args.results, args.data_dir, progress=not args.quiet)
+    print(render(summary_table(summaries), "markdown"), end="")
+    print(f"\nmerged the shards under {', '.join(args.results)}")
+    return 0
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -259,9 +282,14 @@ def build_parser() -> argparse.ArgumentParser:
                    f"default sweep: {DEFAULT_LIMIT})")
     r.add_argument("--batch-size", type=int, default=8)
     r.add_argument("--output", default="results", help="results folder (default: results/); reruns resume")
-    r.add_argument("--shard", metavar="K/N",
-                   help="evaluate only every N-th query from K (one of N processes, e.g. one per GPU); "
-                        "then rerun without --shard to merge. Demos are the same as in a single process")
+    r.add_argument("--shard", metavar="K/N|slurm",
+                   help="evaluate only shard K of N (balanced by prompt length; one of N independent processes, "
+                        "e.g. one per GPU), or `slurm`: this SLURM array task's shard; then rerun without --shard "
+                        "to merge. Under torchrun no --shard is needed: ranks share each cell and merge in the run "
+                        "(docs/distributed.md)")
+    r.add_argument("--threads", type=int, metavar="N",
+                   help="torch intra-op threads per process (default: $OMP_NUM_THREADS if set outside torchrun, "
+                        "else the cores left free by other work divided by this machine's processes of the run)")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     r.add_argument("--frames", type=int, help="video tasks: frames per video, chosen uniformly (default 8)")
     r.add_argument("--fps", type=float, help="video tasks: take frames at R per second instead (with --max-frames)")
@@ -270,6 +298,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="close-ended tasks: average log-likelihoods over P demo orders (Flamingo: 6)")
     common(r)
     r.set_defaults(func=cmd_run)
+
+    m = sub.add_parser("merge", help="finish `run --shard` runs: merge their journals, write metrics and summaries",
+                       description="Merge the shard journals under RESULTS (from `run --shard K/N` or `--shard slurm`) "
+                       "into each cell's predictions.jsonl, in eval order, and write metrics.json and summary.json as "
+                       "the run's command without --shard would; no model is loaded. Fails, naming the cell, if a "
+                       "shard is unfinished.")
+    m.add_argument("results", nargs="+", help="results folders (the runs' --output)")
+    m.add_argument("--data-dir", help="the data root the runs used (default: $HARNESS_DATA)")
+    m.add_argument("--include", action="append", default=[], metavar="PATH", help="the plug-ins the runs used")
+    m.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    m.set_defaults(func=cmd_merge)
 
     s = sub.add_parser("score", help="score an existing predictions file, no model needed")
     s.add_argument("--task", required=True)

@@ -54,6 +54,15 @@ class Model:
         return bool(getattr(self.options, "video_as_frames", False))
 
     @property
+    def device(self) -> str:
+        """The torch device of this process for the ``device`` option: ``cuda`` and ``auto`` become
+        ``cuda:$LOCAL_RANK`` (one GPU per torchrun rank; ``auto`` is the CPU without CUDA). The
+        option itself, and so the result identity, stays as given."""
+        from .distributed import resolve_device
+
+        return resolve_device(str(getattr(self.options, "device", "cpu")))
+
+    @property
     def fingerprint(self) -> str:
         """Identity of the weights (or the rule) behind the outputs, used in result and cache keys."""
         return f"{self.name}"

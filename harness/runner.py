@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
 from tqdm import tqdm
 
 from . import __version__
+from .distributed import Group, balanced_share
 from .errors import HarnessError, SampleError
 from .model import Model, config_hash
 from .prompts import PromptBuilder
@@ -33,7 +34,7 @@ class CellSpec:
     seed: int
     limit: int | None = None
     batch_size: int = 8
-    #: (k, n): evaluate only every n-th query starting at k; see Journal for the merge.
+    #: (k, n): evaluate only shard k of n (balanced by prompt length); see Journal for the merge.
     shard: tuple[int, int] | None = None
 
 
@@ -97,13 +98,21 @@ class _Cell:
 
 
 class Runner:
-    """Runs cells for one model, writing under ``output/label``."""
+    """Runs cells for one model, writing under ``output/label``.
 
-    def __init__(self, model: Model, output: Path, label: str | None = None, progress: bool = True):
+    With a torchrun ``group`` every rank runs every cell: rank 0 first merges what earlier runs
+    left, each rank evaluates a balanced share of the remaining queries into its own shard
+    journal, and after a barrier rank 0 merges the shards and writes the metrics (every rank
+    returns them).
+    """
+
+    def __init__(self, model: Model, output: Path, label: str | None = None, progress: bool = True,
+                 group: Group | None = None):
         self.model = model
         self.output = Path(output)
         self.label = label or model.name
-        self.progress = progress
+        self.group = group
+        self.progress = progress and (group is None or group.is_main)
 
     def run_cell(self, task: Task, spec: CellSpec) -> dict[str, Any]:
         queries = select_queries(task, spec.limit)
@@ -131,25 +140,47 @@ class Runner:
         }
         key = config_hash(config)
         directory = cell_dir(self.output, self.label, task.name, spec.shots, spec.seed)
+        # --- torchrun: rank 0 merges earlier runs' journals, so every rank sees the same finished samples
+        start = time.time()
+        if self.group is not None:
+            if spec.shard is not None:
+                raise HarnessError("a cell is either sharded by torchrun or by --shard, not both")
+            finished = self.group.from_main(lambda: Journal(directory, key, config).prepare())
+            if finished is not None:
+                log.info("%s: already complete, skipping", directory)
+                return finished
+            spec = replace(spec, shard=self.group.shard)
+        # ---
         journal = Journal(directory, key, config, spec.shard)
         finished = journal.completed_metrics()
         if finished is not None:
             log.info("%s: already complete, skipping", directory)
             return finished
 
-        start = time.time()
         done = journal.resume()
         done_ids = {r.query_id for r in done}
-        mine = queries if spec.shard is None else queries[spec.shard[0] :: spec.shard[1]]
+
+        def demos_for(q: Example) -> list[Example]:
+            return sampler.demos(q, n_demos)
+
+        mine = queries
+        if spec.shard is not None:
+            # torchrun ranks all saw the same finished samples: they share what is left; independent
+            # shards cannot know what the others finished, so each takes a fixed share of the whole cell.
+            pool = [q for q in queries if q.id not in done_ids] if self.group is not None else queries
+            mine = balanced_share(pool, [self._cost(task, builder, demos_for(q), q, spec.shots == 0) for q in pool],
+                                  *spec.shard)
         todo = [q for q in mine if q.id not in done_ids]
         self.model.observe_support(task.name, sampler.pool)
 
         desc = f"{self.label} {task.name} {spec.shots}-shot seed {spec.seed}"
-        bar = tqdm(total=len(mine), initial=len(done), desc=desc, disable=not self.progress, leave=False)
-        cell = _Cell(task, spec, builder, lambda q: sampler.demos(q, n_demos), journal, bar)
+        bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=desc, disable=not self.progress, leave=False)
+        cell = _Cell(task, spec, builder, demos_for, journal, bar)
         new_records = self._generate(cell, todo, gen) if task.kind == "generate" else self._rank(cell, todo, template)
         bar.close()
 
+        if self.group is not None:
+            return self._merge_ranks(task, replace(spec, shard=None), start, len(todo))
         if spec.shard is not None:
             return {"shard": list(spec.shard), "n": len(mine), "journal": str(journal.path)}
         by_id = {r.query_id: r for r in done + new_records}
@@ -176,6 +207,33 @@ class Runner:
         }
         write_json(directory / "metrics.json", result)
         return result
+
+    def _cost(self, task: Task, builder: PromptBuilder, demos: list[Example], q: Example, text_only: bool) -> int:
+        """The work a query costs, for balanced shares: its rendered prompt's length (times the
+        candidates a close-ended task scores)."""
+        prompt = builder.build(demos, q, text_only)
+        n = 1 if task.kind == "generate" else len(task.candidates(q)) * getattr(task.options, "ensemble", 1)
+        return len(self.model.render_prompt(prompt)) * n
+
+    def _merge_ranks(self, task: Task, spec: CellSpec, start: float, n_computed: int) -> dict[str, Any]:
+        """torchrun: wait for every rank, then rank 0 merges their journals and scores the cell
+        as one process would (it computes anything a rank left missing); every rank gets the result."""
+        group = self.group
+        assert group is not None
+        computed_s = time.time() - start
+        ranks = group.all_gather({"rank": group.rank, "n": n_computed, "compute_s": round(computed_s, 3)})
+        slowest = max(r["compute_s"] for r in ranks)
+        for r in ranks:
+            r["idle_s"] = round(slowest - r["compute_s"], 3)
+
+        def merge() -> dict[str, Any]:
+            result = Runner(self.model, self.output, self.label, progress=False).run_cell(task, spec)
+            result["wall_time_s"] = round(time.time() - start, 3)
+            result["distributed"] = {"world_size": group.world_size, "backend": group.backend, "ranks": ranks}
+            write_json(cell_dir(self.output, self.label, task.name, spec.shots, spec.seed) / "metrics.json", result)
+            return result
+
+        return group.from_main(merge)
 
     def _generate(self, cell: "_Cell", todo: list[Example], gen: GenerationConfig) -> list[SampleRecord]:
         """Open-ended: batched generation, longest prompts first, journaled batch by batch."""

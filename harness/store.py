@@ -31,7 +31,7 @@ def safe_name(label: str) -> str:
 def write_json(path: Path, obj: Any) -> None:
     """Write atomically so a killed run never leaves half a metrics file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp = path.with_suffix(f"{path.suffix}.{os.getpid()}.tmp")  # own temp file: shards write the same file at once
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=2, sort_keys=False, default=str)
         f.write("\n")
@@ -89,9 +89,12 @@ class Journal:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.shard:
             # Shards never delete: other processes write beside them; the key keeps configs apart.
-            done = _read_records(self.path) if self.path.is_file() else []
-            self.rewrite(done)
-            return done
+            own = _read_records(self.path) if self.path.is_file() else []
+            self.rewrite(own)
+            write_json(self.shard_dir / "config.json", {"config_key": self.config_key, "config": self.config})
+            merged = self._merged()
+            seen = {r.query_id for r in merged}
+            return merged + [r for r in own if r.query_id not in seen]
         done: list[SampleRecord] = []
         same = False
         if self.meta_path.is_file():
@@ -105,6 +108,7 @@ class Journal:
             log.warning("%s holds results of another configuration; starting this cell afresh", self.dir)
         (self.dir / "metrics.json").unlink(missing_ok=True)
         seen = {r.query_id for r in done}
+        n_own = len(done)
         shard_files = sorted(self.shard_dir.glob("*.jsonl")) if self.shard_dir.is_dir() else []
         for f in shard_files:
             for r in _read_records(f):
@@ -112,12 +116,42 @@ class Journal:
                     seen.add(r.query_id)
                     done.append(r)
         if done:
-            log.info("resuming %s: %d samples already done", self.dir, len(done))
+            log.info("resuming %s: %d samples already done%s", self.dir, len(done),
+                     f" ({len(done) - n_own} from {len(shard_files)} shard journals)" if shard_files else "")
         write_json(self.meta_path, {"config_key": self.config_key, "config": self.config})
         self.rewrite(done)
-        for f in shard_files:  # merged into predictions.jsonl
-            f.unlink()
+        for f in [*shard_files, self.shard_dir / "config.json"]:  # merged into predictions.jsonl
+            f.unlink(missing_ok=True)
+        for d in (self.shard_dir, self.shard_dir.parent):
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
         return done
+
+    def _merged(self) -> list[SampleRecord]:
+        """What predictions.jsonl holds for this configuration (read-only: for shards)."""
+        try:
+            same = read_json(self.meta_path).get("config_key") == self.config_key
+        except (OSError, json.JSONDecodeError):
+            return []
+        main = self.dir / "predictions.jsonl"
+        return _read_records(main) if same and main.is_file() else []
+
+    def recorded(self) -> list[SampleRecord]:
+        """Every record of this configuration on disk, predictions.jsonl first, then the shard
+        journals (read-only; the first record of a query wins, as in resume)."""
+        by_id: dict[str, SampleRecord] = {}
+        shard_files = sorted(self.shard_dir.glob("*.jsonl")) if self.shard_dir.is_dir() else []
+        for r in [*self._merged(), *(r for f in shard_files for r in _read_records(f))]:
+            by_id.setdefault(r.query_id, r)
+        return list(by_id.values())
+
+    def prepare(self) -> dict[str, Any] | None:
+        """Before shards start: the finished cell's metrics, or None after merging earlier
+        journals into predictions.jsonl (what every shard then treats as done)."""
+        finished = self.completed_metrics()
+        if finished is None:
+            self.resume()
+        return finished
 
     def rewrite(self, records: list[SampleRecord]) -> None:
         """Replace the journal's content (resume, merge, and final per-sample scores)."""

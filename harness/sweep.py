@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from .distributed import Group
 from .metrics.stats import mean_std
 from .model import Model
 from .runner import CellSpec, Runner
@@ -33,15 +34,17 @@ def run_sweep(
     spec: SweepSpec,
     output: Path,
     progress: bool = True,
+    group: Group | None = None,
 ) -> list[dict]:
     """Evaluate every cell; returns per-(label, task, shots) summaries and writes ``summary.json`` per label.
 
     With ``spec.shard`` set, only this process's share of each cell is evaluated and
-    nothing is aggregated (an unsharded run of the same sweep merges the shards).
+    nothing is aggregated (an unsharded run of the same sweep merges the shards). With a torchrun
+    ``group`` every rank evaluates its share of every cell and returns the summaries; rank 0 writes them.
     """
     summaries = []
     for model, label in models:
-        runner = Runner(model, output, label, progress=progress)
+        runner = Runner(model, output, label, progress=progress, group=group)
         per_label = []
         for task in tasks:
             for shots in (spec.task_shots or {}).get(task.name, spec.shots):
@@ -71,7 +74,7 @@ def run_sweep(
                     "n_failed": [r["n_failed"] for r in results],
                     "wall_time_s": sum(r["wall_time_s"] for r in results),
                 })
-        if per_label:
+        if per_label and (group is None or group.is_main):
             write_json(output / safe_name(label) / "summary.json", per_label)
         summaries.extend(per_label)
     return summaries

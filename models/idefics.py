@@ -23,7 +23,7 @@ from harness.video import media_as_images
 
 @dataclass(frozen=True)
 class IdeficsOptions:
-    """path: local model+processor directory. device: cpu, cuda, cuda:1 ...
+    """path: local model+processor directory. device: cpu, cuda (this rank's GPU), auto, cuda:1 ...
     dtype: float32, bfloat16 or float16 (weights cast; token ids never are).
     chunk_sep: text closing each demonstration.
     video_as_frames: IDEFICS takes images only; with true, each video goes in as its frames, in order
@@ -62,7 +62,7 @@ class Idefics(Model):
         self.processor = IdeficsProcessor.from_pretrained(str(path))
         self.processor.tokenizer.padding_side = "left"
         self.model = IdeficsForVisionText2Text.from_pretrained(str(path), dtype=dtypes[self.options.dtype])
-        self.model.to(self.options.device).eval()
+        self.model.to(self.device).eval()
         self._fingerprint = checkpoint_fingerprint(path)
 
     @property
@@ -85,7 +85,7 @@ class Idefics(Model):
         torch = self.torch
         cfg = requests[0].config
         inputs = self.processor(text=[self._items(r.prompt) for r in requests], return_tensors="pt")
-        inputs = {k: v.to(self.options.device) for k, v in inputs.items()}
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
         if inputs["pixel_values"].is_floating_point():
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
         with torch.inference_mode():
@@ -153,7 +153,7 @@ class Idefics(Model):
 
     def _score_shared(self, prompt: Prompt, conts: Sequence[str]) -> list[float]:
         torch = self.torch
-        dev = self.options.device
+        dev = self.device
         ctx = self.processor(text=[self._items(prompt)], return_tensors="pt")
         n_ctx, feeds = self._continuation_tokens(prompt, ctx["input_ids"][0].tolist(), conts)
         ids = ctx["input_ids"][:, :n_ctx].to(dev)

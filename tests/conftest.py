@@ -15,11 +15,16 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
-def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, check: bool = True):
-    """Run ``python run_eval.py ...`` in a real subprocess, as a user would."""
-    # One torch thread: on a small shared machine, thread contention makes tiny models 100x slower.
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
-                **(env or {})}
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, check: bool = True,
+            threads: int | None = 1):
+    """Run ``python run_eval.py ...`` in a real subprocess, as a user would; ``run`` gets ``--threads
+    threads`` unless the args set it (None: the harness's own default)."""
+    # One torch thread, set by the flag rather than the environment: on a small shared machine thread
+    # contention makes tiny models 100x slower.
+    full_env = {**{k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}, "PYTHONPATH": str(ROOT),
+                "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+    if args and args[0] == "run" and "--threads" not in args and threads is not None:
+        args = (*args, "--threads", str(threads))
     proc = subprocess.run(
         [sys.executable, str(ROOT / "run_eval.py"), *args],
         cwd=cwd or ROOT, env=full_env, capture_output=True, text=True, timeout=600,

@@ -309,8 +309,8 @@ def test_cli_run_with_local_files(reference, tmp_path):
     args = [f"--model-arg={k}={v}" for k, v in adapter_options(paths).items()]
     proc = subprocess.run(
         [sys.executable, str(ref.ROOT / "run_eval.py"), "run", "--model", "openflamingo", *args, "--tasks", "easyvqa",
-         "--limit", "3", "--shots", "0", "2", "--seeds", "0", "--output", str(tmp_path / "out")],
-        cwd=ref.ROOT, env={**os.environ, "PYTHONPATH": str(ref.ROOT), "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"},
+         "--limit", "3", "--shots", "0", "2", "--seeds", "0", "--threads", "1", "--output", str(tmp_path / "out")],
+        cwd=ref.ROOT, env={**os.environ, "PYTHONPATH": str(ref.ROOT), "TOKENIZERS_PARALLELISM": "false"},
         capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -77,7 +77,7 @@ def test_sharded_processes_equal_one_process(tmp_path):
     from tests.conftest import ROOT
 
     args = ["run", "--model", "demo-majority", "--tasks", "easyvqa", "--shots", "0", "4", "--seeds", "3",
-            "--limit", "25", "-q"]
+            "--limit", "25", "-q", "--threads", "1"]
     run_cli(*args, "--output", str(tmp_path / "one"))
     sharded = tmp_path / "sharded"
     procs = [subprocess.Popen([sys.executable, str(ROOT / "run_eval.py"), *args, "--output", str(sharded),

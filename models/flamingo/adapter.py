@@ -30,7 +30,7 @@ FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 @dataclass(frozen=True)
 class FlamingoOptions:
     """path: checkpoint directory written by models.flamingo (default: the bundled easy-VQA one).
-    device: cpu, cuda, cuda:1 ... feature_cache: media items whose visual tokens are kept.
+    device: cpu, cuda (this rank's GPU), auto, cuda:1 ... feature_cache: media items whose visual tokens are kept.
     video_frames: frames sampled (uniformly) from a video given as a folder of frame images
     (video files follow the task's --frames/--fps selection)."""
 
@@ -61,7 +61,7 @@ class Flamingo(Model):
                 f"tokenizer files, as `python -m models.flamingo.train --output DIR` writes them)"
             )
         self.torch = torch
-        self.model = FlamingoModel.load(path, self.options.device)
+        self.model = FlamingoModel.load(path, self.device)
         self._fingerprint = checkpoint_fingerprint(path)
         self._cache: OrderedDict[tuple[str, str], object] = OrderedDict()
 

@@ -48,7 +48,7 @@ class OpenFlamingoOptions:
     lang_model: local Hugging Face causal-LM directory.  tokenizer: local tokenizer directory
         (default: lang_model).  checkpoint: OpenFlamingo's checkpoint.pt.
     cross_attn_every_n_layers: as the checkpoint was trained (1 for 3B, 2 for 4B, 4 for 9B).
-    precision: fp32, bf16 or fp16 (weights cast; token ids never).  device: cpu, cuda, cuda:1 ...
+    precision: fp32, bf16 or fp16 (weights cast; token ids never).  device: cpu, cuda (this rank's GPU), auto, cuda:1 ...
     quick_gelu: ViT activation (default: QuickGELU for named towers, the JSON's flag otherwise).
     vision_token_ln_post: apply ln_post to the patch tokens (open_clip >= 2.23); OpenFlamingo
         was trained with open_clip <= 2.22, which does not.

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from harness.distributed import resolve_device
 from harness.errors import HarnessError
 
 from .modules import FlamingoConditioning, GatedCrossAttentionBlock, PerceiverResampler, VisionTransformer
@@ -129,7 +130,7 @@ def _load(module: nn.Module, sd: dict[str, torch.Tensor], what: str, source: str
 def build(o) -> Net:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    device, dtype = _device(o.device), DTYPES[o.precision]
+    device, dtype = _device(resolve_device(o.device)), DTYPES[o.precision]
     lm_dir = _local_dir(o.lang_model, "lang_model")
     tok_dir = _local_dir(o.tokenizer or o.lang_model, "tokenizer")
     if not o.checkpoint:
