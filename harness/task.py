@@ -27,7 +27,8 @@ class TaskOptions:
     template:              a name from the task's ``templates`` (default: the model's
                            preferred style if the task has it, else the task's default).
     support_size:          size of the random support set demos come from (Flamingo: 2048).
-    zero_shot_text_demos:  text-only demos (media removed) shown at 0 shots, as Flamingo does.
+    zero_shot_text_demos:  text-only demos (media removed) shown at 0 shots, as Flamingo and
+                           OpenFlamingo do for every task, close-ended ones included (0: none).
     support_split / eval_split: which splits provide demos and queries.
     max_new_tokens / num_beams / length_penalty: override the task's generation settings.
     """
@@ -110,7 +111,12 @@ class Task:
         return name, pick_template(self.templates, name, f"task {self.name}")
 
     def zero_shot_demos(self) -> int:
-        return self.options.zero_shot_text_demos if self.kind == "generate" else 0
+        """Demos shown at 0 shots (text only). OpenFlamingo's evaluate.py uses two for every task,
+        HatefulMemes included (``compute_effective_num_shots``), so close-ended tasks follow it too."""
+        if self.options.zero_shot_text_demos < 0:
+            raise HarnessError(f"task {self.name}: zero_shot_text_demos must be >= 0, "
+                               f"got {self.options.zero_shot_text_demos}")
+        return self.options.zero_shot_text_demos
 
     def generation_config(self) -> GenerationConfig:
         o = self.options
