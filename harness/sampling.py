@@ -69,5 +69,24 @@ class RandomSampler:
         return chosen
 
 
-def sampler_config(sampler: RandomSampler) -> dict:
-    return {"name": "random", "support_size": len(sampler.pool), "seed": sampler.seed}
+    def config(self) -> dict:
+        return {"name": "random", "support_size": len(self.pool), "seed": self.seed}
+
+
+def sampler_config(sampler) -> dict:
+    """What the sampler is, for the cell's config (and so its result key): random and RICES never mix."""
+    return sampler.config()
+
+
+def build_sampler(task, seed: int, model, queries: Sequence[Example], progress: bool = True):
+    """The sampler a task's options ask for: ``random`` (seeded) or ``rices`` (see harness.rices)."""
+    o = task.options
+    if getattr(o, "sampler", "random") != "rices":
+        return RandomSampler(task.name, task.support_examples(), seed, o.support_size)
+    from pathlib import Path
+
+    from .rices import RicesSampler, default_cache_dir, make_encoder
+
+    encoder = make_encoder(o.rices_encoder, model)
+    return RicesSampler(task.name, task.support_examples(), queries, encoder, task.support_split, task.eval_split,
+                        Path(o.rices_cache) if o.rices_cache else default_cache_dir(), o.rices_batch_size, progress)

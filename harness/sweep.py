@@ -23,6 +23,7 @@ class SweepSpec:
     limit: int | None = None
     batch_size: int = 8
     shard: tuple[int, int] | None = None
+    sample: int | None = None
 
 
 def run_sweep(
@@ -45,7 +46,8 @@ def run_sweep(
             for shots in spec.shots:
                 results = []
                 for seed in spec.seeds:
-                    res = runner.run_cell(task, CellSpec(shots, seed, spec.limit, spec.batch_size, spec.shard))
+                    res = runner.run_cell(task, CellSpec(shots, seed, spec.limit, spec.batch_size, spec.shard,
+                                                            spec.sample))
                     if "metrics" not in res:
                         continue  # a shard's share: nothing to aggregate here
                     primary = res["metrics"][res["primary_metric"]]
