@@ -69,35 +69,41 @@ def default_cache_dir() -> Path:
 
 # ---- encoders -------------------------------------------------------------------
 class HFVisionEncoder:
-    """A local Hugging Face vision model; images are prepared by its own image processor."""
+    """A local Hugging Face vision model; images are prepared by its own image processor.
+
+    The weights load on the first ``embed`` only: when every feature is cached (each cell of a
+    sweep after the first), the model is never loaded."""
 
     def __init__(self, path: str | Path, device: str = "cpu"):
         self.path = Path(path)
         check_encoder_path(str(path))
-        import torch
-        from transformers import AutoConfig, AutoImageProcessor, AutoModel
-
         from .model import checkpoint_fingerprint
 
-        self.torch = torch
         self.device = device
-        config = AutoConfig.from_pretrained(str(self.path))
-        self.model_type = getattr(config, "model_type", "")
+        self.model_type = json.loads((self.path / "config.json").read_text(encoding="utf-8")).get("model_type", "")
+        self.fingerprint = f"hf-{checkpoint_fingerprint(self.path)}"
+        self.model = self.processor = None
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "hf", "path": str(self.path), "model_type": self.model_type, "fingerprint": self.fingerprint}
+
+    def _load(self) -> None:
+        from transformers import AutoImageProcessor, AutoModel
+
         try:
             self.processor = AutoImageProcessor.from_pretrained(str(self.path))
         except (OSError, ValueError) as exc:
             raise HarnessError(f"rices_encoder {self.path}: cannot load its image processor ({exc}); the folder "
                                f"needs a preprocessor_config.json (save one with the model's image processor)") from None
-        self.model = AutoModel.from_pretrained(str(self.path)).to(device).eval()
-        self.fingerprint = f"hf-{checkpoint_fingerprint(self.path)}"
-
-    def describe(self) -> dict[str, Any]:
-        return {"kind": "hf", "path": str(self.path), "model_type": self.model_type, "fingerprint": self.fingerprint}
+        self.model = AutoModel.from_pretrained(str(self.path)).to(self.device).eval()
 
     def embed(self, media: Sequence[Media]) -> np.ndarray:
+        import torch
+
         from .video import media_as_images
 
-        torch = self.torch
+        if self.model is None:
+            self._load()
         # A video is the mean of its frames' features.
         images, owner = [], []
         for i, m in enumerate(media):

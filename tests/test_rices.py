@@ -114,6 +114,7 @@ def test_features_are_cached_and_invalidated(clip_dirs, photos, tmp_path):
     # Reused: same encoder and data, another batch size and a fresh encoder object.
     again = make(support, queries, HFVisionEncoder(clip_dirs[0]), cache, batch_size=1)
     assert again.from_cache and again.cache_files == first.cache_files
+    assert again.encoder.model is None  # every feature came from the cache: the weights never loaded
     assert [d.id for d in again.demos(queries[0], 3)] == [d.id for d in first.demos(queries[0], 3)]
     # Another encoder never reuses them.
     other = make(support, queries, HFVisionEncoder(clip_dirs[1]), cache)
