@@ -233,10 +233,14 @@ def media_features(encoder: Encoder, task: str, split: str, media: Sequence[Medi
     path = Path(cache_dir) / f"{safe_name(task)}-{safe_name(split)}-{digest}.npy"
     index = {i: n for n, i in enumerate(ids)}
     if path.is_file():
-        matrix = np.load(path)
-        if matrix.shape[0] == len(ids):
-            return MediaFeatures(index, matrix, path, True)
-        log.warning("%s: %d rows for %d media items; recomputing", path, matrix.shape[0], len(ids))
+        try:
+            matrix = np.load(path)
+        except (OSError, ValueError) as exc:
+            log.warning("%s: unreadable (%s); recomputing", path, exc)
+        else:
+            if matrix.ndim == 2 and matrix.shape[0] == len(ids):
+                return MediaFeatures(index, matrix, path, True)
+            log.warning("%s: shape %s for %d media items; recomputing", path, matrix.shape, len(ids))
     if batch_size < 1:
         raise HarnessError(f"rices_batch_size must be >= 1, got {batch_size}")
     rows: list[np.ndarray | None] = []
