@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import ClassVar
 
 from .sampling import RandomSampler, rng_for
 from .types import Example
@@ -20,7 +21,7 @@ from .types import Example
 class ClassBalancedSampler(RandomSampler):
     """Demos spread evenly over the classes (an example's class is its ``target``)."""
 
-    name = "class_balanced"
+    name: ClassVar[str] = "class_balanced"
 
     def demos(self, query: Example, shots: int) -> list[Example]:
         if shots == 0:

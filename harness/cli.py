@@ -121,9 +121,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         logging.getLogger("harness").setLevel(logging.WARNING)  # rank 0 reports for all
     set_threads(args.threads, launch)
     tasks = build_tasks(task_list, _flag_task_args(args, task_list) + list(args.task_arg or []), args.data_dir)
+    if args.sample is not None and args.sample <= 0:
+        raise HarnessError(f"--sample must be positive, got {args.sample}")
+    _check_rices_models(tasks, model_list)
     models = build_models(model_list, args.model_arg, args.label)
     spec = SweepSpec(tuple(args.shots or DEFAULT_SHOTS), tuple(args.seeds), args.limit, args.batch_size,
-                     launch.shard, task_shots=expansion.shots)
+                     launch.shard, task_shots=expansion.shots, sample=args.sample)
     output = Path(args.output)
     t0 = time.time()
     group = start_group(launch)
@@ -145,6 +148,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     data = f" --data-dir {args.data_dir}" if args.data_dir else ""
     print(f"browse the samples: python run_eval.py view {output}{data} --output {output}/report.html")
     return 0
+
+
+def _check_rices_models(tasks, model_names: Sequence[str]) -> None:
+    """rices_encoder=model needs models that offer a vision encoder: say so before any model loads."""
+    if any(getattr(t.options, "rices_encoder", None) == "model" for t in tasks):
+        from .rices import check_model_encoder
+
+        for n in model_names:
+            check_model_encoder(get_model_class(n), n)
 
 
 def _shard(value: str | None) -> tuple[int, int] | str | None:
@@ -280,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     r.add_argument("--limit", type=int, help="evaluate only the first N eval examples (same for every seed; "
                    f"default sweep: {DEFAULT_LIMIT})")
+    r.add_argument("--sample", type=int, metavar="N",
+                   help="evaluate a random subset of N eval examples, a different one per seed "
+                        "(OpenFlamingo's --num_samples); after --limit if both are given")
     r.add_argument("--batch-size", type=int, default=8)
     r.add_argument("--output", default="results", help="results folder (default: results/); reruns resume")
     r.add_argument("--shard", metavar="K/N|slurm",

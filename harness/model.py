@@ -42,6 +42,9 @@ class Model:
     media_kinds: ClassVar[frozenset[str]] = frozenset({"image"})
     media_token: ClassVar[str] = "<image>"
     end_of_chunk: ClassVar[str] = "<|endofchunk|>"
+    #: text after each demonstration's end-of-chunk: None = the task template's separator; a string
+    #: overrides it (a checkpoint trained on another rendering keeps it, e.g. the bundled flamingo).
+    demo_separator: ClassVar[str | None] = None
 
     def __init__(self, options: Mapping[str, Any] | None = None):
         self.name = self.registry_name or type(self).__name__
@@ -68,11 +71,18 @@ class Model:
         return f"{self.name}"
 
     def config(self) -> dict[str, Any]:
-        return {"name": self.name, "fingerprint": self.fingerprint, "options": dataclasses.asdict(self.options)}
+        out = {"name": self.name, "fingerprint": self.fingerprint, "options": dataclasses.asdict(self.options)}
+        if self.demo_separator is not None:
+            out["demo_separator"] = self.demo_separator
+        return out
+
+    def separator_for(self, prompt: Prompt) -> str:
+        """The text this model puts after each demonstration's end-of-chunk marker."""
+        return prompt.separator if self.demo_separator is None else self.demo_separator
 
     def render_prompt(self, prompt: Prompt) -> str:
         """The prompt as this model sees it, in text form (stored with each prediction)."""
-        return prompt.render(self.media_token, self.end_of_chunk)
+        return prompt.render(self.media_token, self.end_of_chunk, self.separator_for(prompt))
 
     def observe_support(self, task: str, support: Sequence[Example]) -> None:
         """Called once per evaluation cell with the support set. Only models that answer

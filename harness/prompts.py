@@ -14,12 +14,16 @@ class PromptTemplate:
     """How one example becomes text.
 
     ``demo`` is formatted with the example's fields plus ``answer`` (its target);
-    ``query`` is the stem the model continues. Example (OpenFlamingo VQA):
-    ``demo="Question:{question} Short answer:{answer}"``, ``query="Question:{question} Short answer:"``.
+    ``query`` is the stem the model continues; ``separator`` follows each demonstration,
+    after the model's end-of-chunk marker. Example (OpenFlamingo VQA):
+    ``demo="Question:{question} Short answer:{answer}"``, ``query="Question:{question} Short answer:"``,
+    ``separator="\n"``, which a model renders as
+    ``<image>Question:q1 Short answer:a1<|endofchunk|>\n<image>Question:q Short answer:``.
     """
 
     demo: str
     query: str
+    separator: str = ""
 
     def format_demo(self, example: Example) -> str:
         return self._format(self.demo, example, with_answer=True)
@@ -64,7 +68,7 @@ class PromptBuilder:
             media = () if text_only_demos else tuple(d.media)
             chunks.append(Chunk(media=media, text=text, answer=self.template.answer_part(d, text)))
         chunks.append(Chunk(media=tuple(query.media), text=self.template.format_query(query)))
-        return Prompt(chunks=tuple(chunks))
+        return Prompt(chunks=tuple(chunks), separator=self.template.separator)
 
 
 def pick_template(templates: Mapping[str, PromptTemplate], name: str, owner: str) -> PromptTemplate:

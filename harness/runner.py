@@ -16,7 +16,7 @@ from .errors import HarnessError, SampleError
 from .model import Model, config_hash
 from .prompts import PromptBuilder
 from .ranking import continuation_for, demo_orders, rank
-from .sampling import sampler_config
+from .sampling import build_sampler, rng_for, sampler_config
 from .store import Journal, cell_dir, write_json
 from .task import Task
 from .types import Example, GenerateRequest, GenerationConfig, RankRequest, SampleRecord
@@ -36,15 +36,24 @@ class CellSpec:
     batch_size: int = 8
     #: (k, n): evaluate only shard k of n (balanced by prompt length); see Journal for the merge.
     shard: tuple[int, int] | None = None
+    #: evaluate a random subset of N eval examples, a different one per seed (OpenFlamingo's --num_samples).
+    sample: int | None = None
 
 
-def select_queries(task: Task, limit: int | None) -> list[Example]:
-    """The eval examples, in file order; ``limit`` takes the first N so every seed sees the same queries."""
+def select_queries(task: Task, limit: int | None, sample: int | None = None, seed: int = 0) -> list[Example]:
+    """The eval examples, in file order. ``limit`` takes the first N (the same for every seed);
+    ``sample`` then draws N of them at random, a pure function of (seed, task), kept in file order."""
     examples = task.eval_examples()
     if limit is not None:
         if limit <= 0:
             raise HarnessError(f"--limit must be positive, got {limit}")
         examples = examples[:limit]
+    if sample is not None:
+        if sample <= 0:
+            raise HarnessError(f"--sample must be positive, got {sample}")
+        if sample < len(examples):
+            picks = rng_for("sample", seed, task.name, task.eval_split).choice(len(examples), size=sample, replace=False)
+            examples = [examples[i] for i in sorted(picks)]
     if not examples:
         raise HarnessError(f"task {task.name}: the eval split {task.eval_split!r} is empty")
     return examples
@@ -115,10 +124,10 @@ class Runner:
         self.progress = progress and (group is None or group.is_main)
 
     def run_cell(self, task: Task, spec: CellSpec) -> dict[str, Any]:
-        queries = select_queries(task, spec.limit)
+        queries = select_queries(task, spec.limit, spec.sample, spec.seed)
         check_media(self.model, queries, task)
         task.check_shots(spec.shots)
-        sampler = task.demo_sampler(spec.seed)
+        sampler = build_sampler(task, spec.seed, self.model, queries, self.progress)
         if getattr(task.options, "length_normalization", None) == "tokens":
             self.model.count_tokens("a")  # a model that cannot count tokens fails here, before any sample
         n_demos = spec.shots if spec.shots > 0 else task.zero_shot_demos()
@@ -134,6 +143,7 @@ class Runner:
             "shots": spec.shots,
             "seed": spec.seed,
             "limit": spec.limit,
+            "sample": spec.sample,
             "sampler": {**sampler_config(sampler), "zero_shot_text_demos": 0 if spec.shots else n_demos},
             "generation": asdict(gen) if task.kind == "generate" else None,
             "harness_version": __version__,

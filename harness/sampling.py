@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import numpy as np
 
@@ -38,6 +38,8 @@ class RandomSampler:
     seed: int
     support_size: int = 2048
     pool: list[Example] = field(init=False)
+    #: recorded in the cell's config (subclasses name themselves, e.g. ``class_balanced``).
+    name: ClassVar[str] = "random"
 
     def __post_init__(self) -> None:
         n = len(self.support)
@@ -69,5 +71,25 @@ class RandomSampler:
         return chosen
 
 
-def sampler_config(sampler: RandomSampler) -> dict:
-    return {"name": getattr(sampler, "name", "random"), "support_size": len(sampler.pool), "seed": sampler.seed}
+    def config(self) -> dict:
+        return {"name": self.name, "support_size": len(self.pool), "seed": self.seed}
+
+
+def sampler_config(sampler) -> dict:
+    """What the sampler is, for the cell's config (and so its result key): random and RICES never mix."""
+    return sampler.config()
+
+
+def build_sampler(task, seed: int, model, queries: Sequence[Example], progress: bool = True):
+    """The sampler a task's options ask for: ``rices`` (see harness.rices), else the task's own
+    (``Task.demo_sampler``: seeded random, or class-balanced for classification)."""
+    o = task.options
+    if getattr(o, "sampler", "random") != "rices":
+        return task.demo_sampler(seed)  # random, or the task's own (class-balanced for classification)
+    from pathlib import Path
+
+    from .rices import RicesSampler, default_cache_dir, make_encoder
+
+    encoder = make_encoder(o.rices_encoder, model)
+    return RicesSampler(task.name, task.support_examples(), queries, encoder, task.support_split, task.eval_split,
+                        Path(o.rices_cache) if o.rices_cache else default_cache_dir(), o.rices_batch_size, progress)

@@ -26,6 +26,7 @@ class SweepSpec:
     shard: tuple[int, int] | None = None
     #: per-task shots (suites' published shots); tasks not named here use ``shots``.
     task_shots: Mapping[str, tuple[int, ...]] | None = None
+    sample: int | None = None
 
 
 def run_sweep(
@@ -50,7 +51,8 @@ def run_sweep(
             for shots in (spec.task_shots or {}).get(task.name, spec.shots):
                 results = []
                 for seed in spec.seeds:
-                    res = runner.run_cell(task, CellSpec(shots, seed, spec.limit, spec.batch_size, spec.shard))
+                    res = runner.run_cell(task, CellSpec(shots, seed, spec.limit, spec.batch_size, spec.shard,
+                                                            spec.sample))
                     if "metrics" not in res:
                         continue  # a shard's share: nothing to aggregate here
                     primary = res["metrics"][res["primary_metric"]]

@@ -27,9 +27,16 @@ class TaskOptions:
     template:              a name from the task's ``templates`` (default: the model's
                            preferred style if the task has it, else the task's default).
     support_size:          size of the random support set demos come from (Flamingo: 2048).
-    zero_shot_text_demos:  text-only demos (media removed) shown at 0 shots, as Flamingo does.
+    zero_shot_text_demos:  text-only demos (media removed) shown at 0 shots, as Flamingo and
+                           OpenFlamingo do for every task, close-ended ones included (0: none).
     support_split / eval_split: which splits provide demos and queries.
     max_new_tokens / num_beams / length_penalty: override the task's generation settings.
+    sampler:               how demos are chosen: ``random`` from the support set (seeded), or ``rices``,
+                           the most similar images first (harness.rices; needs ``rices_encoder``).
+    rices_encoder:         RICES features: the local path of a Hugging Face vision model (e.g. CLIP), or
+                           ``model`` for the evaluated model's own vision encoder.
+    rices_cache:           folder of cached RICES features (default $HARNESS_CACHE/rices or ~/.cache/harness/rices).
+    rices_batch_size:      images per batch when computing RICES features.
     """
 
     template: str | None = None
@@ -40,6 +47,23 @@ class TaskOptions:
     max_new_tokens: int | None = None
     num_beams: int | None = None
     length_penalty: float | None = None
+    sampler: Literal["random", "rices"] = "random"
+    rices_encoder: str | None = None
+    rices_cache: str | None = None
+    rices_batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        if self.sampler == "rices":
+            from .rices import check_encoder_path
+
+            if not self.rices_encoder:
+                raise HarnessError("sampler=rices needs rices_encoder=PATH (a local Hugging Face vision model, "
+                                   "e.g. CLIP) or rices_encoder=model (the evaluated model's own vision encoder)")
+            check_encoder_path(self.rices_encoder)
+            if self.rices_batch_size < 1:
+                raise HarnessError(f"rices_batch_size must be >= 1, got {self.rices_batch_size}")
+        elif self.rices_encoder:
+            raise HarnessError("rices_encoder is set but sampler is random; add sampler=rices (or drop rices_encoder)")
 
 
 class Task:
@@ -120,7 +144,12 @@ class Task:
                                f"(it has no split to draw demonstrations from); got --shots {shots}")
 
     def zero_shot_demos(self) -> int:
-        return self.options.zero_shot_text_demos if self.kind == "generate" else 0
+        """Demos shown at 0 shots (text only). OpenFlamingo's evaluate.py uses two for every task,
+        HatefulMemes included (``compute_effective_num_shots``), so close-ended tasks follow it too."""
+        if self.options.zero_shot_text_demos < 0:
+            raise HarnessError(f"task {self.name}: zero_shot_text_demos must be >= 0, "
+                               f"got {self.options.zero_shot_text_demos}")
+        return self.options.zero_shot_text_demos
 
     def generation_config(self) -> GenerationConfig:
         o = self.options

@@ -83,9 +83,14 @@ class Chunk:
 
 @dataclass(frozen=True)
 class Prompt:
-    """A model-agnostic interleaved prompt: demonstration chunks, then the query chunk."""
+    """A model-agnostic interleaved prompt: demonstration chunks, then the query chunk.
+
+    ``separator`` is text placed after each demonstration's end-of-chunk marker (template
+    data: OpenFlamingo's current evaluation puts ``"\n"`` there for VQA and captioning).
+    """
 
     chunks: tuple[Chunk, ...]
+    separator: str = ""
 
     @property
     def demos(self) -> tuple[Chunk, ...]:
@@ -107,13 +112,16 @@ class Prompt:
             out.append(chunk.text)
         return out
 
-    def render(self, media_token: str = "<image>", end_of_chunk: str = "<|endofchunk|>") -> str:
-        """A readable text form (OpenFlamingo's tokens by default), stored with each prediction."""
+    def render(self, media_token: str = "<image>", end_of_chunk: str = "<|endofchunk|>",
+               separator: str | None = None) -> str:
+        """The text form (OpenFlamingo's tokens by default), stored with each prediction: each
+        demonstration is ``media text end_of_chunk separator``; ``separator`` None means the prompt's own."""
+        sep = self.separator if separator is None else separator
         parts = []
         for i, chunk in enumerate(self.chunks):
             text = media_token * len(chunk.media) + chunk.text
             if i < len(self.chunks) - 1:
-                text += end_of_chunk
+                text += end_of_chunk + sep
             parts.append(text)
         return "".join(parts)
 

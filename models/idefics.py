@@ -78,7 +78,7 @@ class Idefics(Model):
         chunks = prompt.chunks
         for i, chunk in enumerate(chunks):
             items.extend(media_as_images(chunk.media, self.options.video_as_frames, f"model {self.name}"))
-            items.append(chunk.text + (self.options.chunk_sep if i < len(chunks) - 1 else ""))
+            items.append(chunk.text + (self.options.chunk_sep + prompt.separator if i < len(chunks) - 1 else ""))
         return items
 
     def generate(self, requests: Sequence[GenerateRequest]) -> list[str]:

@@ -41,7 +41,8 @@ from harness.types import Example, GenerationConfig, Image, SampleRecord
 #: ``{answer}`` is the demo's target (its first reference caption); keeping the caption out of
 #: ``fields`` means a query never carries its own reference.
 CAPTION_TEMPLATES = {
-    "openflamingo": PromptTemplate(demo="Output:{answer}", query="Output:"),
+    # "\n" after each demo's <|endofchunk|>, as OpenFlamingo's current evaluate.py.
+    "openflamingo": PromptTemplate(demo="Output:{answer}", query="Output:", separator="\n"),
     "flamingo": PromptTemplate(demo="Output: {answer}", query="Output:"),
 }
 

@@ -17,7 +17,7 @@ from harness.task import Task, TaskOptions
 from harness.types import Example, Image, SampleRecord
 
 HATEFUL_TEMPLATES = {
-    # OpenFlamingo's prompt (no space before the answer).
+    # OpenFlamingo's prompt (no space before the answer; no separator after demos, unlike VQA).
     "openflamingo": PromptTemplate(
         demo="is an image with: '{text}' written on it. Is it hateful? Answer:{answer}",
         query="is an image with: '{text}' written on it. Is it hateful? Answer:",

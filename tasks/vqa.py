@@ -17,8 +17,10 @@ from harness.task import Task, TaskOptions, read_json, require
 from harness.types import Example, GenerationConfig, Image, SampleRecord
 
 VQA_TEMPLATES = {
-    # OpenFlamingo's evaluation prompt; the model adds <image> and <|endofchunk|>.
-    "openflamingo": PromptTemplate(demo="Question:{question} Short answer:{answer}", query="Question:{question} Short answer:"),
+    # OpenFlamingo's evaluation prompt; the model adds <image> and <|endofchunk|>, then "\n" after
+    # each demo (open_flamingo/eval/evaluate.py at its current head; not in the 2.0.0 tag).
+    "openflamingo": PromptTemplate(demo="Question:{question} Short answer:{answer}", query="Question:{question} Short answer:",
+                                   separator="\n"),
     # The Flamingo paper's prompt.
     "flamingo": PromptTemplate(demo="Question: {question} Answer: {answer}", query="Question: {question} Answer:"),
 }

@@ -220,9 +220,11 @@ def test_adapter_renders_openflamingo_prompts_and_takes_video_folders(tmp_path):
     for i, color in enumerate(["red", "blue", "green"]):
         PILImage.new("RGB", (32, 32), color).save(tmp_path / f"{i}.png")
         paths.append(str(tmp_path / f"{i}.png"))
+    # The openflamingo template's "\n" separator is not used: the bundled checkpoint was trained without it.
     prompt = Prompt((Chunk((Image(paths[0]),), "Question:what color is the shape? Short answer:red"),
-                     Chunk((Image(paths[1]),), "Question:what color is the shape? Short answer:")))
+                     Chunk((Image(paths[1]),), "Question:what color is the shape? Short answer:")), separator="\n")
     text = adapter.render_prompt(prompt)
+    assert adapter.config()["demo_separator"] == ""
     assert text == ("<image>Question:what color is the shape? Short answer:red<|endofchunk|>"
                     "<image>Question:what color is the shape? Short answer:")
     # Piecewise tokenisation equals tokenising the rendered text (word-level tokenizer).

@@ -174,8 +174,9 @@ def test_two_shot_vqa_prompt_renders_as_openflamingo(reference, adapter):
     ex = examples(imgs)
     prompt = PromptBuilder(VQA_TEMPLATES["openflamingo"]).build(ex[:2], ex[2])
     (q1, a1), (q2, a2), (q3, _) = QUESTIONS[:3]
-    expected = (f"<image>Question:{q1} Short answer:{a1}<|endofchunk|>"
-                f"<image>Question:{q2} Short answer:{a2}<|endofchunk|>"
+    # Current OpenFlamingo evaluate.py: "\n" after each VQA demo's <|endofchunk|>.
+    expected = (f"<image>Question:{q1} Short answer:{a1}<|endofchunk|>\n"
+                f"<image>Question:{q2} Short answer:{a2}<|endofchunk|>\n"
                 f"<image>Question:{q3} Short answer:")
     assert adapter.render_prompt(prompt) == expected
     ids = adapter.tokenizer(expected)["input_ids"]
@@ -183,7 +184,7 @@ def test_two_shot_vqa_prompt_renders_as_openflamingo(reference, adapter):
     # 0-shot: Flamingo's two text-only demos lose their <image>, as OpenFlamingo's eval does
     zero = vqa_prompt(imgs, 0, query=2)
     assert adapter.render_prompt(zero).count("<image>") == 1
-    assert adapter.render_prompt(zero).endswith("<|endofchunk|><image>Question:What color is the cat? Short answer:")
+    assert adapter.render_prompt(zero).endswith("<|endofchunk|>\n<image>Question:What color is the cat? Short answer:")
 
 
 def test_generation_stops_at_end_of_chunk(reference):

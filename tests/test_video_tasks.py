@@ -215,7 +215,10 @@ def test_every_task_runs_few_shot_with_the_demo_majority_baseline(data_root, tmp
             assert rec["n_orders"] == 2 and set(rec["candidate_logprobs"]) >= {rec["prediction"]}
             zero = json.loads((out / "demo-majority" / task / "0shot_seed0" / "predictions.jsonl").read_text()
                               .splitlines()[0])
-            assert zero["demo_ids"] == []  # close-ended zero-shot: no text-only demos
+            # close-ended zero-shot: two text-only demos, as OpenFlamingo (HatefulMemes: no separator)
+            assert len(zero["demo_ids"]) == 2 and zero["prompt"].count("<image>") == 1
+            if task == "hateful_memes":
+                assert "<|endofchunk|>is an image with" in zero["prompt"] and "\n" not in zero["prompt"]
         else:
             assert "ensemble" not in opts
     hm = json.loads((out / "demo-majority/hateful_memes/2shot_seed0/metrics.json").read_text())

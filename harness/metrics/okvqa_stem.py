@@ -10,6 +10,7 @@ nothing is downloaded at run time.
 from __future__ import annotations
 
 import json
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -43,8 +44,31 @@ def _tools():
         nltk.pos_tag(nltk.tokenize.word_tokenize("two dogs running"))
         lemmatizer.lemmatize("running", VERB)
     except LookupError as exc:
-        raise HarnessError(f"{_SETUP}. nltk said: {str(exc).strip().splitlines()[0]}") from None
+        raise HarnessError(missing_resource_message(str(exc))) from None
     return nltk, inflection, lemmatizer, VERB
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def missing_resource_message(nltk_error: str) -> str:
+    """One line naming the nltk resource that is missing and the command that installs it.
+
+    nltk's LookupError text is a box of asterisks (with terminal colour codes) around
+    "Resource X not found ... nltk.download('X') ... Attempted to load PATH"; its first
+    line says nothing, so the resource name is read out of the text.
+    """
+    text = _ANSI.sub("", nltk_error)
+    found = re.search(r"nltk\.download\('([^']+)'\)", text) or re.search(r"Resource\s+'?([\w./-]+)'?\s+not found", text)
+    if found is None:
+        first = next((ln.strip() for ln in text.splitlines() if ln.strip().strip("*")), "a LookupError")
+        return f"{_SETUP}. nltk said: {first}"
+    name = found.group(1)
+    path = re.search(r"Attempted to load\s+(\S+)", text)
+    where = f" (it looked for {path.group(1)})" if path else ""
+    return (f"OK-VQA stemming (task option stem=true): nltk resource {name!r} is not installed{where}; "
+            f"install it with: python -m nltk.downloader {name} (on a machine with internet, then copy the "
+            f"nltk_data folder here and point NLTK_DATA at it)")
 
 
 def check_available() -> None:

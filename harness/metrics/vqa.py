@@ -62,6 +62,10 @@ PUNCT = [";", r"/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-",
 # lookbehind, so a period is stripped unless a digit follows it.
 _PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
 _COMMA_STRIP = re.compile(r"(\d)(,)(\d)")
+#: The official script calls ``periodStrip.sub("", text, re.UNICODE)``: the third positional
+#: argument of ``sub`` is ``count``, and ``re.UNICODE == 32``, so only the first 32 periods are
+#: removed. Reproduced on purpose: published numbers were computed this way.
+OFFICIAL_PERIOD_COUNT = int(re.UNICODE)
 
 
 def process_punctuation(text: str) -> str:
@@ -71,7 +75,7 @@ def process_punctuation(text: str) -> str:
             out = out.replace(p, "")
         else:
             out = out.replace(p, " ")
-    return _PERIOD_STRIP.sub("", out)
+    return _PERIOD_STRIP.sub("", out, count=OFFICIAL_PERIOD_COUNT)
 
 
 def process_digit_article(text: str) -> str:

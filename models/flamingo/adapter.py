@@ -6,6 +6,10 @@ once (features are cached by file: demo images recur across thousands of
 prompts) and decodes with beam search over a KV cache. Without ``path`` it loads
 the checkpoint bundled in this repository (trained on easy-VQA).
 
+No separator follows a demonstration's ``<|endofchunk|>`` (``demo_separator = ""``), unlike
+current OpenFlamingo's ``"\n"``: the bundled checkpoint was trained on that rendering
+(OpenFlamingo 2.0.0's), and the ``prompt`` field of its predictions shows it.
+
 Importing this module is cheap: torch and transformers load when a model is built.
 """
 
@@ -47,6 +51,8 @@ class Flamingo(Model):
     Options = FlamingoOptions
     template_style = "openflamingo"
     media_kinds = frozenset({"image", "video"})
+    # Trained without a separator after <|endofchunk|> (models/flamingo/data.py); keep it at eval.
+    demo_separator = ""
 
     def __init__(self, options=None):
         super().__init__(options)
@@ -123,8 +129,10 @@ class Flamingo(Model):
         """Token ids of the OpenFlamingo rendering (what ``render_prompt`` shows as text)."""
         ids = self.model.prompt_prefix()
         last = len(prompt.chunks) - 1
+        sep = self.model.encode_text(self.separator_for(prompt)) if self.separator_for(prompt) else []
         for i, chunk in enumerate(prompt.chunks):
             ids += self.model.chunk_ids(len(chunk.media), chunk.text, end_of_chunk=i < last)
+            ids += sep if i < last else []
         return ids
 
     def _media_features(self, prompts: Sequence[Prompt]) -> list:

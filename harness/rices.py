@@ -1,0 +1,348 @@
+"""RICES: Retrieval-based In-Context Example Selection (Flamingo paper; OpenFlamingo ``eval/rices.py``).
+
+For each query, the ``shots`` support examples whose image features are most similar
+(cosine) to the query's are its demonstrations, ordered so the most similar is LAST,
+next to the query; the query itself (same id) is never one of them. Ties go to the
+earlier support example. Demos are a pure function of (task, query, shots, encoder):
+no seed, the same on 1 or N processes and for any batch size.
+
+Features come from a vision encoder:
+
+- ``rices_encoder=PATH``: a local Hugging Face vision model (a CLIP checkpoint, a CLIP
+  vision tower, or any ``AutoModel`` vision model with an image processor config). A full
+  CLIP model gives its projected image embedding (as OpenFlamingo's ``encode_image``);
+  other models their pooled output (else the mean of the last hidden state).
+- ``rices_encoder=model``: the evaluated model's own vision encoder through its
+  ``encode_media`` (visual tokens averaged into one vector), e.g. ``flamingo``, ``openflamingo``.
+
+Features are L2-normalised, computed once per (encoder fingerprint, task, split, media)
+in batches with a progress bar, and cached on disk as ``.npy`` under the cache folder
+(task option ``rices_cache``; default ``$HARNESS_CACHE/rices`` or ``~/.cache/harness/rices``).
+The cache file name is a hash of the encoder fingerprint, task, split and every media
+item's identity (with its file size and modification time), so another encoder or
+other data never reuses features. Retrieval is one matrix product per query against the
+whole support split (OpenFlamingo retrieves from the full train set), so ``support_size``
+does not apply.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from .errors import HarnessError, MediaError
+from .store import safe_name
+from .types import Example, Media
+
+log = logging.getLogger(__name__)
+
+#: Bump when the way features are computed changes, so old cache files are not reused.
+FEATURE_VERSION = 1
+#: ``rices_encoder`` value that means "the evaluated model's own encoder".
+OWN_ENCODER = "model"
+
+
+class Encoder(Protocol):
+    """What RICES needs of a vision encoder."""
+
+    fingerprint: str
+
+    def describe(self) -> dict[str, Any]: ...
+
+    def embed(self, media: Sequence[Media]) -> np.ndarray:
+        """One feature vector per media item, shape (len(media), D)."""
+        ...
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("HARNESS_CACHE")
+    return (Path(base) if base else Path.home() / ".cache" / "harness") / "rices"
+
+
+# ---- encoders -------------------------------------------------------------------
+class HFVisionEncoder:
+    """A local Hugging Face vision model; images are prepared by its own image processor.
+
+    The weights load on the first ``embed`` only: when every feature is cached (each cell of a
+    sweep after the first), the model is never loaded."""
+
+    def __init__(self, path: str | Path, device: str = "cpu"):
+        self.path = Path(path)
+        check_encoder_path(str(path))
+        from .model import checkpoint_fingerprint
+
+        self.device = device
+        self.model_type = json.loads((self.path / "config.json").read_text(encoding="utf-8")).get("model_type", "")
+        self.fingerprint = f"hf-{checkpoint_fingerprint(self.path)}"
+        self.model = self.processor = None
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "hf", "path": str(self.path), "model_type": self.model_type, "fingerprint": self.fingerprint}
+
+    def _load(self) -> None:
+        from transformers import AutoImageProcessor, AutoModel
+
+        try:
+            self.processor = AutoImageProcessor.from_pretrained(str(self.path))
+        except (OSError, ValueError) as exc:
+            raise HarnessError(f"rices_encoder {self.path}: cannot load its image processor ({exc}); the folder "
+                               f"needs a preprocessor_config.json (save one with the model's image processor)") from None
+        self.model = AutoModel.from_pretrained(str(self.path)).to(self.device).eval()
+
+    def embed(self, media: Sequence[Media]) -> np.ndarray:
+        import torch
+
+        from .video import media_as_images
+
+        if self.model is None:
+            self._load()
+        # A video is the mean of its frames' features.
+        images, owner = [], []
+        for i, m in enumerate(media):
+            frames = media_as_images([m], True, "RICES")
+            images.extend(frames)
+            owner.extend([i] * len(frames))
+        pixels = self.processor(images=images, return_tensors="pt")["pixel_values"].to(self.device)
+        with torch.inference_mode():
+            if hasattr(self.model, "get_image_features"):  # a full CLIP: the projected embedding
+                out = self.model.get_image_features(pixel_values=pixels)
+            else:
+                out = self.model(pixel_values=pixels)
+            feats = _pooled(out).float().cpu().numpy()
+        return _mean_by_owner(feats, owner, len(media))
+
+
+def _pooled(out: Any):
+    if hasattr(out, "ndim"):
+        return out
+    for name in ("image_embeds", "pooler_output"):
+        value = getattr(out, name, None)
+        if value is not None:
+            return value.reshape(value.shape[0], -1)
+    return out.last_hidden_state.mean(dim=1)
+
+
+def _mean_by_owner(feats: np.ndarray, owner: Sequence[int], n: int) -> np.ndarray:
+    out = np.zeros((n, feats.shape[-1]), dtype=np.float32)
+    counts = np.zeros(n, dtype=np.float32)
+    np.add.at(out, np.asarray(owner, dtype=np.int64), feats.astype(np.float32))
+    np.add.at(counts, np.asarray(owner, dtype=np.int64), 1.0)
+    return out / np.maximum(counts, 1.0)[:, None]
+
+
+class ModelEncoder:
+    """The evaluated model's own vision encoder: its ``encode_media`` output, averaged over
+    visual tokens (all axes but the last) into one vector per media item."""
+
+    def __init__(self, model: Any):
+        check_model_encoder(type(model), model.name)
+        self.model = model
+        self.fingerprint = f"{model.fingerprint}/encode_media-mean"
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "model", "model": self.model.name, "fingerprint": self.fingerprint}
+
+    def embed(self, media: Sequence[Media]) -> np.ndarray:
+        import torch
+
+        feats = self.model.encode_media(list(media))
+        rows = []
+        with torch.inference_mode():
+            for f in feats:
+                t = torch.as_tensor(f).float()
+                rows.append(t.reshape(-1, t.shape[-1]).mean(0).cpu().numpy())
+        return np.stack(rows).astype(np.float32)
+
+
+def check_encoder_path(value: str) -> None:
+    """Fail early (before any model loads) if ``rices_encoder`` names no model folder."""
+    if value == OWN_ENCODER:
+        return
+    p = Path(value)
+    if not (p / "config.json").is_file():
+        raise HarnessError(
+            f"rices_encoder {value!r}: not a Hugging Face model folder (no config.json there); give the local path "
+            f"of a vision model (e.g. a CLIP checkpoint with its preprocessor_config.json), or "
+            f"rices_encoder={OWN_ENCODER} to use the evaluated model's own vision encoder"
+        )
+
+
+def check_model_encoder(model_cls: type, name: str) -> None:
+    """Fail early if a model class offers no vision encoder for ``rices_encoder=model``."""
+    from .model import Model
+
+    if getattr(model_cls, "encode_media", Model.encode_media) is Model.encode_media:
+        raise HarnessError(
+            f"rices_encoder={OWN_ENCODER}: model {name} offers no vision encoder (no encode_media); "
+            f"pass rices_encoder=PATH, the local folder of a Hugging Face vision model such as CLIP"
+        )
+
+
+def make_encoder(value: str, model: Any, device: str = "cpu") -> Encoder:
+    if value == OWN_ENCODER:
+        return ModelEncoder(model)
+    return HFVisionEncoder(value, device)
+
+
+# ---- features, cached ---------------------------------------------------------------
+def _identity_key(m: Media) -> list:
+    """A media item's identity, plus its file's size and mtime (so replaced data is not reused)
+    and, for a video, the frame selection (it changes the features)."""
+    key: list = [m.kind, m.identity]
+    selection = getattr(m, "selection", None)
+    if selection is not None:
+        key.append(repr(selection))
+    try:
+        st = os.stat(m.identity)
+        key += [st.st_size, st.st_mtime_ns]
+    except (OSError, ValueError, TypeError):
+        pass  # not a file (e.g. a dataset row): its identity alone
+    return key
+
+
+@dataclass
+class MediaFeatures:
+    """L2-normalised features of distinct media items: ``matrix[index[key]]``."""
+
+    index: dict[str, int]
+    matrix: np.ndarray
+    path: Path
+    from_cache: bool
+
+
+def media_features(encoder: Encoder, task: str, split: str, media: Sequence[Media], cache_dir: Path,
+                   batch_size: int = 32, progress: bool = True) -> MediaFeatures:
+    """Features of the distinct ``media`` (by identity), read from the cache or computed in batches."""
+    distinct: dict[str, Media] = {}
+    keys: dict[str, list] = {}
+    for m in media:
+        if m.identity not in distinct:
+            distinct[m.identity] = m
+            keys[m.identity] = _identity_key(m)
+    ids = list(distinct)
+    material = json.dumps([FEATURE_VERSION, encoder.fingerprint, task, split, [keys[i] for i in ids]], default=str)
+    digest = hashlib.sha256(material.encode()).hexdigest()[:20]
+    path = Path(cache_dir) / f"{safe_name(task)}-{safe_name(split)}-{digest}.npy"
+    index = {i: n for n, i in enumerate(ids)}
+    if path.is_file():
+        try:
+            matrix = np.load(path)
+        except (OSError, ValueError) as exc:
+            log.warning("%s: unreadable (%s); recomputing", path, exc)
+        else:
+            if matrix.ndim == 2 and matrix.shape[0] == len(ids):
+                return MediaFeatures(index, matrix, path, True)
+            log.warning("%s: shape %s for %d media items; recomputing", path, matrix.shape, len(ids))
+    if batch_size < 1:
+        raise HarnessError(f"rices_batch_size must be >= 1, got {batch_size}")
+    rows: list[np.ndarray | None] = []
+    bar = tqdm(total=len(ids), desc=f"RICES features {task}/{split}", disable=not progress, leave=False)
+    for start in range(0, len(ids), batch_size):
+        batch = [distinct[i] for i in ids[start : start + batch_size]]
+        rows.extend(_embed_batch(encoder, batch))
+        bar.update(len(batch))
+    bar.close()
+    dim = next((r.shape[-1] for r in rows if r is not None), None)
+    if dim is None:
+        raise HarnessError(f"RICES: none of the {len(ids)} media items of {task}/{split} could be read "
+                           f"(first: {ids[0] if ids else 'none'})")
+    matrix = np.stack([r if r is not None else np.zeros(dim, np.float32) for r in rows])
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    matrix = (matrix / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, matrix)
+    os.replace(tmp, path)  # atomic: a killed run never leaves half a feature file
+    log.info("RICES: wrote %d %s/%s features to %s", len(ids), task, split, path)
+    return MediaFeatures(index, matrix, path, False)
+
+
+def _embed_batch(encoder: Encoder, batch: list[Media]) -> list[np.ndarray | None]:
+    """One row per item; an unreadable item gets None (then a zero vector: no similarity), and
+    fails as a sample later, with its reason, when the model reads it."""
+    try:
+        return list(np.asarray(encoder.embed(batch), dtype=np.float32))
+    except MediaError:
+        if len(batch) == 1:
+            log.warning("RICES: cannot read %s; it gets no similarity", batch[0].identity)
+            return [None]
+    return [row for m in batch for row in _embed_batch(encoder, [m])]
+
+
+def example_features(examples: Sequence[Example], feats: MediaFeatures) -> np.ndarray:
+    """One unit vector per example: the mean of its media's features, renormalised (zero if none)."""
+    dim = feats.matrix.shape[1]
+    out = np.zeros((len(examples), dim), dtype=np.float32)
+    for n, e in enumerate(examples):
+        if e.media:
+            out[n] = feats.matrix[[feats.index[m.identity] for m in e.media]].mean(0)
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    return out / np.where(norms > 0, norms, 1.0)
+
+
+# ---- the sampler ------------------------------------------------------------------------
+@dataclass
+class RicesSampler:
+    """Demos by image-feature similarity to the query, most similar last, never the query itself."""
+
+    task: str
+    support: Sequence[Example]
+    queries: Sequence[Example]
+    encoder: Encoder
+    support_split: str
+    eval_split: str
+    cache_dir: Path = field(default_factory=default_cache_dir)
+    batch_size: int = 32
+    progress: bool = True
+    pool: list[Example] = field(init=False)
+
+    def __post_init__(self) -> None:
+        if not self.support:
+            raise HarnessError(f"task {self.task}: the support split is empty, so no demonstrations can be drawn")
+        self.pool = list(self.support)
+        sup = media_features(self.encoder, self.task, self.support_split, [m for e in self.pool for m in e.media],
+                             Path(self.cache_dir), self.batch_size, self.progress)
+        qry = media_features(self.encoder, self.task, self.eval_split, [m for e in self.queries for m in e.media],
+                             Path(self.cache_dir), self.batch_size, self.progress)
+        self.cache_files = [sup.path, qry.path]
+        self.from_cache = sup.from_cache and qry.from_cache
+        self.support_matrix = example_features(self.pool, sup)
+        self.query_vectors = dict(zip((q.id for q in self.queries), example_features(self.queries, qry)))
+        self._ids = np.array([e.id for e in self.pool], dtype=object)
+
+    def check_shots(self, shots: int) -> None:
+        if shots > len(self.pool) - 1 and shots > 0:
+            raise HarnessError(
+                f"task {self.task}: {shots} shots asked for, but the support split has only {len(self.pool)} examples"
+            )
+
+    def ranking(self, query: Example) -> np.ndarray:
+        """Support indices from most to least similar to ``query`` (ties: earlier first), query excluded."""
+        vec = self.query_vectors.get(query.id)
+        if vec is None:
+            raise HarnessError(f"task {self.task}: RICES has no features for query {query.id} "
+                               f"(it is not one of the queries the sampler was built for)")
+        sims = self.support_matrix @ vec  # one matrix product per query: independent of batching
+        order = np.argsort(-sims, kind="stable")
+        return order[self._ids[order] != query.id]
+
+    def demos(self, query: Example, shots: int) -> list[Example]:
+        """The ``shots`` most similar support examples, most similar LAST (next to the query)."""
+        if shots == 0:
+            return []
+        self.check_shots(shots)
+        top = self.ranking(query)[:shots]
+        return [self.pool[i] for i in reversed(top)]
+
+    def config(self) -> dict[str, Any]:
+        return {"name": "rices", "encoder": self.encoder.describe(), "support_size": len(self.pool),
+                "support_split": self.support_split, "feature_version": FEATURE_VERSION}
