@@ -30,8 +30,9 @@ from .video_qa import VideoOptions, VideoTask
 
 
 @dataclass(frozen=True)
-class KineticsOptions(VideoOptions, ClassificationOptions):
+class KineticsOptions(ClassificationOptions, VideoOptions):
     """Kinetics options: the video options (frames, fps, ...) and the classification options."""
+    # ClassificationOptions first: its sampler default (class_balanced) wins over TaskOptions' (random).
 
 
 @register_task("kinetics700")
