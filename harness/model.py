@@ -73,6 +73,11 @@ class Model:
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[float]:
         raise NotImplementedError(f"model {self.name} does not implement loglikelihood (close-ended tasks)")
 
+    def stats(self) -> dict[str, int]:
+        """Cumulative counters of work done (e.g. feature-cache hits, vision encodes); the runner
+        records each cell's increase in its metrics.json (``model_stats``)."""
+        return {}
+
     def encode_media(self, media: Sequence[Media]) -> Any:
         """Vision features of ``media`` (vision encoder + resampler), where the architecture
         separates them from the language pass, so demo features can be cached and reused."""

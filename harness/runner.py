@@ -137,6 +137,7 @@ class Runner:
             return finished
 
         start = time.time()
+        stats_before = self.model.stats()
         done = journal.resume()
         done_ids = {r.query_id for r in done}
         mine = queries if spec.shard is None else queries[spec.shard[0] :: spec.shard[1]]
@@ -170,6 +171,8 @@ class Runner:
             "n_failed": len(failures),
             "failures": failures,
             "wall_time_s": round(time.time() - start, 3),
+            # this run's counters (cache hits, vision encodes): outside the config, they vary by run
+            "model_stats": {k: v - stats_before.get(k, 0) for k, v in self.model.stats().items()},
             "config_key": key,
             "config": config,
         }
