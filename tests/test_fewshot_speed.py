@@ -241,3 +241,31 @@ def test_runner_records_cache_counters_in_metrics(synthetic, tmp_path):
     # 13 distinct images (9 support, 4 queries): each encoded once over all cells; 8-shot demos are all hits
     assert first["vision_encodes"] + second["vision_encodes"] + third["vision_encodes"] <= 13 and first["vision_encodes"] >= 8
     assert third["feature_cache_hits"] + third["vision_encodes"] == 4 * 9 and third["vision_encodes"] <= 1
+
+
+def test_idefics_one_prefill_equals_hugging_face_beams(synthetic, tiny_idefics_dir):
+    """IDEFICS: prefilling once and expanding the cache gives Hugging Face's own predictions
+    (greedy and 3 beams, batch 8 and 1), with the prompt run at batch B, not B x beams."""
+    from harness.types import GenerateRequest
+    from models.idefics import Idefics
+
+    _, images = synthetic
+    ex = [Example(id=str(i), media=(im,), fields={"question": f"what color is the shape {i}?"}, answers=("red",),
+                  target="red") for i, im in enumerate(images)]
+    builder = PromptBuilder(VQA_TEMPLATES["flamingo"])
+    prompts = [builder.build([e for e in ex if e.id != str(q)][: (0, 1, 2, 4)[q % 4] or 2], ex[q],
+                             text_only_demos=q % 4 == 0) for q in range(8)]
+    new = Idefics({"path": str(tiny_idefics_dir)})
+    old = Idefics({"path": str(tiny_idefics_dir), "prefill_once": "false"})
+    seen = []
+    hook = new.model.get_input_embeddings().register_forward_pre_hook(lambda m, a: seen.append(tuple(a[0].shape)))
+    for beams in (1, 3):
+        reqs = [GenerateRequest(p, GenerationConfig(max_new_tokens=4, num_beams=beams), ex[0], ()) for p in prompts]
+        fast = new.generate(reqs)
+        assert fast == old.generate(reqs)
+        assert [new.generate([r])[0] for r in reqs[:2]] == old.generate(reqs[:1]) + old.generate(reqs[1:2])
+        assert len(set(fast)) > 1, "every prompt gave the same text: the comparison would be vacuous"
+    hook.remove()
+    assert seen[0][0] == 8 and seen[1] == (8, 1)  # greedy: prefill at B, then the last token
+    three = [s for s in seen if s[0] == 24]
+    assert three and all(s[1] == 1 for s in three)  # 3 beams: only single-token steps run at 3B rows

@@ -241,7 +241,7 @@ class OpenFlamingo(Model):
         the last prompt token, and derives positions from the full mask as below)."""
         kwargs = {}
         if self._accepts_position_ids:  # as Hugging Face's generate computes them for left padding
-            kwargs["position_ids"] = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
+            kwargs["position_ids"] = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
         if self._accepts_logits_to_keep:  # the logits are not needed: skip the vocabulary projection
             kwargs["logits_to_keep"] = 1
         cache = self.net.lm(input_ids=ids, attention_mask=mask, use_cache=True, **kwargs).past_key_values
