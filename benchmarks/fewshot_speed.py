@@ -69,30 +69,38 @@ def write_vqav2(root: Path, n_support: int, n_queries: int, seed: int = 0) -> Pa
 
 
 class ForwardClock:
-    """Seconds spent inside the model's forward passes: LM calls (top level) and vision encodes."""
+    """Seconds spent inside the model's forward passes: LM calls, the prefill (its LM call and
+    the expansion of its cache to the beams) and vision encodes; nested calls count once."""
 
     def __init__(self, model):
         self.seconds = 0.0
-        self._t0 = None
+        self._depth = 0
+        self._t0 = 0.0
         lm = model.net.lm
         lm.register_forward_pre_hook(lambda *a: self._start())
         lm.register_forward_hook(lambda *a: self._stop())
-        encode = model.encode_pixels
+        for name in ("encode_pixels", "prefill"):
+            setattr(model, name, self._timed(getattr(model, name)))
 
-        def timed(pixels):
+    def _timed(self, fn):
+        def timed(*args, **kwargs):
             self._start()
             try:
-                return encode(pixels)
+                return fn(*args, **kwargs)
             finally:
                 self._stop()
 
-        model.encode_pixels = timed
+        return timed
 
     def _start(self):
-        self._t0 = time.perf_counter()
+        if self._depth == 0:
+            self._t0 = time.perf_counter()
+        self._depth += 1
 
     def _stop(self):
-        self.seconds += time.perf_counter() - self._t0
+        self._depth -= 1
+        if self._depth == 0:
+            self.seconds += time.perf_counter() - self._t0
 
 
 @contextmanager
