@@ -114,8 +114,9 @@ class OpenFlamingo(Model):
             h.update((checkpoint_fingerprint(p) if p else "-").encode())
         h.update(f"{o.vision_encoder}|{o.cross_attn_every_n_layers}|{o.vision_token_ln_post}|{o.quick_gelu}".encode())
         self._fingerprint = h.hexdigest()[:16]
-        self._features = FeatureCache(budget_from_mb(o.feature_cache_mb), self.fingerprint, o.feature_cache_dir or None,
-                                      o.feature_cache_size, self.net.device)
+        # precision is in the on-disk key: bf16 features must not be read back by an fp32 run
+        self._features = FeatureCache(budget_from_mb(o.feature_cache_mb), f"{self.fingerprint}-{o.precision}",
+                                      o.feature_cache_dir or None, o.feature_cache_size, self.net.device)
 
     def stats(self) -> dict[str, int]:
         """Cumulative vision-feature cache counters (hits, disk hits, vision encodes, evictions)."""
