@@ -10,7 +10,8 @@ media item independently, so caching their output per item is exact.
 - Disk (optional): one file per item under ``directory/<model fingerprint>/``, named
   by a hash of the item's key (``Media.identity`` plus anything else its features depend
   on, e.g. a video's frame selection), so another process, seed or shot count reuses it.
-- Counters (:meth:`stats`): memory hits, disk hits, vision encodes, evictions.
+- Counters (:meth:`stats`): memory hits and misses (a miss is then a disk hit or a vision
+  encode), evictions.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ class FeatureCache:
         self.device = device
         self._items: OrderedDict[str, object] = OrderedDict()
         self._bytes = 0
-        self.counts = {"hits": 0, "disk_hits": 0, "encodes": 0, "evictions": 0}
+        self.counts = {"hits": 0, "misses": 0, "disk_hits": 0, "encodes": 0, "evictions": 0}
 
     def __len__(self) -> int:
         return len(self._items)
@@ -72,8 +73,10 @@ class FeatureCache:
 
     def stats(self) -> dict[str, int]:
         """Cumulative counters (the runner records each cell's difference)."""
-        return {"feature_cache_hits": self.counts["hits"], "feature_cache_disk_hits": self.counts["disk_hits"],
-                "vision_encodes": self.counts["encodes"], "feature_cache_evictions": self.counts["evictions"]}
+        c = self.counts
+        return {"feature_cache_hits": c["hits"], "feature_cache_misses": c["misses"],
+                "feature_cache_disk_hits": c["disk_hits"], "vision_encodes": c["encodes"],
+                "feature_cache_evictions": c["evictions"]}
 
     def get(self, keys: Sequence[str], compute: Callable[[list[int]], Sequence[object]]) -> list[object]:
         """Features for ``keys``, in order. ``compute(indices)`` encodes the items at those
@@ -87,6 +90,7 @@ class FeatureCache:
                 self.counts["hits"] += 1
                 found[key] = self._items[key]
                 continue
+            self.counts["misses"] += 1  # not in memory: read from disk or encoded
             disk = self._load(key)
             if disk is not None:
                 self.counts["disk_hits"] += 1

@@ -174,7 +174,15 @@ def test_openflamingo_old_and_new_paths_agree(synthetic):
             single = new.generate_batch([p], cfg)
             assert single == old.generate_batch([p], cfg)
         assert len({t for t in batch_new}) > 1, "every prompt gave the same text: the comparison would be vacuous"
-    # logits through the whole model (loglikelihood is one forward pass over a left-padded batch)
+    # logits through the whole LM, both forms, on the left-padded batch (0 to 4 images, text before the first)
+    ids, mask = new._encode_texts([new.render_prompt(p) for p in prompts])
+    media = new.batch_media(prompts)
+    logits = []
+    for per_image in (True, False):
+        with torch.inference_mode(), new.net.conditioning.conditioned(media, incremental=False, per_image=per_image):
+            logits.append(new.net.lm(input_ids=ids, attention_mask=mask, use_cache=False).logits)
+    assert (logits[0] - logits[1])[mask.bool()].abs().max() <= 1e-5
+    # loglikelihood: one forward pass over a left-padded batch
     reqs = [LoglikelihoodRequest(p, c, query=Example("q", (), {})) for p in prompts for c in ("red", "a circle")]
     a, b = np.array(new.loglikelihood(reqs)), np.array(old.loglikelihood(reqs))
     assert np.abs(a - b).max() <= 1e-4 and len(set(np.round(a, 3))) > 8
@@ -217,6 +225,7 @@ def test_feature_cache_byte_budget_disk_and_counters(synthetic, tmp_path):
     again = other.encode_media(images[:3])
     assert torch.equal(again, first)
     assert other.stats()["vision_encodes"] == 0 and other.stats()["feature_cache_disk_hits"] == 3
+    assert other.stats()["feature_cache_misses"] == 3 and small.stats()["feature_cache_misses"] == 3
     assert torch.equal(first, small.encode_pixels(small.pixels(images[:3])))  # exact
 
 
