@@ -29,9 +29,9 @@ from typing import Literal, Sequence
 from harness.errors import HarnessError, MediaError
 from harness.media import load_image
 from harness.model import Model, checkpoint_fingerprint
-from models.feature_cache import FeatureCache, budget_from_mb
 from harness.registry import register_model
 from harness.types import GenerateRequest, GenerationConfig, Image, LoglikelihoodRequest, Media, Prompt
+from models.feature_cache import FeatureCache, budget_from_mb
 
 log = logging.getLogger(__name__)
 
