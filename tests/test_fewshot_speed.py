@@ -229,6 +229,17 @@ def test_feature_cache_byte_budget_disk_and_counters(synthetic, tmp_path):
     assert torch.equal(first, small.encode_pixels(small.pixels(images[:3])))  # exact
 
 
+def test_bad_cache_budget_is_a_clear_error_before_loading(tmp_path):
+    from harness.errors import HarnessError
+    from models.flamingo.adapter import Flamingo
+    from models.openflamingo import OpenFlamingo
+
+    with pytest.raises(HarnessError, match="feature_cache_mb must be >= 0"):
+        OpenFlamingo({"feature_cache_mb": "-1"})  # no files given: it fails before any loading
+    with pytest.raises(HarnessError, match="feature_cache_mb and feature_cache must be >= 0"):
+        Flamingo({"feature_cache_mb": "-1", "path": str(tmp_path)})
+
+
 def test_runner_records_cache_counters_in_metrics(synthetic, tmp_path):
     from conftest import write_vqa_fixture
 

@@ -61,6 +61,9 @@ class Flamingo(Model):
 
         from .model import FlamingoModel
 
+        o = self.options
+        if (o.feature_cache_mb is not None and o.feature_cache_mb < 0) or (o.feature_cache is not None and o.feature_cache < 0):
+            raise HarnessError("model flamingo: feature_cache_mb and feature_cache must be >= 0 (0 turns the cache off)")
         path = Path(self.options.path)
         if not (path / "config.json").is_file():
             raise HarnessError(
@@ -71,9 +74,6 @@ class Flamingo(Model):
         self.model = FlamingoModel.load(path, self.options.device)
         self.model.per_image_xattn = self.options.xattn == "per_image"
         self._fingerprint = checkpoint_fingerprint(path)
-        o = self.options
-        if (o.feature_cache_mb is not None and o.feature_cache_mb < 0) or (o.feature_cache is not None and o.feature_cache < 0):
-            raise HarnessError("model flamingo: feature_cache_mb and feature_cache must be >= 0 (0 turns the cache off)")
         self._cache = FeatureCache(budget_from_mb(o.feature_cache_mb), self.fingerprint, o.feature_cache_dir or None,
                                    o.feature_cache, self.model.device)
 
