@@ -137,7 +137,8 @@ class Runner:
             return finished
 
         start = time.time()
-        stats_before = self.model.stats()
+        stats = getattr(self.model, "stats", dict)  # Model.stats(); a duck-typed plug-in may lack it
+        stats_before = stats()
         done = journal.resume()
         done_ids = {r.query_id for r in done}
         mine = queries if spec.shard is None else queries[spec.shard[0] :: spec.shard[1]]
@@ -172,7 +173,7 @@ class Runner:
             "failures": failures,
             "wall_time_s": round(time.time() - start, 3),
             # this run's counters (cache hits, vision encodes): outside the config, they vary by run
-            "model_stats": {k: v - stats_before.get(k, 0) for k, v in self.model.stats().items()},
+            "model_stats": {k: v - stats_before.get(k, 0) for k, v in stats().items()},
             "config_key": key,
             "config": config,
         }
