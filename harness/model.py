@@ -115,6 +115,11 @@ class Model:
             f"model {self.name} does not count tokens, which length_normalization=tokens needs; "
             f"pass --task-arg length_normalization=bytes (or none)")
 
+    def stats(self) -> dict[str, int]:
+        """Cumulative counters of work done (e.g. feature-cache hits, vision encodes); the runner
+        records each cell's increase in its metrics.json (``model_stats``)."""
+        return {}
+
     def encode_media(self, media: Sequence[Media]) -> Any:
         """Vision features of ``media`` (vision encoder + resampler), where the architecture
         separates them from the language pass, so demo features can be cached and reused."""

@@ -167,6 +167,8 @@ class Runner:
             log.info("%s: already complete, skipping", directory)
             return finished
 
+        stats = getattr(self.model, "stats", dict)  # Model.stats(); a duck-typed plug-in may lack it
+        stats_before = stats()
         done = journal.resume()
         done_ids = {r.query_id for r in done}
 
@@ -212,6 +214,8 @@ class Runner:
             "n_failed": len(failures),
             "failures": failures,
             "wall_time_s": round(time.time() - start, 3),
+            # this run's counters (cache hits, vision encodes): outside the config, they vary by run
+            "model_stats": {k: v - stats_before.get(k, 0) for k, v in stats().items()},
             "config_key": key,
             "config": config,
         }

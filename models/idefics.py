@@ -27,13 +27,17 @@ class IdeficsOptions:
     dtype: float32, bfloat16 or float16 (weights cast; token ids never are).
     chunk_sep: text closing each demonstration.
     video_as_frames: IDEFICS takes images only; with true, each video goes in as its frames, in order
-    (each frame one image; text then attends to the last frame, IDEFICS's per-image masking)."""
+    (each frame one image; text then attends to the last frame, IDEFICS's per-image masking).
+    prefill_once: beam search prefills each prompt (and encodes its images) once and expands the KV
+    cache and image features to the beams (false: Hugging Face expands the inputs first, so the
+    prompt is prefilled once per beam)."""
 
     path: str = ""
     device: str = "cpu"
     dtype: str = "float32"
     chunk_sep: str = "\n"
     video_as_frames: bool = False
+    prefill_once: bool = True
 
 
 @register_model("idefics")
@@ -89,6 +93,8 @@ class Idefics(Model):
         if inputs["pixel_values"].is_floating_point():
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
         with torch.inference_mode():
+            if self.options.prefill_once and inputs["input_ids"].shape[1] > 1:
+                inputs = self._prefill(inputs, cfg.num_beams)
             out = self.model.generate(
                 **inputs,
                 max_new_tokens=cfg.max_new_tokens,
@@ -102,6 +108,22 @@ class Idefics(Model):
             )
         new = out[:, inputs["input_ids"].shape[1]:]
         return self.processor.batch_decode(new, skip_special_tokens=True)
+
+    def _prefill(self, inputs: dict, num_beams: int) -> dict:
+        """Run all but the last prompt token once per prompt; return ``generate`` inputs that continue
+        from that KV cache (repeated for the beams) and the images' resampled features (which
+        ``generate`` repeats for the beams), instead of the pixels."""
+        ids, mask, img_mask = inputs["input_ids"], inputs["attention_mask"], inputs["image_attention_mask"]
+        # the positions generate derives from the full mask (padding at 0)
+        positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        first = self.model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
+                           pixel_values=inputs["pixel_values"], image_attention_mask=img_mask[:, :-1], use_cache=True,
+                           logits_to_keep=1)
+        cache = first.past_key_values
+        if num_beams > 1:
+            cache.batch_repeat_interleave(num_beams)
+        rest = {k: v for k, v in inputs.items() if k != "pixel_values"}
+        return {**rest, "past_key_values": cache, "image_hidden_states": first.image_hidden_states}
 
     # ---- close-ended scoring ------------------------------------------------------
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[float]:

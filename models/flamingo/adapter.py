@@ -15,10 +15,9 @@ Importing this module is cheap: torch and transformers load when a model is buil
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 from harness.errors import HarnessError, MediaError
 from harness.video import load_video_frames, selection_of
@@ -26,6 +25,7 @@ from harness.media import load_image
 from harness.model import Model, checkpoint_fingerprint
 from harness.registry import register_model
 from harness.types import GenerateRequest, LoglikelihoodRequest, Media, Prompt, RankRequest, Video
+from models.feature_cache import FeatureCache, budget_from_mb
 
 BUNDLED_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "easyvqa"
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -34,14 +34,21 @@ FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 @dataclass(frozen=True)
 class FlamingoOptions:
     """path: checkpoint directory written by models.flamingo (default: the bundled easy-VQA one).
-    device: cpu, cuda (this rank's GPU), auto, cuda:1 ... feature_cache: media items whose visual tokens are kept.
+    device: cpu, cuda (this rank's GPU), auto, cuda:1 ...
+    feature_cache_mb: memory budget (MiB) of the cache of visual tokens per media item (default: a
+    quarter of physical memory, at most 8 GiB; 0: off). feature_cache: optional cap on cached items.
+    feature_cache_dir: folder where visual tokens also persist, keyed by (checkpoint, media identity).
     video_frames: frames sampled (uniformly) from a video given as a folder of frame images
-    (video files follow the task's --frames/--fps selection)."""
+    (video files follow the task's --frames/--fps selection).
+    xattn: per_image (each token attends to its own media item's tokens) or masked (same logits, slower)."""
 
     path: str = str(BUNDLED_CHECKPOINT)
     device: str = "cpu"
-    feature_cache: int = 16384
+    feature_cache_mb: float | None = None
+    feature_cache: int | None = None
+    feature_cache_dir: str = ""
     video_frames: int = 8
+    xattn: Literal["per_image", "masked"] = "per_image"
 
 
 @register_model("flamingo")
@@ -60,6 +67,9 @@ class Flamingo(Model):
 
         from .model import FlamingoModel
 
+        o = self.options
+        if (o.feature_cache_mb is not None and o.feature_cache_mb < 0) or (o.feature_cache is not None and o.feature_cache < 0):
+            raise HarnessError("model flamingo: feature_cache_mb and feature_cache must be >= 0 (0 turns the cache off)")
         path = Path(self.options.path)
         if not (path / "config.json").is_file():
             raise HarnessError(
@@ -68,8 +78,14 @@ class Flamingo(Model):
             )
         self.torch = torch
         self.model = FlamingoModel.load(path, self.device)
+        self.model.per_image_xattn = self.options.xattn == "per_image"
         self._fingerprint = checkpoint_fingerprint(path)
-        self._cache: OrderedDict[tuple[str, str], object] = OrderedDict()
+        self._cache = FeatureCache(budget_from_mb(o.feature_cache_mb), self.fingerprint, o.feature_cache_dir or None,
+                                   o.feature_cache, self.model.device)
+
+    def stats(self) -> dict[str, int]:
+        """Cumulative feature-cache counters (hits, disk hits, vision encodes, evictions)."""
+        return self._cache.stats()
 
     @property
     def fingerprint(self) -> str:
@@ -95,34 +111,28 @@ class Flamingo(Model):
         return [load_image(str(p)) for p in picks]
 
     def encode_media(self, media: Sequence[Media]) -> list:
-        """Visual tokens (num_latents, dim) of each media item, computed once per file."""
+        """Visual tokens (num_latents, dim) of each media item, computed once per item (cached by
+        its identity; a video's features depend on which frames were selected, so the selection
+        is part of its key)."""
         torch = self.torch
-        # A video's features depend on which frames were selected, so the selection is part of its key.
-        keys = [(m.kind, m.path, repr(selection_of(m)) if isinstance(m, Video) else "") for m in media]
-        by_key = dict(zip(keys, media))
-        todo = list(dict.fromkeys(k for k in keys if k not in self._cache))
-        images = [k for k in todo if k[0] == "image"]
-        with torch.inference_mode():
-            if images:
-                pixels = self.model.preprocess([load_image(k[1]) for k in images])
-                for k, feats in zip(images, self.model.encode_media(pixels)):
-                    self._remember(k, feats)
-            for k in todo:
-                if k[0] == "video":
-                    pixels = self.model.preprocess(self._frames(by_key[k]))
-                    self._remember(k, self.model.encode_media(pixels[None])[0])
-                elif k[0] != "image":
-                    raise MediaError(f"{k[1]}: model flamingo does not take media of kind {k[0]!r}")
-        out = []
-        for k in keys:
-            self._cache.move_to_end(k)
-            out.append(self._cache[k])
-        return out
+        for m in media:
+            if m.kind not in ("image", "video"):
+                raise MediaError(f"{m.identity}: model flamingo does not take media of kind {m.kind!r}")
+        keys = [f"{m.kind}:{m.identity}" + (f"|{selection_of(m)!r}" if isinstance(m, Video) else "") for m in media]
 
-    def _remember(self, key, feats) -> None:
-        self._cache[key] = feats
-        while len(self._cache) > self.options.feature_cache:
-            self._cache.popitem(last=False)
+        def compute(idx: list[int]) -> list:
+            out: dict[int, object] = {}
+            with torch.inference_mode():
+                images = [i for i in idx if media[i].kind == "image"]
+                if images:
+                    pixels = self.model.preprocess([load_image(media[i].path) for i in images])
+                    out.update(zip(images, self.model.encode_media(pixels)))
+                for i in idx:
+                    if media[i].kind == "video":
+                        out[i] = self.model.encode_media(self.model.preprocess(self._frames(media[i]))[None])[0]
+            return [out[i] for i in idx]
+
+        return self._cache.get(keys, compute)
 
     # ---- prompts -----------------------------------------------------------------
     def prompt_ids(self, prompt: Prompt) -> list[int]:

@@ -1,9 +1,9 @@
 """Beam search over a KV cache, for Flamingo's language pass.
 
-The prompt is run once (visual tokens attached through the cross-attention hooks);
-each step then feeds only the newly chosen token of every beam. Beams of one
-prompt share its media, so a media offset tells the hooks which image new tokens
-follow. Scores follow Hugging Face's beam search: sum of log-probs divided by
+The prompt is run once (visual tokens attached through the cross-attention hooks,
+their keys/values projected once); each step then feeds only the newly chosen
+token of every beam. Beams of one prompt share its media row (``media_rows``), and
+a media offset tells the hooks which image new tokens follow. Scores follow Hugging Face's beam search: sum of log-probs divided by
 ``length ** length_penalty``; a hypothesis ends at a stop token.
 """
 
@@ -23,12 +23,13 @@ def beam_search(model: "FlamingoModel", input_ids: torch.Tensor, attention_mask:
     b, nb = input_ids.shape[0], max(1, num_beams)
     if max_new_tokens <= 0:
         return [[] for _ in range(b)]
-    out = model(input_ids, media, attention_mask, use_cache=True)
+    kv = model.media_kv(media)  # cross-attention keys/values: once per prompt for the whole search
+    out = model(input_ids, media, attention_mask, use_cache=True, media_kv=kv, logits_to_keep=1)
     logits, cache = out.logits[:, -1], out.past_key_values
 
-    # One row per beam from here on.
+    # One row per beam from here on; beams share their prompt's media (and its keys/values).
     cache.batch_repeat_interleave(nb)
-    media = media.repeat_interleave(nb, 0) if media is not None else None
+    media_rows = torch.arange(b, device=input_ids.device).repeat_interleave(nb)
     mask = attention_mask.repeat_interleave(nb, 0)
     offset = (input_ids == model.media_token_id).sum(1).repeat_interleave(nb, 0)
     logits = logits.repeat_interleave(nb, 0)
@@ -84,7 +85,8 @@ def beam_search(model: "FlamingoModel", input_ids: torch.Tensor, attention_mask:
         cache.reorder_cache(beam_idx)
         mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
         new = torch.tensor(next_token, device=input_ids.device)[:, None]
-        out = model(new, media, mask, past_key_values=cache, media_offset=offset, use_cache=True)
+        out = model(new, media, mask, past_key_values=cache, media_offset=offset, use_cache=True, media_kv=kv,
+                    media_rows=media_rows)
         logits, cache = out.logits[:, -1], out.past_key_values
 
     results = []

@@ -13,6 +13,7 @@ LM never has to be copied into a checkpoint.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from dataclasses import dataclass
 from functools import lru_cache
@@ -101,22 +102,30 @@ class FlamingoModel(nn.Module):
                                      cfg.lm.xattn_ff_mult)
             for _ in self.xattn_at
         )
-        for block, i in zip(self.xattn, self.xattn_at):
-            layers[i].register_forward_pre_hook(self._make_hook(block), with_kwargs=True)
+        for k, (block, i) in enumerate(zip(self.xattn, self.xattn_at)):
+            layers[i].register_forward_pre_hook(self._make_hook(block, k), with_kwargs=True)
         # What the hooks condition on during one language pass (set by forward()).
         self._media: torch.Tensor | None = None
         self._text_time: torch.Tensor | None = None
+        self._kv: list | None = None
+        self._media_rows: torch.Tensor | None = None
+        #: per-item cross-attention (False: the masked form; same logits, kept to measure against)
+        self.per_image_xattn = True
+        self._keeps_logits = "logits_to_keep" in inspect.signature(self.lm.forward).parameters
         self.set_frozen()
         self._text_cache = lru_cache(maxsize=65536)(self._encode_text_uncached)
 
     # ---- construction helpers -------------------------------------------------
-    def _make_hook(self, block: GatedCrossAttentionBlock):
+    def _make_hook(self, block: GatedCrossAttentionBlock, index: int):
         def hook(module, args, kwargs):
             if self._text_time is None:  # not called through FlamingoModel.forward: plain LM
                 return None
+            kv = self._kv[index] if self._kv is not None else None
+            x = args[0] if args else kwargs["hidden_states"]
+            y = block(x, self._media, self._text_time, kv, self._media_rows)
             if args:
-                return (block(args[0], self._media, self._text_time), *args[1:]), kwargs
-            kwargs["hidden_states"] = block(kwargs["hidden_states"], self._media, self._text_time)
+                return (y, *args[1:]), kwargs
+            kwargs["hidden_states"] = y
             return args, kwargs
 
         return hook
@@ -166,23 +175,36 @@ class FlamingoModel(nn.Module):
         return self.resampler(feats.view(n, f, *feats.shape[1:]))
 
     # ---- the language pass -----------------------------------------------------
+    def media_kv(self, media: torch.Tensor | None) -> list | None:
+        """Cross-attention keys/values of ``media`` (B, M, L, D) for every block: compute them
+        once and pass them to each :meth:`forward` of a generation (None: masked form or no media)."""
+        if media is None or media.shape[1] == 0 or not self.per_image_xattn:
+            return None
+        return [block.attn.project(media) for block in self.xattn]
+
     def forward(self, input_ids: torch.Tensor, media: torch.Tensor | None, attention_mask: torch.Tensor | None = None,
                 past_key_values: Any = None, media_offset: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None, use_cache: bool = False) -> LMOutput:
-        """Logits of ``input_ids`` (B, T) conditioned on visual tokens ``media`` (B, M, L, D), the
-        m-th ``<image>`` of a row referring to ``media[row, m]``. With a cache, ``media_offset`` (B,)
-        counts the ``<image>`` tokens already in the cached prefix."""
+                position_ids: torch.Tensor | None = None, use_cache: bool = False, media_kv: list | None = None,
+                media_rows: torch.Tensor | None = None, logits_to_keep: int = 0) -> LMOutput:
+        """Logits of ``input_ids`` (B, T) conditioned on visual tokens ``media`` (B', M, L, D), the
+        m-th ``<image>`` of a row referring to ``media[media_rows[row], m]`` (default B' = B and
+        ``media_rows[row] = row``; beams of one prompt share its media row). With a cache,
+        ``media_offset`` (B,) counts the ``<image>`` tokens already in the cached prefix.
+        ``media_kv``: :meth:`media_kv` of ``media``, computed here when not given.
+        ``logits_to_keep``: only the last N positions' logits (0: all)."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if position_ids is None:
             position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)[:, -input_ids.shape[1]:]
-        self._media = media
+        self._media, self._media_rows = media, media_rows
+        self._kv = media_kv if media_kv is not None else self.media_kv(media)
         self._text_time = media_time(input_ids, self.media_token_id, media_offset)
+        extra = {"logits_to_keep": logits_to_keep} if logits_to_keep and self._keeps_logits else {}
         try:
             out = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                          past_key_values=past_key_values, use_cache=use_cache)
+                          past_key_values=past_key_values, use_cache=use_cache, **extra)
         finally:
-            self._media = self._text_time = None
+            self._media = self._text_time = self._kv = self._media_rows = None
         return LMOutput(out.logits, out.past_key_values if use_cache else None)
 
     # ---- batching --------------------------------------------------------------

@@ -7,12 +7,18 @@ initialisation, so an untrained model computes exactly the frozen LM.
 Masking (Sec. 2.3): each text token attends only to the visual tokens of the
 *last* media item before it (``text_time``: 1-based index of that item, 0 when no
 media precedes the token, which then attends to nothing and gets zero update).
+Two equivalent forms: the masked one (scores against every item's visual tokens,
+masked down to one) and the per-item one (:mod:`models.crossattn`: scores against
+the item's own tokens only, keys/values projected once per generation), which
+:class:`~models.flamingo.model.FlamingoModel` uses unless told otherwise.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from models.crossattn import per_image_attention, project_media
 
 from .resampler import feed_forward
 
@@ -53,6 +59,17 @@ class MaskedCrossAttention(nn.Module):
         out = out * (text_time > 0)[:, None, :, None].to(out.dtype)
         return self.to_out(out.transpose(1, 2).reshape(b, t, -1))
 
+    def project(self, media: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of every media item, (B * M, heads, L, dim_head)."""
+        return project_media(self.to_kv, media, self.heads)
+
+    def per_image(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor], n_media: int,
+                  text_time: torch.Tensor, media_rows: torch.Tensor | None = None) -> torch.Tensor:
+        """:meth:`forward`'s result, each token scored against its own media item only."""
+        q = self.to_q(self.norm(x))
+        q = q.view(*q.shape[:2], self.heads, -1)
+        return self.to_out(per_image_attention(q, kv[0], kv[1], text_time, n_media, media_rows, self.scale))
+
 
 class GatedCrossAttentionBlock(nn.Module):
     """x + tanh(a_attn) * xattn(x, media);  x + tanh(a_ff) * ffw(x)."""
@@ -64,7 +81,16 @@ class GatedCrossAttentionBlock(nn.Module):
         self.ff = feed_forward(dim, ff_mult)
         self.ff_gate = nn.Parameter(torch.zeros(1))
 
-    def forward(self, x: torch.Tensor, media: torch.Tensor | None, text_time: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, media: torch.Tensor | None, text_time: torch.Tensor,
+                kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+                media_rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Masked cross-attention over ``media`` (B, M, L, D), or, given ``kv`` (from
+        ``self.attn.project(media)``), the per-item form, batch row r using media row
+        ``media_rows[r]`` (default r)."""
         if media is not None and media.shape[1] > 0:  # a text-only batch has nothing to attend to
-            x = x + self.attn_gate.tanh() * self.attn(x, media, text_time)
+            if kv is not None:
+                attended = self.attn.per_image(x, kv, media.shape[1], text_time, media_rows)
+            else:
+                attended = self.attn(x, media if media_rows is None else media[media_rows], text_time)
+            x = x + self.attn_gate.tanh() * attended
         return x + self.ff_gate.tanh() * self.ff(x)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import logging
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
@@ -32,6 +31,7 @@ from harness.media import load_image
 from harness.model import Model, checkpoint_fingerprint
 from harness.registry import register_model
 from harness.types import GenerateRequest, GenerationConfig, Image, LoglikelihoodRequest, Media, Prompt
+from models.feature_cache import FeatureCache, budget_from_mb
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,16 @@ class OpenFlamingoOptions:
         was trained with open_clip <= 2.22, which does not.
     decoder_layers_attr: dotted path of the LM's decoder-layer list (default: the longest ModuleList).
     trust_remote_code: let transformers run the LM directory's own modelling code (e.g. MPT-1B).
-    feature_cache_size: images whose resampled features are kept for reuse (demos recur)."""
+    feature_cache_mb: memory budget (MiB) of the cache of resampled image features (demos recur
+        across prompts, support and query images across seeds and shot counts); default: a quarter
+        of physical memory, at most 8 GiB; 0 turns the cache off.
+    feature_cache_size: optional cap on the number of cached images (the old item-count bound).
+    feature_cache_dir: folder where features also persist, keyed by (model fingerprint, image
+        identity), so the next seed, shot count or process reuses them; empty: memory only.
+    xattn: per_image (each token attends to its own image's latents, keys/values projected once
+        per generation) or masked (OpenFlamingo's form; same logits, slower; kept to measure against).
+    prefill_once: beam search prefills each prompt once and expands its KV cache to the beams
+        (false: Hugging Face expands the prompt to the beams first, prefilling it once per beam)."""
 
     vision_encoder: str = "ViT-L-14"
     vision_weights: str = ""
@@ -68,7 +77,11 @@ class OpenFlamingoOptions:
     vision_token_ln_post: bool = False
     decoder_layers_attr: str = ""
     trust_remote_code: bool = False
-    feature_cache_size: int = 1024
+    feature_cache_mb: float | None = None
+    feature_cache_size: int | None = None
+    feature_cache_dir: str = ""
+    xattn: Literal["per_image", "masked"] = "per_image"
+    prefill_once: bool = True
 
 
 @register_model("openflamingo")
@@ -87,17 +100,36 @@ class OpenFlamingo(Model):
         o = self.options
         if o.cross_attn_every_n_layers < 1:
             raise HarnessError("model openflamingo: cross_attn_every_n_layers must be >= 1")
-        if o.feature_cache_size < 0:
+        if o.feature_cache_size is not None and o.feature_cache_size < 0:
             raise HarnessError("model openflamingo: feature_cache_size must be >= 0")
+        if o.feature_cache_mb is not None and o.feature_cache_mb < 0:
+            raise HarnessError("model openflamingo: feature_cache_mb must be >= 0 (0 turns the cache off)")
         self.net = build(o)
         self.tokenizer = self.net.tokenizer
-        self._features: OrderedDict[str, object] = OrderedDict()
-        self._accepts_position_ids = "position_ids" in inspect.signature(self.net.lm.forward).parameters
+        params = inspect.signature(self.net.lm.forward).parameters
+        self._accepts_position_ids = "position_ids" in params
+        self._accepts_logits_to_keep = "logits_to_keep" in params
         h = hashlib.sha256()
         for p in (o.checkpoint, o.lang_model, o.vision_weights):
             h.update((checkpoint_fingerprint(p) if p else "-").encode())
         h.update(f"{o.vision_encoder}|{o.cross_attn_every_n_layers}|{o.vision_token_ln_post}|{o.quick_gelu}".encode())
         self._fingerprint = h.hexdigest()[:16]
+        # precision is in the on-disk key: bf16 features must not be read back by an fp32 run
+        self._features = FeatureCache(budget_from_mb(o.feature_cache_mb), f"{self.fingerprint}-{o.precision}",
+                                      o.feature_cache_dir or None, o.feature_cache_size, self.net.device)
+
+    def stats(self) -> dict[str, int]:
+        """Cumulative vision-feature cache counters (hits, disk hits, vision encodes, evictions)."""
+        return self._features.stats()
+
+    def observe_support(self, task: str, support) -> None:
+        """Warn when the support set's features cannot all stay cached (they would be re-encoded)."""
+        n = len({m.identity for e in support for m in e.media})
+        item = self.net.num_latents * self.net.vis_dim * self.net.dtype.itemsize
+        if n * item > self._features.budget_bytes:
+            log.warning("openflamingo: the %d support images of %s need %.0f MiB of features but feature_cache_mb "
+                        "allows %.0f; demos will be re-encoded (raise feature_cache_mb)", n, task,
+                        n * item / 2**20, self._features.budget_bytes / 2**20)
 
     @property
     def fingerprint(self) -> str:
@@ -130,21 +162,15 @@ class OpenFlamingo(Model):
             return self.net.perceiver(tokens[:, None, None])[:, 0]
 
     def encode_media(self, media: Sequence[Media]):
-        """Resampled features (N, num_latents, D) of each image, cached by path: a demo
+        """Resampled features (N, num_latents, D) of each image, cached by identity: a demo
         image's features are computed once and reused across every prompt that shows it.
         Exact: the resampler treats each image independently."""
         import torch
 
-        missing = list({m.path: m for m in media if m.path not in self._features}.values())
-        if missing:
-            feats = self.encode_pixels(self.pixels(missing))
-            for m, f in zip(missing, feats):
-                self._features[m.path] = f
-        result = [self._features[m.path] for m in media]
-        for m in media:
-            self._features.move_to_end(m.path)
-        while len(self._features) > self.options.feature_cache_size:
-            self._features.popitem(last=False)
+        def compute(idx: list[int]):
+            return list(self.encode_pixels(self.pixels([media[i] for i in idx])))
+
+        result = self._features.get([m.identity for m in media], compute)
         if not result:
             return torch.zeros(0, self.net.num_latents, self.net.vis_dim, device=self.net.device, dtype=self.net.dtype)
         return torch.stack(result)
@@ -199,16 +225,30 @@ class OpenFlamingo(Model):
         for p, row in zip(prompts, ids):
             self._check_media_count(p, row)
         media = self.batch_media(prompts)
-        if cfg.num_beams > 1:
-            media = media.repeat_interleave(cfg.num_beams, dim=0)
-        with torch.inference_mode(), self.net.conditioning.conditioned(media, incremental=True):
-            seqs = self.net.lm.generate(
-                input_ids=ids,
-                attention_mask=mask,
-                **self.generation_kwargs(cfg),
-            )
+        per_image = self.options.xattn == "per_image"
+        extra = {}
+        with torch.inference_mode(), self.net.conditioning.conditioned(media, incremental=True, per_image=per_image):
+            if self.options.prefill_once and ids.shape[1] > 1:
+                extra["past_key_values"] = self.prefill(ids[:, :-1], mask[:, :-1], cfg.num_beams)
+            seqs = self.net.lm.generate(input_ids=ids, attention_mask=mask, **extra, **self.generation_kwargs(cfg))
         texts = self.tokenizer.batch_decode(seqs[:, ids.shape[1]:], skip_special_tokens=True)
         return [t.split(END_OF_CHUNK)[0] for t in texts]
+
+    def prefill(self, ids, mask, num_beams: int):
+        """KV cache of ``ids`` (B, L) computed once per prompt, then repeated for ``num_beams`` beams.
+
+        Call inside ``conditioning.conditioned(media, incremental=True)``; ``generate`` then
+        continues from it with the full ids (Hugging Face feeds only the uncached tokens, here
+        the last prompt token, and derives positions from the full mask as below)."""
+        kwargs = {}
+        if self._accepts_position_ids:  # as Hugging Face's generate computes them for left padding
+            kwargs["position_ids"] = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        if self._accepts_logits_to_keep:  # the logits are not needed: skip the vocabulary projection
+            kwargs["logits_to_keep"] = 1
+        cache = self.net.lm(input_ids=ids, attention_mask=mask, use_cache=True, **kwargs).past_key_values
+        if num_beams > 1:
+            cache.batch_repeat_interleave(num_beams)
+        return cache
 
     def generation_kwargs(self, cfg: GenerationConfig) -> dict:
         """The Hugging Face generate settings for a GenerationConfig (public: the parity test
@@ -254,7 +294,8 @@ class OpenFlamingo(Model):
         if self._accepts_position_ids:
             kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
         media = self.batch_media([r.prompt for r in requests])
-        with torch.inference_mode(), self.net.conditioning.conditioned(media, incremental=False):
+        per_image = self.options.xattn == "per_image"
+        with torch.inference_mode(), self.net.conditioning.conditioned(media, incremental=False, per_image=per_image):
             logits = self.net.lm(input_ids=ids, attention_mask=mask, use_cache=False, **kwargs).logits
         logprobs = torch.log_softmax(logits.float(), dim=-1)
         out = []

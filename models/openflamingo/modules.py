@@ -23,6 +23,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from models.crossattn import media_rows_for, per_image_attention, project_media
+
 
 class QuickGELU(nn.Module):
     """OpenAI CLIP's activation (the ViT-L-14 weights OpenFlamingo uses were trained with it)."""
@@ -191,8 +193,8 @@ class MaskedCrossAttention(nn.Module):
         self.to_out = nn.Linear(inner, dim, bias=False)
 
     def forward(self, x: torch.Tensor, media: torch.Tensor, text_time: torch.Tensor) -> torch.Tensor:
-        """x (B, L, D) text; media (B, T_img, n, Dv); text_time (B, L): index (1-based) of the
-        image each token follows, 0 for none."""
+        """The masked form (OpenFlamingo's): x (B, L, D) text; media (B, T_img, n, Dv);
+        text_time (B, L): index (1-based) of the image each token follows, 0 for none."""
         _, T_img, n = media.shape[:3]
         q = _split_heads(self.to_q(self.norm(x)), self.heads)
         k, v = self.to_kv(media.reshape(media.shape[0], T_img * n, -1)).chunk(2, dim=-1)
@@ -206,6 +208,18 @@ class MaskedCrossAttention(nn.Module):
         attn = attn.masked_fill((text_time == 0)[:, None, :, None], 0.0)  # no image before: no visual input
         return self.to_out(_merge_heads(attn @ v))
 
+    def project(self, media: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of every image, (M * T_img, h, n, d): computed once per generation."""
+        return project_media(self.to_kv, media, self.heads)
+
+    def per_image(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor], n_images: int,
+                  text_time: torch.Tensor, media_rows: torch.Tensor | None = None) -> torch.Tensor:
+        """The same result as :meth:`forward`, each token scored against its own image's latents only."""
+        q = self.to_q(self.norm(x))
+        q = q.view(*q.shape[:2], self.heads, -1)
+        out = per_image_attention(q, kv[0], kv[1], text_time, n_images, media_rows, self.scale)
+        return self.to_out(out)
+
 
 class GatedCrossAttentionBlock(nn.Module):
     """tanh-gated cross-attention and feed-forward, inserted before an LM decoder layer."""
@@ -218,7 +232,16 @@ class GatedCrossAttentionBlock(nn.Module):
         self.ff_gate = nn.Parameter(torch.tensor([0.0]))
 
     def forward(self, x: torch.Tensor, media: torch.Tensor, text_time: torch.Tensor) -> torch.Tensor:
-        x = self.attn(x, media, text_time) * self.attn_gate.tanh() + x
+        """Masked cross-attention over all of ``media`` (B, T_img, n, Dv), one media row per batch row."""
+        return self._gated(x, self.attn(x, media, text_time))
+
+    def forward_per_image(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor], n_images: int,
+                          text_time: torch.Tensor, media_rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-image cross-attention over keys/values from ``self.attn.project``."""
+        return self._gated(x, self.attn.per_image(x, kv, n_images, text_time, media_rows))
+
+    def _gated(self, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+        x = attended * self.attn_gate.tanh() + x
         return self.ff(x) * self.ff_gate.tanh() + x
 
 
@@ -229,55 +252,92 @@ class FlamingoConditioning:
     image every token follows; a pre-hook on each decoder layer with a block applies it to
     the layer's input hidden states. Use :meth:`conditioned` around forward/generate calls.
 
-    During incremental decoding (after the first call of a ``generate``), new tokens follow
-    the last image of their prompt, as in OpenFlamingo.
+    Interface (what callers, e.g. shared-prefix scoring, may rely on):
+
+    - ``conditioned(media, incremental, per_image)``: media (M, T_img, n, D), one row per
+      prompt. Every LM call inside sees B = M * k rows; row r conditions on media row
+      ``r // k`` (beams laid out as ``repeat_interleave``), so a cache prefilled on M rows
+      may be expanded to beams without expanding the media.
+    - ``incremental=True``: calls continue one another (a KV cache); a running per-row
+      count of ``<image>`` tokens seen so far tells later calls which image their tokens
+      follow (decode steps: the prompt's last image). ``incremental=False``: each call
+      is a whole sequence.
+    - ``per_image=True`` (default): keys/values are projected once per image per block
+      for the whole context and each token attends to its own image only; ``False``:
+      OpenFlamingo's masked form (every image's latents, masked), kept to measure against.
     """
 
     def __init__(self, lm: nn.Module, decoder_layers: nn.ModuleList, blocks: nn.ModuleList, media_token_id: int):
         self.media_token_id = media_token_id
         self.blocks = blocks
         self._media: torch.Tensor | None = None
-        self._text_time: torch.Tensor | None = None
-        self._prompt_count: torch.Tensor | None = None
         self._incremental = False
+        self._per_image = True
+        self._text_time: torch.Tensor | None = None
+        self._media_rows: torch.Tensor | None = None
+        self._seen: torch.Tensor | None = None  # incremental: <image> tokens so far, per row
+        self._kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         lm.get_input_embeddings().register_forward_pre_hook(self._on_input_ids)
         for layer, block in zip(decoder_layers, blocks):
             if block is not None:
                 layer.register_forward_pre_hook(self._make_layer_hook(block), with_kwargs=True)
 
-    def conditioned(self, media: torch.Tensor, incremental: bool) -> "_Conditioned":
-        """media (B, T_img, n, D); incremental: True for generate (later calls see only new tokens)."""
-        return _Conditioned(self, media, incremental)
+    def conditioned(self, media: torch.Tensor, incremental: bool, per_image: bool = True) -> "_Conditioned":
+        """media (M, T_img, n, D); incremental: True for generate (later calls see only new tokens)."""
+        return _Conditioned(self, media, incremental, per_image)
 
     def _on_input_ids(self, module: nn.Module, args: tuple) -> None:
         if self._media is None:
             raise RuntimeError("OpenFlamingo LM called without media conditioning (use FlamingoConditioning.conditioned)")
         ids = args[0]
-        if self._incremental and self._prompt_count is not None:
-            self._text_time = self._prompt_count[:, None].expand(ids.shape[0], ids.shape[1])
-        else:
-            self._text_time = (ids == self.media_token_id).cumsum(dim=-1)
-            self._prompt_count = self._text_time[:, -1]
+        rows = ids.shape[0]
+        self._media_rows = media_rows_for(rows, self._media.shape[0], ids.device)
+        count = (ids == self.media_token_id).cumsum(dim=-1)
+        if self._incremental and self._seen is not None:
+            seen = self._seen
+            if seen.shape[0] != rows:  # the cache was expanded to beams since the last call
+                seen = seen[media_rows_for(rows, seen.shape[0], ids.device)]
+            count = count + seen[:, None]
+        self._text_time = count
+        if self._incremental:
+            self._seen = count[:, -1]
 
     def _make_layer_hook(self, block: GatedCrossAttentionBlock):
         def hook(module, args, kwargs):
+            x = args[0] if args else kwargs["hidden_states"]
+            y = self._apply(block, x)
             if args:
-                return (block(args[0], self._media, self._text_time), *args[1:]), kwargs
-            kwargs["hidden_states"] = block(kwargs["hidden_states"], self._media, self._text_time)
+                return (y, *args[1:]), kwargs
+            kwargs["hidden_states"] = y
             return args, kwargs
 
         return hook
 
+    def _apply(self, block: GatedCrossAttentionBlock, x: torch.Tensor) -> torch.Tensor:
+        media, rows = self._media, self._media_rows
+        if not self._per_image:
+            if media.shape[0] != x.shape[0]:
+                media = media[rows]
+            return block(x, media, self._text_time)
+        kv = self._kv.get(id(block))
+        if kv is None:
+            kv = self._kv[id(block)] = block.attn.project(media)
+        same = rows.shape[0] == media.shape[0]
+        return block.forward_per_image(x, kv, media.shape[1], self._text_time, None if same else rows)
+
 
 class _Conditioned:
-    def __init__(self, cond: FlamingoConditioning, media: torch.Tensor, incremental: bool):
-        self.cond, self.media, self.incremental = cond, media, incremental
+    def __init__(self, cond: FlamingoConditioning, media: torch.Tensor, incremental: bool, per_image: bool):
+        self.cond, self.media, self.incremental, self.per_image = cond, media, incremental, per_image
 
     def __enter__(self) -> None:
-        c = self.cond
-        c._media, c._incremental, c._text_time, c._prompt_count = self.media, self.incremental, None, None
+        self._set(self.media, self.incremental, self.per_image)
 
     def __exit__(self, *exc) -> None:
-        c = self.cond
-        c._media, c._incremental, c._text_time, c._prompt_count = None, False, None, None
+        self._set(None, False, True)
 
+    def _set(self, media, incremental: bool, per_image: bool) -> None:
+        c = self.cond
+        c._media, c._incremental, c._per_image = media, incremental, per_image
+        c._text_time = c._media_rows = c._seen = None
+        c._kv = {}
