@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Mapping, Sequence
 
+from . import hf_data
 from .errors import DataError, HarnessError
 from .metrics.stats import mean_with_ci
 from .options import build_options
@@ -30,6 +31,10 @@ class TaskOptions:
     zero_shot_text_demos:  text-only demos (media removed) shown at 0 shots, as Flamingo does.
     support_split / eval_split: which splits provide demos and queries.
     max_new_tokens / num_beams / length_penalty: override the task's generation settings.
+    eval_source / support_source: where each split comes from: ``files`` (the official files under the
+                           data root) or ``hf:PATH_OR_ID[@SPLIT]`` (a Hugging Face dataset: save_to_disk
+                           folder, parquet folder/glob, or an id in the local cache; see docs/data.md).
+    columns:               for ``hf:`` sources, ``field:column,...`` overriding the task's column mapping.
     """
 
     template: str | None = None
@@ -40,6 +45,9 @@ class TaskOptions:
     max_new_tokens: int | None = None
     num_beams: int | None = None
     length_penalty: float | None = None
+    eval_source: str = hf_data.FILES
+    support_source: str = hf_data.FILES
+    columns: str | None = None
 
 
 class Task:
@@ -60,12 +68,24 @@ class Task:
     prediction_keys: ClassVar[tuple[str, str]] = ("question_id", "answer")
     #: whether ``load`` needs files under the data root (False for bundled data).
     needs_data_dir: ClassVar[bool] = True
+    #: how ``hf:`` sources are read (harness.hf_data.Columns: field -> default column, e.g. the lmms-lab
+    #: schema); a task that sets it implements ``example_from_row``. None: files only.
+    hf_columns: ClassVar[hf_data.Columns | None] = None
 
     def __init__(self, data_dir: str | Path | None = None, options: Mapping[str, Any] | None = None):
         self.name = self.registry_name or type(self).__name__
         self.options = build_options(self.Options, dict(options or {}), f"task {self.name}")
         self._data_dir = Path(data_dir) if data_dir else None
         self._cache: dict[str, list[Example]] = {}
+        # Parsed now so a bad source or mapping fails before any model loads.
+        self._sources = {role: hf_data.parse_source(getattr(self.options, f"{role}_source"),
+                                                    f"task {self.name} option {role}_source")
+                         for role in ("eval", "support")}
+        if any(self._sources.values()) and self.hf_columns is None:
+            raise HarnessError(f"task {self.name} reads its official files only (it declares no hf_columns); "
+                               f"drop eval_source/support_source or see docs/data.md to add a mapping")
+        self._column_overrides = hf_data.parse_columns(
+            self.options.columns, self.hf_columns.logical if self.hf_columns else [], f"task {self.name} option columns")
 
     # ---- data -----------------------------------------------------------------
     @property
@@ -97,10 +117,68 @@ class Task:
         return self.options.eval_split or self.default_eval_split
 
     def support_examples(self) -> list[Example]:
-        return self.examples(self.support_split)
+        spec = self._sources["support"]
+        if spec is None:
+            return self.examples(self.support_split)
+        return self._source_examples(spec, spec.split or self.options.support_split or self.default_support_split,
+                                     "support_source")
 
     def eval_examples(self, split: str | None = None) -> list[Example]:
-        return self.examples(split or self.eval_split)
+        spec = self._sources["eval"]
+        if spec is None:
+            return self.examples(split or self.eval_split)
+        return self._source_examples(spec, split or spec.split or self.options.eval_split or self.default_eval_split,
+                                     "eval_source")
+
+    # ---- Hugging Face datasets (harness.hf_data) -------------------------------------------
+    def _source_examples(self, spec: hf_data.SourceSpec, split: str, option: str) -> list[Example]:
+        key = f"{spec.location}@{split}"  # '@' never appears in a files split name
+        if key not in self._cache:
+            self._cache[key] = self.load_source(spec, split, option)
+        return self._cache[key]
+
+    def _opened(self, spec: hf_data.SourceSpec, split: str, option: str) -> hf_data.OpenedSplit:
+        return hf_data.open_split(hf_data.SourceSpec(spec.location, split), split, f"task {self.name} {option}")
+
+    def load_source(self, source: str | hf_data.SourceSpec, split: str, option: str = "eval_source") -> list[Example]:
+        """Examples of one split of a Hugging Face dataset (``hf:PATH_OR_ID[@SPLIT]``), read through
+        ``hf_columns`` (with the ``columns`` option's overrides) and ``example_from_row``. Images stay
+        in the dataset, decoded when a model uses them. A plug-in task can call it from ``load``."""
+        spec = source if isinstance(source, hf_data.SourceSpec) else hf_data.parse_source(source, option)
+        if spec is None or self.hf_columns is None:
+            raise HarnessError(f"task {self.name}: load_source needs an hf: source and the class attribute hf_columns")
+        opened = self._opened(spec, spec.split or split, option)
+        required, optional = self.hf_columns.resolve(self._column_overrides)
+        mapping = hf_data.check_columns(opened, required, optional, f"task {self.name}", "columns")
+        media_dir = getattr(self.options, "image_dir", None)
+        where = opened.description["source"]
+        examples = [self.example_from_row(row, f"{where} row {i}", opened.description["split"])
+                    for i, row in enumerate(hf_data.read_rows(opened, mapping, self.hf_columns.media, media_dir))]
+        ids = {}
+        for i, e in enumerate(examples):
+            if e.id in ids:
+                raise DataError(f"{where}: rows {ids[e.id]} and {i} have the same id {e.id!r} (column "
+                                f"{mapping.get('id', '?')!r}); map a unique column with --task-arg columns=id:COLUMN")
+            ids[e.id] = i
+        return examples
+
+    def example_from_row(self, row: Mapping[str, Any], where: str, split: str) -> Example:
+        """One dataset row (``hf_columns``' field names -> values; media already lazy Image items) as an Example."""
+        raise NotImplementedError(f"task {self.name} declares hf_columns but no example_from_row")
+
+    def source_config(self) -> dict[str, Any]:
+        """Where each split comes from: ``files``, or the dataset (path or id, split, fingerprint, revision)."""
+        out: dict[str, Any] = {}
+        for role, spec in self._sources.items():
+            if spec is None:
+                out[role] = hf_data.FILES
+                continue
+            default = (self.options.eval_split if role == "eval" else self.options.support_split) or (
+                self.default_eval_split if role == "eval" else self.default_support_split)
+            opened = self._opened(spec, spec.split or default, f"{role}_source")
+            required, optional = self.hf_columns.resolve(self._column_overrides)  # type: ignore[union-attr]
+            out[role] = {**opened.description, "columns": {**required, **optional}}
+        return out
 
     # ---- prompting ------------------------------------------------------------
     def template(self, model_style: str | None = None) -> tuple[str, PromptTemplate]:
@@ -152,6 +230,7 @@ class Task:
             "options": dataclasses.asdict(self.options),
             "support_split": self.support_split,
             "eval_split": self.eval_split,
+            "sources": self.source_config(),
         }
 
 
