@@ -77,6 +77,7 @@ class Task:
         self.options = build_options(self.Options, dict(options or {}), f"task {self.name}")
         self._data_dir = Path(data_dir) if data_dir else None
         self._cache: dict[str, list[Example]] = {}
+        self._datasets_read: dict[str, dict[str, Any]] = {}  # split -> the dataset load_source read it from
         # Parsed now so a bad source or mapping fails before any model loads.
         self._sources = {role: hf_data.parse_source(getattr(self.options, f"{role}_source"),
                                                     f"task {self.name} option {role}_source")
@@ -154,6 +155,7 @@ class Task:
         where = opened.description["source"]
         examples = [self.example_from_row(row, f"{where} row {i}", opened.description["split"])
                     for i, row in enumerate(hf_data.read_rows(opened, mapping, self.hf_columns.media, media_dir))]
+        self._datasets_read[split] = {**opened.description, "columns": mapping}
         ids = {}
         for i, e in enumerate(examples):
             if e.id in ids:
@@ -170,14 +172,16 @@ class Task:
         """Where each split comes from: ``files``, or the dataset (path or id, split, fingerprint, revision)."""
         out: dict[str, Any] = {}
         for role, spec in self._sources.items():
-            if spec is None:
-                out[role] = hf_data.FILES
+            if spec is None:  # files, unless the task's own load() read a dataset (plug-ins)
+                out[role] = self._datasets_read.get(self.eval_split if role == "eval" else self.support_split,
+                                                    hf_data.FILES)
                 continue
             default = (self.options.eval_split if role == "eval" else self.options.support_split) or (
                 self.default_eval_split if role == "eval" else self.default_support_split)
             opened = self._opened(spec, spec.split or default, f"{role}_source")
             required, optional = self.hf_columns.resolve(self._column_overrides)  # type: ignore[union-attr]
-            out[role] = {**opened.description, "columns": {**required, **optional}}
+            mapping = hf_data.check_columns(opened, required, optional, f"task {self.name}", "columns")
+            out[role] = {**opened.description, "columns": mapping}
         return out
 
     # ---- prompting ------------------------------------------------------------
