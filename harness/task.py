@@ -153,7 +153,7 @@ class Task:
         mapping = hf_data.check_columns(opened, required, optional, f"task {self.name}", "columns")
         media_dir = getattr(self.options, "image_dir", None)
         where = opened.description["source"]
-        examples = [self.example_from_row(row, f"{where} row {i}", opened.description["split"])
+        examples = [self.example_from_row(row, f"{where} row {i}", opened.description["split"], i)
                     for i, row in enumerate(hf_data.read_rows(opened, mapping, self.hf_columns.media, media_dir))]
         self._datasets_read[split] = {**opened.description, "columns": mapping}
         ids = {}
@@ -164,8 +164,9 @@ class Task:
             ids[e.id] = i
         return examples
 
-    def example_from_row(self, row: Mapping[str, Any], where: str, split: str) -> Example:
-        """One dataset row (``hf_columns``' field names -> values; media already lazy Image items) as an Example."""
+    def example_from_row(self, row: Mapping[str, Any], where: str, split: str, index: int) -> Example:
+        """Row ``index`` of a dataset (``hf_columns``' field names -> values, media already lazy Image items;
+        ``where`` names it in errors) as an Example."""
         raise NotImplementedError(f"task {self.name} declares hf_columns but no example_from_row")
 
     def source_config(self) -> dict[str, Any]:

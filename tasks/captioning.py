@@ -111,7 +111,7 @@ class KarpathyCaptionTask(Task):
         """The ``image_id`` of a dataset row from its ``id`` column (same ids as the Karpathy file)."""
         raise NotImplementedError
 
-    def example_from_row(self, row, where: str, split: str) -> Example:
+    def example_from_row(self, row, where: str, split: str, index: int) -> Example:
         refs = tuple(r for r in answer_strings(row["captions"], where))
         if not refs:
             raise DataError(f"{where}: no reference captions (a test split without annotations cannot be scored)")

@@ -54,7 +54,7 @@ class HatefulMemes(Task):
     #: column, or map ``image:img`` to read file paths relative to ``image_dir`` (default: the dataset folder).
     hf_columns = Columns(required={"id": "id", "image": "image", "text": "text", "label": "label"})
 
-    def example_from_row(self, row, where: str, split: str) -> Example:
+    def example_from_row(self, row, where: str, split: str, index: int) -> Example:
         if row["label"] not in (0, 1):
             raise DataError(f"{where}: label must be 0 or 1, got {row['label']!r}")
         target = self.POSITIVE if row["label"] == 1 else self.NEGATIVE

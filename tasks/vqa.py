@@ -74,7 +74,7 @@ class VQATask(Task):
 
     hf_columns = VQA_COLUMNS
 
-    def example_from_row(self, row, where: str, split: str) -> Example:
+    def example_from_row(self, row, where: str, split: str, index: int) -> Example:
         answers = answer_strings(row["answers"], where)
         if not answers:
             raise DataError(f"{where}: no answers (a test split without annotations cannot be scored or "

@@ -291,3 +291,41 @@ def test_plugin_example_reads_a_dataset(hf_vqa, hf_env, tmp_path):
     m = json.loads(only(out, "metrics.json").read_text())
     assert m["n"] == 8 and m["config"]["task"]["sources"]["eval"]["kind"] == "save_to_disk"
     assert (ROOT / "examples" / "my_hf_task.py").is_file()
+
+
+# ---- the other built-in tasks: same Examples from a dataset as from their files ------------------
+def _strip(examples):
+    return [(e.id, {k: v for k, v in e.fields.items()}, e.answers, e.target, [m.path for m in e.media])
+            for e in examples]
+
+
+def test_video_and_classification_tasks_read_datasets_like_their_files(tmp_path):
+    import csv
+
+    from conftest_video import write_hateful, write_ivqa, write_msqa, write_nextqa
+
+    load_builtins()
+    root = tmp_path / "data"
+    write_msqa(root, "msvd_qa", "vid{video_id}.avi")
+    write_ivqa(root)
+    write_nextqa(root)
+    write_hateful(root)
+    rows = {
+        "msvd_qa": json.loads((root / "msvd_qa" / "test_qa.json").read_text()),
+        "ivqa": [{**r, "start": int(r["start"]), "end": int(r["end"])}
+                 for r in csv.DictReader(open(root / "ivqa" / "test.csv"))],
+        "nextqa_mc": [{**r, "video": int(r["video"]), "answer": int(r["answer"]), "qid": int(r["qid"])}
+                      for r in csv.DictReader(open(root / "nextqa_mc" / "val.csv"))],
+        "hateful_memes": [json.loads(line) for line in (root / "hateful_memes" / "dev_seen.jsonl").open()],
+    }
+    opts = {"ivqa": {"video_pattern": "{video_id}_{start}_{end}.mp4"},
+            "hateful_memes": {"columns": "image:img"}}  # img: file paths, relative to image_dir / the data
+    for name, split_rows in rows.items():
+        saved = tmp_path / "hf" / name
+        datasets.Dataset.from_list(split_rows).save_to_disk(str(saved))
+        cls = get_task_class(name)
+        files = cls(root, {k: v for k, v in opts.get(name, {}).items() if k != "columns"}).eval_examples()
+        extra = {"image_dir": str(root / "hateful_memes")} if name == "hateful_memes" else {
+            "video_dir": str(root / name / "videos")}
+        hf = cls(None, {**opts.get(name, {}), **extra, "eval_source": f"hf:{saved}"}).eval_examples()
+        assert _strip(hf) == _strip(files), name
