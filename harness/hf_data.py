@@ -335,8 +335,8 @@ def read_rows(opened: OpenedSplit, mapping: Mapping[str, str], media: Sequence[s
     ds = opened.dataset
     embedded = {k: c for k, c in mapping.items() if k in media and isinstance(ds.features[c], datasets.Image)}
     plain = {k: c for k, c in mapping.items() if k not in embedded}
-    # Every other column is read in one go (Arrow -> Python); embedded images are never touched here.
-    table = ds.select_columns(sorted(set(plain.values()))).to_dict() if plain else {}
+    # Every other column is read (Arrow -> Python) in batches; embedded images are never touched here.
+    table = _read_columns(ds, sorted(set(plain.values())))
     resolved = Path(opened.description.get("resolved", "."))
     base = Path(media_dir) if media_dir else (resolved if resolved.is_dir() else resolved.parent)
     fp = opened.fingerprint
@@ -348,6 +348,25 @@ def read_rows(opened: OpenedSplit, mapping: Mapping[str, str], media: Sequence[s
             elif row.get(k) is not None:
                 row[k] = Image(str(base / str(row[k])))
         yield row
+
+
+def _read_columns(ds: Any, columns: Sequence[str], batch_size: int = 50_000) -> dict[str, list]:
+    """Columns as Python lists, read in Arrow batches; a list of ``{answer, ...}`` structs is read as its
+    answer strings only (ten dicts per VQA question would cost ~2.5 KB each in Python)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    out: dict[str, list] = {c: [] for c in columns}
+    if not columns:
+        return out
+    for batch in ds.select_columns(list(columns)).with_format("arrow").iter(batch_size=batch_size):
+        for c in columns:
+            arr = batch.column(c).combine_chunks()
+            if (pa.types.is_list(arr.type) and pa.types.is_struct(arr.type.value_type)
+                    and arr.type.value_type.get_field_index("answer") >= 0 and arr.null_count == 0):
+                arr = pa.ListArray.from_arrays(arr.offsets, pc.struct_field(arr.values, "answer"))
+            out[c].extend(arr.to_pylist())
+    return out
 
 
 def row_image(fingerprint: str, row: int, column: str):
