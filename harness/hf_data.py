@@ -29,10 +29,12 @@ import io
 import logging
 import os
 import re
+import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterator, Mapping, Sequence
+from collections.abc import Mapping
+from typing import Any, Iterator, Sequence
 
 from .errors import DataError, HarnessError, MediaError
 
@@ -124,6 +126,8 @@ def answer_strings(value: Any, where: str) -> tuple[str, ...]:
         return ()
     if isinstance(value, str):
         return (value,)
+    if isinstance(value, list) and all(type(a) is str for a in value):  # the common case, fast
+        return tuple(map(sys.intern, value))  # ten answers per question, mostly repeated: share them
     if isinstance(value, Mapping) and "answer" in value and isinstance(value["answer"], list):
         value = value["answer"]  # a struct of lists (Sequence of dicts stored column-wise)
     try:
@@ -335,38 +339,41 @@ def read_rows(opened: OpenedSplit, mapping: Mapping[str, str], media: Sequence[s
     ds = opened.dataset
     embedded = {k: c for k, c in mapping.items() if k in media and isinstance(ds.features[c], datasets.Image)}
     plain = {k: c for k, c in mapping.items() if k not in embedded}
-    # Every other column is read (Arrow -> Python) in batches; embedded images are never touched here.
-    table = _read_columns(ds, sorted(set(plain.values())))
     resolved = Path(opened.description.get("resolved", "."))
     base = Path(media_dir) if media_dir else (resolved if resolved.is_dir() else resolved.parent)
     fp = opened.fingerprint
-    for i in range(ds.num_rows):
-        row = {k: table[c][i] for k, c in plain.items()}
-        for k in media:
-            if k in embedded:
-                row[k] = row_image(fp, i, embedded[k])
-            elif row.get(k) is not None:
-                row[k] = Image(str(base / str(row[k])))
-        yield row
+    i = 0
+    # Every other column is read (Arrow -> Python) batch by batch; embedded images are never touched here.
+    for table, n in _column_batches(ds, sorted(set(plain.values()))):
+        for j in range(n):
+            row = {k: table[c][j] for k, c in plain.items()}
+            for k in media:
+                if k in embedded:
+                    row[k] = row_image(fp, i, embedded[k])
+                elif row.get(k) is not None:
+                    row[k] = Image(str(base / str(row[k])))
+            yield row
+            i += 1
 
 
-def _read_columns(ds: Any, columns: Sequence[str], batch_size: int = 50_000) -> dict[str, list]:
-    """Columns as Python lists, read in Arrow batches; a list of ``{answer, ...}`` structs is read as its
+def _column_batches(ds: Any, columns: Sequence[str], batch_size: int = 10_000) -> Iterator[tuple[dict[str, list], int]]:
+    """({column: Python list}, rows) per Arrow batch; a list of ``{answer, ...}`` structs is read as its
     answer strings only (ten dicts per VQA question would cost ~2.5 KB each in Python)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    out: dict[str, list] = {c: [] for c in columns}
     if not columns:
-        return out
+        yield {}, ds.num_rows
+        return
     for batch in ds.select_columns(list(columns)).with_format("arrow").iter(batch_size=batch_size):
+        out = {}
         for c in columns:
             arr = batch.column(c).combine_chunks()
             if (pa.types.is_list(arr.type) and pa.types.is_struct(arr.type.value_type)
                     and arr.type.value_type.get_field_index("answer") >= 0 and arr.null_count == 0):
                 arr = pa.ListArray.from_arrays(arr.offsets, pc.struct_field(arr.values, "answer"))
-            out[c].extend(arr.to_pylist())
-    return out
+            out[c] = arr.to_pylist()
+        yield out, batch.num_rows
 
 
 def row_image(fingerprint: str, row: int, column: str):

@@ -97,10 +97,17 @@ def run_vqa(out: Path, data: Path, env: dict, *task_args: str, shots: str = "2")
     return metrics, preds
 
 
+@pytest.fixture(scope="session")
+def files_run(hf_vqa, hf_env, tmp_path_factory):
+    """demo-majority, 2 shots, on the official files: the reference of the parity tests."""
+    out = tmp_path_factory.mktemp("files_run")
+    return (*run_vqa(out, hf_vqa["files"], hf_env), out)
+
+
 # ---- parity: files vs dataset, both loading modes, and mixed sources --------------------------------
-def test_cli_scores_and_demos_equal_on_files_and_datasets(hf_vqa, hf_env, tmp_path):
+def test_cli_scores_and_demos_equal_on_files_and_datasets(hf_vqa, hf_env, files_run, tmp_path):
     files, saved, parquet = hf_vqa["files"], hf_vqa["saved"], hf_vqa["parquet"]
-    ref_m, ref_p = run_vqa(tmp_path / "files", files, hf_env)
+    ref_m, ref_p, ref_out = files_run
     runs = {
         "save_to_disk": (f"eval_source=hf:{saved}@validation", f"support_source=hf:{saved}@train"),
         "parquet": (f"eval_source=hf:{parquet}@validation", f"support_source=hf:{parquet}/data/train-*.parquet"),
@@ -121,8 +128,23 @@ def test_cli_scores_and_demos_equal_on_files_and_datasets(hf_vqa, hf_env, tmp_pa
 
     # `score` takes the same --task-arg and scores against the dataset
     proc = run_cli("score", "--task", "vqav2", "--task-arg", f"eval_source=hf:{saved}@validation",
-                   "--predictions", str(only(tmp_path / "files", "predictions.jsonl")), "--json", env=hf_env)
+                   "--predictions", str(only(ref_out, "predictions.jsonl")), "--json", env=hf_env)
     assert json.loads(proc.stdout)["accuracy"] == ref_m["metrics"]["accuracy"]
+
+
+def test_a_model_that_reads_images_answers_the_same(hf_vqa, tmp_path):
+    """The bundled flamingo checkpoint (it reads every image) gives the same outputs on files and parquet."""
+    from harness import cli
+
+    outs = {}
+    for name, extra in {"files": [], "parquet": ["--task-arg", f"eval_source=hf:{hf_vqa['parquet']}@validation",
+                                                 "--task-arg", f"support_source=hf:{hf_vqa['parquet']}@train"]}.items():
+        out = tmp_path / name
+        assert cli.main(["run", "--model", "flamingo", "--tasks", "vqav2", "--shots", "2", "--seeds", "0",
+                         "--limit", "4", "--data-dir", str(hf_vqa["files"]), "--output", str(out), "-q", *extra]) == 0
+        outs[name] = [(p["query_id"], p["demo_ids"], p["raw_output"], p["score"]) for p in
+                      map(json.loads, only(out, "predictions.jsonl").read_text().splitlines())]
+    assert outs["parquet"] == outs["files"] and len(outs["files"]) == 4
 
 
 def test_same_examples_and_same_pixels(hf_vqa):
@@ -234,8 +256,13 @@ def test_bad_source_and_mapping_fail_at_construction():
         get_task_class("vqav2")(None, {"eval_source": "/data/vqa"})
     with pytest.raises(HarnessError, match="'caption' is not a field of this task; fields: id, image, question"):
         get_task_class("vqav2")(None, {"columns": "caption:text"})
-    with pytest.raises(HarnessError, match="reads its official files only"):
-        get_task_class("msvd_qa")(None, {"eval_source": "hf:x/y@test"})
+    from harness.task import Task
+
+    class FilesOnly(Task):
+        registry_name = "files_only"
+
+    with pytest.raises(HarnessError, match="task files_only reads its official files only"):
+        FilesOnly(None, {"eval_source": "hf:x/y@test"})
 
 
 def test_id_not_in_local_cache_is_a_clear_error_without_network(hf_env, monkeypatch):
@@ -263,7 +290,7 @@ def test_id_not_in_local_cache_is_a_clear_error_without_network(hf_env, monkeypa
     assert attempts == []
 
 
-def test_hub_snapshot_in_the_local_cache_is_found_offline(hf_vqa, hf_env, tmp_path):
+def test_hub_snapshot_in_the_local_cache_is_found_offline(hf_vqa, hf_env, files_run, tmp_path):
     """A dataset downloaded with huggingface-cli (hub cache layout) resolves by id; the revision is recorded."""
     hub = tmp_path / "hub"
     repo = hub / "datasets--lmms-lab--VQAv2"
@@ -273,7 +300,7 @@ def test_hub_snapshot_in_the_local_cache_is_found_offline(hf_vqa, hf_env, tmp_pa
     (repo / "refs" / "main").write_text(sha)
     env = {**hf_env, "HF_HUB_CACHE": str(hub)}
     m, preds = run_vqa(tmp_path / "out", hf_vqa["files"], env, "eval_source=hf:lmms-lab/VQAv2@validation")
-    ref, _ = run_vqa(tmp_path / "ref", hf_vqa["files"], env)
+    ref = files_run[0]
     assert m["metrics"]["accuracy"] == ref["metrics"]["accuracy"] and len(preds) == 8
     assert m["config"]["task"]["sources"]["eval"]["revision"] == sha
     assert m["config"]["task"]["sources"]["eval"]["kind"] == "hub snapshot"
