@@ -193,15 +193,17 @@ class OpenedSplit:
 
 
 def _no_split(spec_text: str, split: str, have: Sequence[str]) -> DataError:
+    location = spec_text.split(f"={PREFIX}", 1)[-1].rsplit("@", 1)[0]
     return DataError(f"{spec_text}: no split {split!r}; it has {', '.join(repr(s) for s in have) or '(none)'}. "
-                     f"Name one with @SPLIT, e.g. {PREFIX}{spec_text[len(PREFIX):].rsplit('@', 1)[0]}@{(list(have) or ['SPLIT'])[0]}")
+                     f"Name one with @SPLIT, e.g. {PREFIX}{location}@{(list(have) or ['SPLIT'])[0]}")
 
 
 def _load_parquet(files: Sequence[str], split: str) -> Any:
     import datasets
 
     # One split's files only: preparing a whole hub snapshot would convert every split.
-    return datasets.load_dataset("parquet", data_files={"split": list(files)}, split="split")
+    name = split if re.fullmatch(r"\w+(\.\w+)*", split) else "data"
+    return datasets.load_dataset("parquet", data_files={name: list(files)}, split=name)
 
 
 def _from_parquet_folder(folder: Path, spec_text: str, split: str) -> tuple[Any, dict]:
@@ -322,7 +324,7 @@ def check_columns(opened: OpenedSplit, required: Mapping[str, str], optional: Ma
     for logical, col in required.items():
         if col not in have:
             raise DataError(
-                f"{opened.description['source']}: no column {col!r} (the task's {logical!r}); the dataset has "
+                f"{what}: {opened.description['source']}: no column {col!r} (field {logical!r}); the dataset has "
                 f"{', '.join(have)}. Map it with --task-arg {option}={logical}:COLUMN")
     return {**required, **{k: c for k, c in optional.items() if c in have}}
 

@@ -77,7 +77,7 @@ class Task:
         self.options = build_options(self.Options, dict(options or {}), f"task {self.name}")
         self._data_dir = Path(data_dir) if data_dir else None
         self._cache: dict[str, list[Example]] = {}
-        self._datasets_read: dict[str, dict[str, Any]] = {}  # split -> the dataset load_source read it from
+        self._datasets_read: dict[str, dict[str, Any]] = {}  # "location@split" -> what load_source read
         # Parsed now so a bad source or mapping fails before any model loads.
         self._sources = {role: hf_data.parse_source(getattr(self.options, f"{role}_source"),
                                                     f"task {self.name} option {role}_source")
@@ -118,28 +118,31 @@ class Task:
         return self.options.eval_split or self.default_eval_split
 
     def support_examples(self) -> list[Example]:
-        spec = self._sources["support"]
-        if spec is None:
+        if self._sources["support"] is None:
             return self.examples(self.support_split)
-        return self._source_examples(spec, spec.split or self.options.support_split or self.default_support_split,
-                                     "support_source")
+        return self._source_examples("support")
 
     def eval_examples(self, split: str | None = None) -> list[Example]:
-        spec = self._sources["eval"]
-        if spec is None:
+        if self._sources["eval"] is None:
             return self.examples(split or self.eval_split)
-        return self._source_examples(spec, split or spec.split or self.options.eval_split or self.default_eval_split,
-                                     "eval_source")
+        return self._source_examples("eval", split)
 
     # ---- Hugging Face datasets (harness.hf_data) -------------------------------------------
-    def _source_examples(self, spec: hf_data.SourceSpec, split: str, option: str) -> list[Example]:
+    def _source_split(self, role: str, split: str | None = None) -> tuple[hf_data.SourceSpec, str]:
+        """The role's source and split: an explicit split (``score --split``), else the source's @SPLIT,
+        else the split option, else the task's default split name."""
+        spec = self._sources[role]
+        assert spec is not None
+        option = self.options.eval_split if role == "eval" else self.options.support_split
+        default = self.default_eval_split if role == "eval" else self.default_support_split
+        return spec, split or spec.split or option or default
+
+    def _source_examples(self, role: str, split: str | None = None) -> list[Example]:
+        spec, split = self._source_split(role, split)
         key = f"{spec.location}@{split}"  # '@' never appears in a files split name
         if key not in self._cache:
-            self._cache[key] = self.load_source(spec, split, option)
+            self._cache[key] = self.load_source(hf_data.SourceSpec(spec.location, split), split, f"{role}_source")
         return self._cache[key]
-
-    def _opened(self, spec: hf_data.SourceSpec, split: str, option: str) -> hf_data.OpenedSplit:
-        return hf_data.open_split(hf_data.SourceSpec(spec.location, split), split, f"task {self.name} {option}")
 
     def load_source(self, source: str | hf_data.SourceSpec, split: str, option: str = "eval_source") -> list[Example]:
         """Examples of one split of a Hugging Face dataset (``hf:PATH_OR_ID[@SPLIT]``), read through
@@ -148,14 +151,15 @@ class Task:
         spec = source if isinstance(source, hf_data.SourceSpec) else hf_data.parse_source(source, option)
         if spec is None or self.hf_columns is None:
             raise HarnessError(f"task {self.name}: load_source needs an hf: source and the class attribute hf_columns")
-        opened = self._opened(spec, spec.split or split, option)
+        split = spec.split or split
+        opened = hf_data.open_split(spec, split, f"task {self.name} {option}")
         required, optional = self.hf_columns.resolve(self._column_overrides)
         mapping = hf_data.check_columns(opened, required, optional, f"task {self.name}", "columns")
         media_dir = getattr(self.options, "image_dir", None)
         where = opened.description["source"]
         examples = [self.example_from_row(row, f"{where} row {i}", opened.description["split"], i)
                     for i, row in enumerate(hf_data.read_rows(opened, mapping, self.hf_columns.media, media_dir))]
-        self._datasets_read[split] = {**opened.description, "columns": mapping}
+        self._datasets_read[f"{spec.location}@{split}"] = {**opened.description, "columns": mapping}
         ids = {}
         for i, e in enumerate(examples):
             if e.id in ids:
@@ -174,15 +178,13 @@ class Task:
         out: dict[str, Any] = {}
         for role, spec in self._sources.items():
             if spec is None:  # files, unless the task's own load() read a dataset (plug-ins)
-                out[role] = self._datasets_read.get(self.eval_split if role == "eval" else self.support_split,
-                                                    hf_data.FILES)
+                split = self.eval_split if role == "eval" else self.support_split
+                read = [d for key, d in self._datasets_read.items() if key.rsplit("@", 1)[1] == split]
+                out[role] = read[0] if read else hf_data.FILES
                 continue
-            default = (self.options.eval_split if role == "eval" else self.options.support_split) or (
-                self.default_eval_split if role == "eval" else self.default_support_split)
-            opened = self._opened(spec, spec.split or default, f"{role}_source")
-            required, optional = self.hf_columns.resolve(self._column_overrides)  # type: ignore[union-attr]
-            mapping = hf_data.check_columns(opened, required, optional, f"task {self.name}", "columns")
-            out[role] = {**opened.description, "columns": mapping}
+            self._source_examples(role)  # cached: the runner has loaded it already
+            spec, split = self._source_split(role)
+            out[role] = self._datasets_read[f"{spec.location}@{split}"]
         return out
 
     # ---- prompting ------------------------------------------------------------

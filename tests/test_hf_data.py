@@ -356,3 +356,23 @@ def test_video_and_classification_tasks_read_datasets_like_their_files(tmp_path)
             "video_dir": str(root / name / "videos")}
         hf = cls(None, {**opts.get(name, {}), **extra, "eval_source": f"hf:{saved}"}).eval_examples()
         assert _strip(hf) == _strip(files), name
+
+
+def test_image_feature_given_by_path_reads_the_file(hf_vqa, tmp_path):
+    """An Image feature may hold a path instead of bytes (save_to_disk embeds them; a parquet file written
+    from the Arrow table keeps the paths); it decodes to the file's pixels."""
+    import pyarrow.parquet as pq
+
+    load_builtins()
+    files = get_task_class("vqav2")(hf_vqa["files"], {}).eval_examples()
+    ds = vqa_split_from_files(hf_vqa["files"] / "vqav2", "val2014").remove_columns(["image"])
+    ds = ds.add_column("image", [{"bytes": None, "path": e.media[0].path} for e in files])
+    ds = ds.cast_column("image", datasets.Image())
+    table = ds.data.table
+    assert table.column("image").combine_chunks().field("bytes").null_count == len(files)
+    (tmp_path / "by_path").mkdir()
+    pq.write_table(table, tmp_path / "by_path" / "val-00000-of-00001.parquet")
+    got = get_task_class("vqav2")(None, {"eval_source": f"hf:{tmp_path / 'by_path'}@val"}).eval_examples()
+    assert np.array_equal(np.asarray(load_image(got[4].media[0])), np.asarray(load_image(files[4].media[0])))
+    raw = datasets.load_dataset("parquet", data_files=str(tmp_path / "by_path" / "*.parquet"), split="train")
+    assert raw.cast_column("image", datasets.Image(decode=False))[4]["image"]["bytes"] is None
