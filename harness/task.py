@@ -90,6 +90,12 @@ class Task:
 
     # ---- data -----------------------------------------------------------------
     @property
+    def uses_data_dir(self) -> bool:
+        """Whether this task, as configured, reads under the data root: not when both splits come from
+        ``hf:`` sources (for early checks of --data-dir)."""
+        return self.needs_data_dir and any(s is None for s in self._sources.values())
+
+    @property
     def root(self) -> Path:
         """``<data root>/<task name>``, where the data root is --data-dir or $HARNESS_DATA."""
         base = self._data_dir or (Path(os.environ["HARNESS_DATA"]) if os.environ.get("HARNESS_DATA") else None)

@@ -153,6 +153,7 @@ def test_same_examples_and_same_pixels(hf_vqa):
     hf = get_task_class("vqav2")(None, {"eval_source": f"hf:{hf_vqa['saved']}@validation",
                                         "support_source": f"hf:{hf_vqa['parquet']}@train"})
     strip = lambda ex: [(e.id, dict(e.fields), e.answers, e.target, dict(e.meta)) for e in ex]  # noqa: E731
+    assert files.uses_data_dir and not hf.uses_data_dir
     assert strip(hf.eval_examples()) == strip(files.eval_examples())
     assert strip(hf.support_examples()) == strip(files.support_examples())
     for a, b in [(files.eval_examples()[5], hf.eval_examples()[5]), (files.support_examples()[7], hf.support_examples()[7])]:
