@@ -85,8 +85,8 @@ class Task:
         if any(self._sources.values()) and self.hf_columns is None:
             raise HarnessError(f"task {self.name} reads its official files only (it declares no hf_columns); "
                                f"drop eval_source/support_source or see docs/data.md to add a mapping")
-        self._column_overrides = hf_data.parse_columns(
-            self.options.columns, self.hf_columns.logical if self.hf_columns else [], f"task {self.name} option columns")
+        fields = self.hf_columns.logical if self.hf_columns else []
+        self._column_overrides = hf_data.parse_columns(self.options.columns, fields, f"task {self.name} option columns")
 
     # ---- data -----------------------------------------------------------------
     @property
