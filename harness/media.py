@@ -1,18 +1,29 @@
-"""Loading media from local files, with errors that name the file."""
+"""Loading media from local files or dataset rows, with errors that name the item."""
 
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Union
 
 from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
 
 from .errors import MediaError
+from .types import Image
+
+
+def load_image(item: Union[str, Image]) -> PILImage.Image:
+    """Open an image as RGB: a file path, an ``Image``, or a dataset-row image (``DatasetImage`` or its
+    ``hfds://`` identity). Cached: demo images recur across thousands of prompts."""
+    return _load(item if isinstance(item, str) else item.path)
 
 
 @lru_cache(maxsize=256)
-def load_image(path: str) -> PILImage.Image:
-    """Open an image as RGB. Cached: demo images recur across thousands of prompts."""
+def _load(path: str) -> PILImage.Image:
+    from . import hf_data
+
+    if hf_data.is_row_image(path):
+        return hf_data.decode_image(path)
     try:
         with PILImage.open(path) as im:
             return im.convert("RGB")
@@ -20,3 +31,6 @@ def load_image(path: str) -> PILImage.Image:
         raise MediaError(f"image not found: {path}") from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise MediaError(f"image could not be read: {path} ({exc})") from None
+
+
+load_image.cache_clear = _load.cache_clear  # type: ignore[attr-defined]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Mapping, Sequence
 
+from . import hf_data
 from .errors import DataError, HarnessError
 from .metrics.stats import mean_with_ci
 from .options import build_options
@@ -38,6 +39,10 @@ class TaskOptions:
                            ``model`` for the evaluated model's own vision encoder.
     rices_cache:           folder of cached RICES features (default $HARNESS_CACHE/rices or ~/.cache/harness/rices).
     rices_batch_size:      images per batch when computing RICES features.
+    eval_source / support_source: where each split comes from: ``files`` (the official files under the
+                           data root) or ``hf:PATH_OR_ID[@SPLIT]`` (a Hugging Face dataset: save_to_disk
+                           folder, parquet folder/glob, or an id in the local cache; see docs/data.md).
+    columns:               for ``hf:`` sources, ``field:column,...`` overriding the task's column mapping.
     """
 
     template: str | None = None
@@ -52,6 +57,9 @@ class TaskOptions:
     rices_encoder: str | None = None
     rices_cache: str | None = None
     rices_batch_size: int = 32
+    eval_source: str = hf_data.FILES
+    support_source: str = hf_data.FILES
+    columns: str | None = None
 
     def __post_init__(self) -> None:
         if self.sampler == "rices":
@@ -87,14 +95,33 @@ class Task:
     needs_data_dir: ClassVar[bool] = True
     #: the most shots the benchmark allows (0: zero-shot only, e.g. RareAct has no training split).
     max_shots: ClassVar[int | None] = None
+    #: how ``hf:`` sources are read (harness.hf_data.Columns: field -> default column, e.g. the lmms-lab
+    #: schema); a task that sets it implements ``example_from_row``. None: files only.
+    hf_columns: ClassVar[hf_data.Columns | None] = None
 
     def __init__(self, data_dir: str | Path | None = None, options: Mapping[str, Any] | None = None):
         self.name = self.registry_name or type(self).__name__
         self.options = build_options(self.Options, dict(options or {}), f"task {self.name}")
         self._data_dir = Path(data_dir) if data_dir else None
         self._cache: dict[str, list[Example]] = {}
+        self._datasets_read: dict[str, dict[str, Any]] = {}  # "location@split" -> what load_source read
+        # Parsed now so a bad source or mapping fails before any model loads.
+        self._sources = {role: hf_data.parse_source(getattr(self.options, f"{role}_source"),
+                                                    f"task {self.name} option {role}_source")
+                         for role in ("eval", "support")}
+        if any(self._sources.values()) and self.hf_columns is None:
+            raise HarnessError(f"task {self.name} reads its official files only (it declares no hf_columns); "
+                               f"drop eval_source/support_source or see docs/data.md to add a mapping")
+        fields = self.hf_columns.logical if self.hf_columns else []
+        self._column_overrides = hf_data.parse_columns(self.options.columns, fields, f"task {self.name} option columns")
 
     # ---- data -----------------------------------------------------------------
+    @property
+    def uses_data_dir(self) -> bool:
+        """Whether this task, as configured, reads under the data root: not when both splits come from
+        ``hf:`` sources (for early checks of --data-dir)."""
+        return self.needs_data_dir and any(s is None for s in self._sources.values())
+
     @property
     def root(self) -> Path:
         """``<data root>/<task name>``, where the data root is --data-dir or $HARNESS_DATA."""
@@ -132,10 +159,74 @@ class Task:
         return self.options.eval_split or self.default_eval_split
 
     def support_examples(self) -> list[Example]:
-        return self.examples(self.support_split)
+        if self._sources["support"] is None:
+            return self.examples(self.support_split)
+        return self._source_examples("support")
 
     def eval_examples(self, split: str | None = None) -> list[Example]:
-        return self.examples(split or self.eval_split)
+        if self._sources["eval"] is None:
+            return self.examples(split or self.eval_split)
+        return self._source_examples("eval", split)
+
+    # ---- Hugging Face datasets (harness.hf_data) -------------------------------------------
+    def _source_split(self, role: str, split: str | None = None) -> tuple[hf_data.SourceSpec, str]:
+        """The role's source and split: an explicit split (``score --split``), else the source's @SPLIT,
+        else the split option, else the task's default split name."""
+        spec = self._sources[role]
+        assert spec is not None
+        option = self.options.eval_split if role == "eval" else self.options.support_split
+        default = self.default_eval_split if role == "eval" else self.default_support_split
+        return spec, split or spec.split or option or default
+
+    def _source_examples(self, role: str, split: str | None = None) -> list[Example]:
+        spec, split = self._source_split(role, split)
+        key = f"{spec.location}@{split}"  # '@' never appears in a files split name
+        if key not in self._cache:
+            self._cache[key] = self.load_source(hf_data.SourceSpec(spec.location, split), split, f"{role}_source")
+        return self._cache[key]
+
+    def load_source(self, source: str | hf_data.SourceSpec, split: str, option: str = "eval_source") -> list[Example]:
+        """Examples of one split of a Hugging Face dataset (``hf:PATH_OR_ID[@SPLIT]``), read through
+        ``hf_columns`` (with the ``columns`` option's overrides) and ``example_from_row``. Images stay
+        in the dataset, decoded when a model uses them. A plug-in task can call it from ``load``."""
+        spec = source if isinstance(source, hf_data.SourceSpec) else hf_data.parse_source(source, option)
+        if spec is None or self.hf_columns is None:
+            raise HarnessError(f"task {self.name}: load_source needs an hf: source and the class attribute hf_columns")
+        split = spec.split or split
+        opened = hf_data.open_split(spec, split, f"task {self.name} {option}")
+        required, optional = self.hf_columns.resolve(self._column_overrides)
+        mapping = hf_data.check_columns(opened, required, optional, f"task {self.name}", "columns")
+        media_dir = getattr(self.options, "image_dir", None)
+        where = opened.description["source"]
+        examples = [self.example_from_row(row, f"{where} row {i}", opened.description["split"], i)
+                    for i, row in enumerate(hf_data.read_rows(opened, mapping, self.hf_columns.media, media_dir))]
+        self._datasets_read[f"{spec.location}@{split}"] = {**opened.description, "columns": mapping}
+        ids = {}
+        for i, e in enumerate(examples):
+            if e.id in ids:
+                raise DataError(f"{where}: rows {ids[e.id]} and {i} have the same id {e.id!r} (column "
+                                f"{mapping.get('id', '?')!r}); map a unique column with --task-arg columns=id:COLUMN")
+            ids[e.id] = i
+        return examples
+
+    def example_from_row(self, row: Mapping[str, Any], where: str, split: str, index: int) -> Example:
+        """Row ``index`` of a dataset (``hf_columns``' field names -> values, media already lazy Image items;
+        ``where`` names it in errors) as an Example."""
+        raise NotImplementedError(f"task {self.name} declares hf_columns but no example_from_row")
+
+    def source_config(self) -> dict[str, Any]:
+        """Where each split comes from: ``files``, or the dataset (path or id, split, fingerprint, revision)."""
+        out: dict[str, Any] = {}
+        for role, spec in self._sources.items():
+            if spec is None:  # files, unless the task's own load() read a dataset (plug-ins)
+                split = self.eval_split if role == "eval" else self.support_split
+                read = [d for key, d in self._datasets_read.items() if key.rsplit("@", 1)[1] == split]
+                out[role] = read[0] if read else hf_data.FILES
+                continue
+            self._source_examples(role)  # cached: the runner has loaded it already
+            spec, split = self._source_split(role)
+            out[role] = self._datasets_read[f"{spec.location}@{split}"]
+        return out
 
     # ---- prompting ------------------------------------------------------------
     def template(self, model_style: str | None = None) -> tuple[str, PromptTemplate]:
@@ -216,6 +307,7 @@ class Task:
             "options": dataclasses.asdict(self.options),
             "support_split": self.support_split,
             "eval_split": self.eval_split,
+            "sources": self.source_config(),
         }
 
 

@@ -24,6 +24,16 @@ class Image:
 
 
 @dataclass(frozen=True)
+class DatasetImage(Image):
+    """An image stored in a row of a Hugging Face dataset (harness.hf_data), decoded only when used.
+
+    ``path`` is its identity, ``hfds://<dataset fingerprint>/<row>/<column>``: stable across runs of
+    the same data, so feature caches, resume keys and ``demo_ids`` treat it like a file. Load it with
+    ``harness.media.load_image`` (which takes the item or its ``path``), as any image.
+    """
+
+
+@dataclass(frozen=True)
 class Video:
     """A video on local disk: one media item of several frames."""
 
@@ -36,7 +46,7 @@ class Video:
         return self.path
 
 
-Media = Union[Image, Video]
+Media = Union[Image, Video]  # DatasetImage is an Image
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Sequence
 
 from harness.errors import DataError
+from harness.hf_data import Columns, answer_strings, file_stem
 from harness.metrics.caption import DEFAULT_METRICS, check_metrics, score_captions
 from harness.metrics.stats import mean_with_ci
 from harness.postprocess import caption
@@ -164,6 +165,18 @@ class KarpathyCaptionTask(CaptionScoring):
         """The image's id in results files (its ``image_id``)."""
         raise NotImplementedError
 
+    def image_id_of_row(self, value: Any, where: str) -> Any:
+        """The ``image_id`` of a dataset row from its ``id`` column (same ids as the Karpathy file)."""
+        raise NotImplementedError
+
+    def example_from_row(self, row, where: str, split: str, index: int) -> Example:
+        refs = tuple(r for r in answer_strings(row["captions"], where))
+        if not refs:
+            raise DataError(f"{where}: no reference captions (a test split without annotations cannot be scored)")
+        image_id = self.image_id_of_row(row["id"], where)
+        return Example(id=str(image_id), media=(row["image"],), fields={}, answers=refs,
+                       target=refs[0].strip(), meta={"image_id": image_id, "split": split})
+
     def image_path(self, entry: dict, where: str, path: Path) -> Path:
         raise NotImplementedError
 
@@ -224,6 +237,19 @@ class COCOCaptions(KarpathyCaptionTask):
     """COCO captions, Karpathy splits (test: 5,000 images), CIDEr-D via pycocoevalcap."""
 
     karpathy_file = "dataset_coco.json"
+    #: lmms-lab/COCO-Caption2017: ``question_id`` is the image file name (``000000179765.jpg``), ``answer``
+    #: the five references. Its ``val`` split is COCO 2017 val (5,000 images), not the Karpathy test split.
+    hf_columns = Columns(required={"id": "question_id", "image": "image", "captions": "answer"})
+
+    def image_id_of_row(self, value: Any, where: str) -> Any:
+        if isinstance(value, int):
+            return value
+        stem = file_stem(value).split("_")[-1]  # 000000179765.jpg, COCO_val2014_000000391895.jpg, 391895
+        try:
+            return int(stem)
+        except ValueError:
+            raise DataError(f"{where}: id {value!r} is not a COCO image id or file name; map the id column "
+                            f"with --task-arg columns=id:COLUMN") from None
 
     def _id_layout(self) -> str:
         return ", 'filepath' (e.g. val2014), 'cocoid'"
@@ -250,6 +276,12 @@ class Flickr30kCaptions(KarpathyCaptionTask):
     """Flickr30k captions, Karpathy splits (test: 1,000 images); image id = file-name stem."""
 
     karpathy_file = "dataset_flickr30k.json"
+    #: lmms-lab/flickr30k: ``filename`` (id = its stem, as in the Karpathy file), ``caption`` (five references).
+    #: Its single ``test`` split holds all 31,783 images, not the Karpathy test split of 1,000.
+    hf_columns = Columns(required={"id": "filename", "image": "image", "captions": "caption"})
+
+    def image_id_of_row(self, value: Any, where: str) -> Any:
+        return file_stem(value)
 
     def _image_layout(self) -> str:
         return "<data root>/flickr30k/images/<filename>"

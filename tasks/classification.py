@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from harness.errors import DataError
+from harness.hf_data import Columns
 from harness.metrics.classification import prob_of, roc_auc
 from harness.metrics.stats import mean_with_ci
 from harness.prompts import PromptTemplate
@@ -49,6 +50,16 @@ class HatefulMemes(Task):
     primary_metric = "roc_auc"
     prediction_keys = ("id", "label")
     POSITIVE, NEGATIVE = "yes", "no"
+    #: the original schema as a dataset (e.g. a save_to_disk of the jsonl files): ``image`` an Image
+    #: column, or map ``image:img`` to read file paths relative to ``image_dir`` (default: the dataset folder).
+    hf_columns = Columns(required={"id": "id", "image": "image", "text": "text", "label": "label"})
+
+    def example_from_row(self, row, where: str, split: str, index: int) -> Example:
+        if row["label"] not in (0, 1):
+            raise DataError(f"{where}: label must be 0 or 1, got {row['label']!r}")
+        target = self.POSITIVE if row["label"] == 1 else self.NEGATIVE
+        return Example(id=str(row["id"]), media=(row["image"],), fields={"text": str(row["text"])},
+                       answers=(target,), target=target, meta={"label": int(row["label"])})
 
     def load(self, split: str) -> list[Example]:
         path = self.root / f"{split}.jsonl"

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
 
 from harness.errors import DataError, HarnessError
+from harness.hf_data import Columns
 from harness.metrics.stats import mean_with_ci
 from harness.metrics.video_qa import exact_match, ivqa_accuracy
 from harness.postprocess import vqa_answer
@@ -101,6 +102,10 @@ class OpenVideoQA(VideoTask):
 class MSQA(OpenVideoQA):
     """MSVD-QA / MSRVTT-QA (Xu et al. 2017): ``{split}_qa.json`` = ``[{question, answer, video_id, id}]``."""
 
+    #: the same fields as a dataset; videos stay files (video_dir / video_pattern, formatted with the row).
+    hf_columns = Columns(required={"id": "id", "question": "question", "answer": "answer", "video_id": "video_id"},
+                         media=())
+
     def _layout(self) -> str:
         return (f"<data root>/{self.name}/<split>_qa.json = [{{'question', 'answer', 'video_id', 'id'}}, ...]; "
                 f"videos <data root>/{self.name}/videos/{self.video_pattern} (options video_dir, video_pattern)")
@@ -115,16 +120,19 @@ class MSQA(OpenVideoQA):
         for i, row in enumerate(rows):
             for key in ("question", "answer", "video_id", "id"):
                 require(row, key, path, f"item #{i}", layout)
-            answer = str(row["answer"])
-            out.append(Example(
-                id=str(row["id"]),
-                media=(self.video(row, f"item #{i} of {path}"),),
-                fields={"question": str(row["question"])},
-                answers=(answer,),
-                target=answer,
-                meta={"video_id": row["video_id"]},
-            ))
+            out.append(self.example_from_row(row, f"item #{i} of {path}", split, i))
         return out
+
+    def example_from_row(self, row, where: str, split: str, index: int) -> Example:
+        answer = str(row["answer"])
+        return Example(
+            id=str(row["id"]),
+            media=(self.video(row, where),),
+            fields={"question": str(row["question"])},
+            answers=(answer,),
+            target=answer,
+            meta={"video_id": row["video_id"]},
+        )
 
 
 @register_task("msvd_qa")
@@ -146,26 +154,32 @@ class IVQA(OpenVideoQA):
     """iVQA (Yang et al. 2021): five answers per question; accuracy min(1, #annotators agreeing / 2)."""
 
     ANSWERS: ClassVar[tuple[str, ...]] = tuple(f"answer{i}" for i in range(1, 6))
+    hf_columns = Columns(required={"video_id": "video_id", "question": "question", **{a: a for a in ANSWERS}},
+                         optional={"start": "start", "end": "end"}, media=())
 
     def load(self, split: str) -> list[Example]:
         path = self.root / f"{split}.csv"
         layout = (f"<data root>/ivqa/<split>.csv with columns video_id, question, answer1..answer5 (+ start, end); "
                   f"videos <data root>/ivqa/videos/{self.video_pattern} (options video_dir, video_pattern)")
         rows = read_csv(path, f"task ivqa ({split})", layout, ("video_id", "question", *self.ANSWERS))
-        out = []
-        for i, row in enumerate(rows):
-            answers = tuple(row[k].strip() for k in self.ANSWERS if row[k] and row[k].strip())
-            if not answers:
-                raise DataError(f"{path}: row {i + 2} (video {row['video_id']}) has no answer in answer1..answer5")
-            out.append(Example(
-                id=str(i),
-                media=(self.video(row, f"row {i + 2} of {path}"),),
-                fields={"question": row["question"]},
-                answers=answers,
-                target=Counter(answers).most_common(1)[0][0],  # most annotators; ties: first listed
-                meta={"video_id": row["video_id"]},
-            ))
-        return out
+        return [self._example(i, row, f"{path}: row {i + 2}") for i, row in enumerate(rows)]
+
+    def example_from_row(self, row, where: str, split: str, index: int) -> Example:
+        # ids are row numbers, as in the csv
+        return self._example(index, {k: ("" if v is None else str(v)) for k, v in row.items()}, where)
+
+    def _example(self, i: int, row, where: str) -> Example:
+        answers = tuple(row[k].strip() for k in self.ANSWERS if row[k] and row[k].strip())
+        if not answers:
+            raise DataError(f"{where} (video {row['video_id']}) has no answer in answer1..answer5")
+        return Example(
+            id=str(i),
+            media=(self.video(row, where),),
+            fields={"question": row["question"]},
+            answers=answers,
+            target=Counter(answers).most_common(1)[0][0],  # most annotators; ties: first listed
+            meta={"video_id": row["video_id"]},
+        )
 
     def score(self, prediction: str, example: Example) -> float:
         return ivqa_accuracy(prediction, example.answers)
@@ -209,31 +223,37 @@ class NextQAMC(VideoMultipleChoice):
 
     video_pattern = "{video}.mp4"
     CHOICES: ClassVar[tuple[str, ...]] = tuple(f"a{i}" for i in range(5))
+    hf_columns = Columns(required={"video": "video", "question": "question", **{c: c for c in CHOICES},
+                                   "answer": "answer"}, optional={"qid": "qid", "type": "type"}, media=())
 
     def load(self, split: str) -> list[Example]:
         path = self.root / f"{split}.csv"
         layout = (f"<data root>/nextqa_mc/<split>.csv with columns video, question, a0..a4, answer (index 0-4) "
                   f"(+ qid, type); videos <data root>/nextqa_mc/videos/{self.video_pattern}")
         rows = read_csv(path, f"task nextqa_mc ({split})", layout, ("video", "question", *self.CHOICES, "answer"))
-        out = []
-        for i, row in enumerate(rows):
-            try:
-                gold = int(row["answer"])
-                assert 0 <= gold < len(self.CHOICES)
-            except (ValueError, AssertionError):
-                raise DataError(f"{path}: row {i + 2}: answer must be a choice index 0-4, got {row['answer']!r}"
-                                f"\nExpected layout: {layout}") from None
-            choices = tuple(row[k] for k in self.CHOICES)
-            qid = row.get("qid") or str(i)
-            out.append(Example(
-                id=f"{row['video']}_{qid}",
-                media=(self.video(row, f"row {i + 2} of {path}"),),
-                fields={"question": row["question"], "choices": choices},
-                answers=(choices[gold],),
-                target=choices[gold],
-                meta={"video": row["video"], "answer_index": gold, "type": row.get("type")},
-            ))
-        return out
+        return [self._example(i, row, f"{path}: row {i + 2}", layout) for i, row in enumerate(rows)]
+
+    def example_from_row(self, row, where: str, split: str, index: int) -> Example:
+        return self._example(index, row, where, "columns video, question, a0..a4, answer (index 0-4)")
+
+    def _example(self, i: int, row, where: str, layout: str) -> Example:
+        try:
+            gold = int(row["answer"])
+            assert 0 <= gold < len(self.CHOICES)
+        except (TypeError, ValueError, AssertionError):
+            raise DataError(f"{where}: answer must be a choice index 0-4, got {row['answer']!r}"
+                            f"\nExpected layout: {layout}") from None
+        choices = tuple(str(row[k]) for k in self.CHOICES)
+        qid = row.get("qid")
+        qid = str(i) if qid is None or qid == "" else str(qid)
+        return Example(
+            id=f"{row['video']}_{qid}",
+            media=(self.video(row, where),),
+            fields={"question": str(row["question"]), "choices": choices},
+            answers=(choices[gold],),
+            target=choices[gold],
+            meta={"video": row["video"], "answer_index": gold, "type": row.get("type")},
+        )
 
 
 @register_task("star")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 
 from harness.errors import DataError
+from harness.hf_data import Columns, answer_strings
 from harness.metrics.stats import mean_with_ci
 from harness.metrics.vqa import vqa_accuracy
 from harness.postprocess import vqa_answer
@@ -42,6 +43,15 @@ class VQAOptions(TaskOptions):
     image_dir: str | None = None
 
 
+#: Hugging Face datasets in the lmms-lab VQA schema (lmms-lab/VQAv2, lmms-lab/OK-VQA): answers as ten
+#: ``{answer, answer_confidence, answer_id}`` dicts (VQAv2) or ten strings (OK-VQA); image_id,
+#: question_type and answer_type are read where the dataset has them.
+VQA_COLUMNS = Columns(
+    required={"id": "question_id", "image": "image", "question": "question", "answers": "answers"},
+    optional={"image_id": "image_id", "question_type": "question_type", "answer_type": "answer_type"},
+)
+
+
 def choose_answer(answers: Sequence[str], how: str) -> str:
     if not answers:
         return ""
@@ -63,6 +73,23 @@ class VQATask(Task):
     default_template = "openflamingo"
     generation = GenerationConfig(max_new_tokens=5, num_beams=3, length_penalty=0.0)
     prediction_keys = ("question_id", "answer")
+
+    hf_columns = VQA_COLUMNS
+
+    def example_from_row(self, row, where: str, split: str, index: int) -> Example:
+        answers = answer_strings(row["answers"], where)
+        if not answers:
+            raise DataError(f"{where}: no answers (a test split without annotations cannot be scored or "
+                            f"give demos); pick a split with answers")
+        return Example(
+            id=str(row["id"]),
+            media=(row["image"],),
+            fields={"question": str(row["question"])},
+            answers=answers,
+            target=choose_answer(answers, self.options.answer_choice),
+            meta={"image_id": row.get("image_id"), "question_type": row.get("question_type"),
+                  "answer_type": row.get("answer_type")},
+        )
 
     def postprocess(self, raw: str, example: Example) -> str:
         return vqa_answer(raw)
