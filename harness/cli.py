@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import sys
@@ -20,6 +21,7 @@ from . import __version__
 from .errors import HarnessError
 from .options import describe_options, parse_key_values
 from .registry import get_model_class, get_task_class, include, load_builtins, model_names, task_names
+from .validate import check_model_options, check_sweep_flags, check_task
 
 log = logging.getLogger("harness")
 
@@ -60,7 +62,16 @@ def build_models(names: Sequence[str], model_args: list[str] | None, labels: lis
     for i, n in enumerate(names):
         cls = get_model_class(n)
         log.info("loading model %s", n)
-        model = cls(opts[n])
+        try:
+            model = cls(opts[n])
+        except (HarnessError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # a broken checkpoint (corrupt weights, missing tokenizer files...)
+            log.debug("model %s failed to load", n, exc_info=True)
+            given = ", ".join(f"{k}={v}" for k, v in opts[n].items()) or "default options"
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise HarnessError(f"model {n} ({given}) could not be loaded: {type(exc).__name__}: {first}. "
+                               f"Is the checkpoint complete and readable? (-v shows the traceback)") from None
         label = labels[i] if labels else _default_label(n, opts[n])
         out.append((model, label))
     return out
@@ -99,16 +110,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .report import render, summary_table
     from .sweep import SweepSpec, run_sweep
 
-    model_list = _split_names(args.model) or list(DEFAULT_MODELS)
-    task_list = _split_names(args.tasks) or list(DEFAULT_TASKS)
+    model_list = _names(args.model, "--model") or list(DEFAULT_MODELS)
+    task_list = _names(args.tasks, "--tasks") or list(DEFAULT_TASKS)
     if not args.model and not args.tasks and args.limit is None:
         args.limit = DEFAULT_LIMIT
         log.info("default sweep: the first %d eval questions of each task (pass --limit N to change)", DEFAULT_LIMIT)
     if len(set(model_list)) != len(model_list):
         raise HarnessError("the same --model is named twice; run it twice with different --output or --label")
+    # Validate everything before any model is constructed (see harness.validate).
+    check_sweep_flags(args.shots, args.seeds, args.limit, args.batch_size)
+    shard = _shard(args.shard)
+    check_model_options(model_list, _targeted(args.model_arg, "--model-arg", model_list))
     tasks = build_tasks(task_list, _flag_task_args(args, task_list) + list(args.task_arg or []), args.data_dir)
+    for task in tasks:
+        check_task(task, args.shots, args.limit)
     models = build_models(model_list, args.model_arg, args.label)
-    spec = SweepSpec(tuple(args.shots), tuple(args.seeds), args.limit, args.batch_size, _shard(args.shard))
+    spec = SweepSpec(tuple(args.shots), tuple(args.seeds), args.limit, args.batch_size, shard, args.overwrite)
     output = Path(args.output)
     t0 = time.time()
     summaries = run_sweep(models, tasks, spec, output, progress=not args.quiet)
@@ -119,7 +136,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     table = summary_table(summaries)
     print(render(table, "markdown"), end="")
     print(f"\n{len(summaries) * len(spec.seeds)} cells in {time.time() - t0:.1f}s; results under {output}/")
+    for s in summaries:  # failed samples are counted wrong: never let them pass unseen
+        for note in s.get("failures", []):
+            log.warning("%s", note)
     return 0
+
+
+def _names(values: Sequence[str] | None, flag: str) -> list[str]:
+    """Names of a comma-list flag; given but empty (``--model ,``) is an error, not the default sweep."""
+    names = _split_names(values)
+    if values and not names:
+        raise HarnessError(f"{flag} {' '.join(values)!r}: no name given; see `list models` / `list tasks`")
+    return names
 
 
 def _shard(value: str | None) -> tuple[int, int] | None:
@@ -184,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"harness {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command")
 
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--include", action="append", default=[], metavar="PATH",
@@ -211,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--shard", metavar="K/N",
                    help="evaluate only every N-th query from K (one of N processes, e.g. one per GPU); "
                         "then rerun without --shard to merge. Demos are the same as in a single process")
+    r.add_argument("--overwrite", action="store_true",
+                   help="replace results of another configuration found in a cell's folder (default: refuse, "
+                        "naming the cell and what differs; see README 'Results layout')")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     r.add_argument("--frames", type=int, help="video tasks: frames per video, chosen uniformly (default 8)")
     r.add_argument("--fps", type=float, help="video tasks: take frames at R per second instead (with --max-frames)")
@@ -249,7 +280,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run the command line; exit status 0 on success, 2 on bad input (one ``error:`` line),
+    130 on Ctrl-C. With no subcommand it prints the help and exits 0."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
     logging.basicConfig(
         level=logging.DEBUG if getattr(args, "verbose", False) and args.command != "list" else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
@@ -261,6 +298,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except HarnessError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"error: cannot write {exc.filename or 'the output'}: {exc.strerror}. Samples already finished are "
+              f"kept in their journals; fix the folder (space, permissions) or pick another --output, "
+              f"and rerun the same command to resume", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: finished samples are kept; rerun the same command to resume", file=sys.stderr)

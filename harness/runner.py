@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
@@ -16,7 +15,7 @@ from .model import Model, config_hash
 from .prompts import PromptBuilder
 from .ranking import continuation_for, demo_orders, rank
 from .sampling import RandomSampler, sampler_config
-from .store import Journal, cell_dir, write_json
+from .store import CellLock, Journal, cell_dir, write_json
 from .task import Task
 from .types import Example, GenerateRequest, GenerationConfig, LoglikelihoodRequest, SampleRecord
 
@@ -35,6 +34,8 @@ class CellSpec:
     batch_size: int = 8
     #: (k, n): evaluate only every n-th query starting at k; see Journal for the merge.
     shard: tuple[int, int] | None = None
+    #: replace results of another configuration in the cell's folder (else: refuse, see harness.store).
+    overwrite: bool = False
 
 
 def select_queries(task: Task, limit: int | None) -> list[Example]:
@@ -96,6 +97,27 @@ class _Cell:
         return self.spec.shots == 0  # Flamingo's zero-shot: demos without their media
 
 
+@dataclass
+class CellPlan:
+    """Everything decided about a cell before any model call: its queries, demos and identity."""
+
+    task: Task
+    spec: CellSpec
+    queries: list[Example]
+    sampler: RandomSampler
+    n_demos: int
+    template: Any
+    gen: GenerationConfig
+    config: dict[str, Any]
+    key: str
+    directory: Path
+    journal: Journal
+
+    @property
+    def desc(self) -> str:
+        return f"{self.config['label']} {self.task.name} {self.spec.shots}-shot seed {self.spec.seed}"
+
+
 class Runner:
     """Runs cells for one model, writing under ``output/label``."""
 
@@ -105,7 +127,9 @@ class Runner:
         self.label = label or model.name
         self.progress = progress
 
-    def run_cell(self, task: Task, spec: CellSpec) -> dict[str, Any]:
+    def plan(self, task: Task, spec: CellSpec) -> CellPlan:
+        """The cell's queries, sampler and configuration. ``config`` is the cell's identity:
+        everything in it is hashed into ``config_key`` (see harness.store)."""
         queries = select_queries(task, spec.limit)
         check_media(self.model, queries, task)
         if spec.shots < 0:
@@ -114,9 +138,7 @@ class Runner:
         n_demos = spec.shots if spec.shots > 0 else task.zero_shot_demos()
         sampler.check_shots(n_demos)
         template_name, template = task.template(self.model.template_style)
-        builder = PromptBuilder(template)
         gen = task.generation_config()
-
         config = {
             "model": self.model.config(),
             "label": self.label,
@@ -130,51 +152,99 @@ class Runner:
         }
         key = config_hash(config)
         directory = cell_dir(self.output, self.label, task.name, spec.shots, spec.seed)
-        journal = Journal(directory, key, config, spec.shard)
+        return CellPlan(task, spec, queries, sampler, n_demos, template, gen, config, key, directory,
+                        Journal(directory, key, config, spec.shard))
+
+    def run_cell(self, task: Task, spec: CellSpec, wait: bool = True) -> dict[str, Any] | None:
+        """Evaluate one cell (or resume it, or return its finished metrics) under the cell's lock.
+
+        If another live process holds the lock: with ``wait`` wait for it (then usually read its
+        finished metrics), else return None at once so the caller can come back later."""
+        plan = self.plan(task, spec)
+        lock = plan.journal.lock()
+        if not lock.acquire(wait=False):
+            if not wait:
+                log.info("%s: %s is working on it; coming back to it later", plan.directory, lock.holder())
+                return None
+            log.info("%s: waiting for %s to finish it", plan.directory, lock.holder())
+            lock.acquire(wait=True)
+        try:
+            return self._run(plan)
+        finally:
+            lock.release()
+
+    def _run(self, plan: CellPlan) -> dict[str, Any]:
+        task, spec, journal, directory = plan.task, plan.spec, plan.journal, plan.directory
         finished = journal.completed_metrics()
         if finished is not None:
             log.info("%s: already complete, skipping", directory)
             return finished
+        if spec.overwrite and journal.existing_config() is not None:
+            journal.clear()
+        if spec.shard is None:
+            self._wait_for_shards(journal)
 
-        start = time.time()
         done = journal.resume()
         done_ids = {r.query_id for r in done}
+        queries = plan.queries
         mine = queries if spec.shard is None else queries[spec.shard[0] :: spec.shard[1]]
         todo = [q for q in mine if q.id not in done_ids]
+        sampler = plan.sampler
         self.model.observe_support(task.name, sampler.pool)
+        if todo:
+            log.info("%s: computing %d samples in %s", plan.desc, len(todo), directory)
 
-        desc = f"{self.label} {task.name} {spec.shots}-shot seed {spec.seed}"
-        bar = tqdm(total=len(mine), initial=len(done), desc=desc, disable=not self.progress, leave=False)
-        cell = _Cell(task, spec, builder, lambda q: sampler.demos(q, n_demos), journal, bar)
-        new_records = self._generate(cell, todo, gen) if task.kind == "generate" else self._rank(cell, todo, template)
+        bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=plan.desc, disable=not self.progress,
+                   leave=False)
+        cell = _Cell(task, spec, PromptBuilder(plan.template), lambda q: sampler.demos(q, plan.n_demos), journal, bar)
+        new_records = (self._generate(cell, todo, plan.gen) if task.kind == "generate"
+                       else self._rank(cell, todo, plan.template))
         bar.close()
 
         if spec.shard is not None:
+            journal.record_time()
             return {"shard": list(spec.shard), "n": len(mine), "journal": str(journal.path)}
         by_id = {r.query_id: r for r in done + new_records}
         records = [by_id[q.id] for q in queries]
-        failures = [{"query_id": r.query_id, "error": r.error} for r in records if r.error]
+        failures = failure_list(records, queries, sampler.pool)
         if failures and len(failures) == len(records):
             raise HarnessError(
-                f"{desc}: every sample failed; first error: {failures[0]['error']} "
+                f"{plan.desc}: every sample failed; first error: {failures[0]['error']} "
                 f"(details in {journal.path})"
             )
         metrics = task.aggregate(records)
         # Corpus-level metrics (CIDEr) set per-sample scores only in aggregate(): store the final ones,
         # in eval order.
         journal.rewrite(records)
+        journal.record_time()
+        parts = journal.parts()
         result = {
             "metrics": metrics,
             "primary_metric": task.primary_metric,
             "n": len(records),
             "n_failed": len(failures),
             "failures": failures,
-            "wall_time_s": round(time.time() - start, 3),
-            "config_key": key,
-            "config": config,
+            # compute time of every process that worked on the cell (resumes, shards), and each one's
+            "compute_time_s": round(sum(p["wall_time_s"] for p in parts), 3),
+            "parts": parts,
+            "wall_time_s": journal.elapsed(),  # this process's
+            "config_key": plan.key,
+            "config": plan.config,
         }
         write_json(directory / "metrics.json", result)
         return result
+
+    @staticmethod
+    def _wait_for_shards(journal: Journal) -> None:
+        """A merge waits for shard processes still writing this configuration's shards."""
+        if not journal.shard_dir.is_dir():
+            return
+        for lock_path in sorted(journal.shard_dir.glob("*.lock")):
+            lock = CellLock(lock_path)
+            if not lock.acquire(wait=False):
+                log.info("%s: waiting for %s to finish its shard", journal.dir, lock.holder())
+                lock.acquire(wait=True)
+            lock.release()
 
     def _generate(self, cell: "_Cell", todo: list[Example], gen: GenerationConfig) -> list[SampleRecord]:
         """Open-ended: batched generation, longest prompts first, journaled batch by batch."""
@@ -244,3 +314,25 @@ class Runner:
             fields["candidate_scores"] = scores
         return SampleRecord(raw_output=prediction, prediction=prediction, score=task.score(prediction, q),
                             fields=fields, **common)
+
+
+def failure_list(records: Sequence[SampleRecord], queries: Sequence[Example],
+                 pool: Sequence[Example]) -> list[dict[str, Any]]:
+    """The failed samples, each with its error and, where the error names one, the media that
+    failed and whether it was the query's or a demo's (a bad demo image fails every query drawing it)."""
+    by_id = {e.id: e for e in pool}
+    by_id.update({q.id: q for q in queries})
+    out = []
+    for r in records:
+        if not r.error:
+            continue
+        entry: dict[str, Any] = {"query_id": r.query_id, "error": r.error}
+        candidates = [("query", r.query_id)] + [("demo", d) for d in r.demo_ids]
+        for role, ex_id in candidates:
+            ex = by_id.get(ex_id)
+            hit = next((m.identity for m in (ex.media if ex else ()) if m.identity in r.error), None)
+            if hit:
+                entry.update(media=hit, role=role, **({"demo_id": ex_id} if role == "demo" else {}))
+                break
+        out.append(entry)
+    return out

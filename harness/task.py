@@ -85,7 +85,14 @@ class Task:
 
     def examples(self, split: str) -> list[Example]:
         if split not in self._cache:
-            self._cache[split] = self.load(split)
+            examples = self.load(split)
+            seen: set[str] = set()
+            for e in examples:
+                if e.id in seen:  # a duplicate would be scored twice and could be its own demo
+                    raise DataError(f"task {self.name} split {split}: id {e.id} appears twice in the data; "
+                                    f"ids (question_id, image id...) must be unique")
+                seen.add(e.id)
+            self._cache[split] = examples
         return self._cache[split]
 
     @property
