@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import logging
 import sys
@@ -300,11 +299,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT):
+        if exc.filename is None:  # not about a path the user can fix
             raise
-        print(f"error: cannot write {exc.filename or 'the output'}: {exc.strerror}. Samples already finished are "
-              f"kept in their journals; fix the folder (space, permissions) or pick another --output, "
-              f"and rerun the same command to resume", file=sys.stderr)
+        kept = ("; samples already finished are kept in their journals: fix the folder (space, permissions) "
+                "or pick another --output, and rerun the same command to resume") if args.command == "run" else ""
+        print(f"error: {exc.filename}: {exc.strerror}{kept}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: finished samples are kept; rerun the same command to resume", file=sys.stderr)

@@ -216,7 +216,7 @@ class Runner:
         # Corpus-level metrics (CIDEr) set per-sample scores only in aggregate(): store the final ones,
         # in eval order.
         journal.rewrite(records)
-        journal.record_time()
+        wall = journal.record_time()
         parts = journal.parts()
         result = {
             "metrics": metrics,
@@ -227,7 +227,7 @@ class Runner:
             # compute time of every process that worked on the cell (resumes, shards), and each one's
             "compute_time_s": round(sum(p["wall_time_s"] for p in parts), 3),
             "parts": parts,
-            "wall_time_s": journal.elapsed(),  # this process's
+            "wall_time_s": wall,  # this process's part
             "config_key": plan.key,
             "config": plan.config,
         }

@@ -52,7 +52,7 @@ def safe_name(label: str) -> str:
 def write_json(path: Path, obj: Any) -> None:
     """Write atomically so a killed run never leaves half a metrics file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: two runs may write one file
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=2, sort_keys=False, default=str)
         f.write("\n")
@@ -263,11 +263,12 @@ class Journal:
         """Seconds this process has worked on the journal."""
         return round(time.monotonic() - self._t0, 3)
 
-    def record_time(self) -> None:
-        """Append this process's elapsed time on the cell (the last line of a part counts)."""
+    def record_time(self) -> float:
+        """Append this process's elapsed time on the cell (the last line of a part counts); returns it."""
         line = {"part": self._part, "wall_time_s": self.elapsed(), "samples": self._n_new}
         with open(self.parts_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(line) + "\n")
+        return line["wall_time_s"]
 
     def parts(self) -> list[dict[str, Any]]:
         """Each part's wall time and sample count (its last record), in order of first appearance."""
