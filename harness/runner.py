@@ -126,6 +126,7 @@ class Runner:
         self.output = Path(output)
         self.label = label or model.name
         self.progress = progress
+        self._data_fp: dict[tuple[str, str, int], str] = {}
 
     def plan(self, task: Task, spec: CellSpec) -> CellPlan:
         """The cell's queries, sampler and configuration. ``config`` is the cell's identity:
@@ -147,6 +148,8 @@ class Runner:
             "seed": spec.seed,
             "limit": spec.limit,
             "sampler": {**sampler_config(sampler), "zero_shot_text_demos": 0 if spec.shots else n_demos},
+            # the data itself: changed annotations (or a different data root) are another identity
+            "data": {"queries": data_fingerprint(queries), "support": self._support_fingerprint(task)},
             "generation": asdict(gen) if task.kind == "generate" else None,
             "harness_version": __version__,
         }
@@ -154,6 +157,15 @@ class Runner:
         directory = cell_dir(self.output, self.label, task.name, spec.shots, spec.seed)
         return CellPlan(task, spec, queries, sampler, n_demos, template, gen, config, key, directory,
                         Journal(directory, key, config, spec.shard))
+
+    def _support_fingerprint(self, task: Task) -> str:
+        """Of the whole support split (the pool is a function of it, support_size and the seed),
+        computed once per task and split."""
+        examples = task.support_examples()
+        key = (task.name, task.support_split, id(examples))
+        if key not in self._data_fp:
+            self._data_fp[key] = data_fingerprint(examples)
+        return self._data_fp[key]
 
     def run_cell(self, task: Task, spec: CellSpec, wait: bool = True) -> dict[str, Any] | None:
         """Evaluate one cell (or resume it, or return its finished metrics) under the cell's lock.
@@ -314,6 +326,13 @@ class Runner:
             fields["candidate_scores"] = scores
         return SampleRecord(raw_output=prediction, prediction=prediction, score=task.score(prediction, q),
                             fields=fields, **common)
+
+
+def data_fingerprint(examples: Sequence[Example]) -> str:
+    """Hash of what a cell's numbers depend on in its examples: ids, prompt fields, answers,
+    demo targets and media identities (not the media bytes)."""
+    return config_hash([[e.id, dict(e.fields), list(e.answers), e.target, [m.identity for m in e.media]]
+                        for e in examples])
 
 
 def failure_list(records: Sequence[SampleRecord], queries: Sequence[Example],

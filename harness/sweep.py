@@ -27,14 +27,12 @@ class SweepSpec:
     overwrite: bool = False
 
 
-def check_conflicts(models: Sequence[tuple[Model, str]], tasks: Sequence[Task], spec: SweepSpec,
-                    output: Path) -> None:
+def check_conflicts(runners: Sequence[Runner], tasks: Sequence[Task], spec: SweepSpec) -> None:
     """Refuse, before any cell runs, if a cell folder holds results of another configuration."""
     if spec.overwrite:
         return
     conflicts = []
-    for model, label in models:
-        runner = Runner(model, output, label, progress=False)
+    for runner in runners:
         for task in tasks:
             for shots in spec.shots:
                 for seed in spec.seeds:
@@ -66,10 +64,11 @@ def run_sweep(
     Cells another live process is working on are skipped at first and waited for at the
     end, so two runs into one output split the work instead of doing it twice.
     """
-    check_conflicts(models, tasks, spec, output)
+    runners = [Runner(model, output, label, progress=progress) for model, label in models]
+    check_conflicts(runners, tasks, spec)
     summaries = []
-    for model, label in models:
-        runner = Runner(model, output, label, progress=progress)
+    for runner in runners:
+        label = runner.label
         grid = [(task, shots, seed) for task in tasks for shots in spec.shots for seed in spec.seeds]
         results: dict[tuple[str, int, int], dict[str, Any]] = {}
         busy = []

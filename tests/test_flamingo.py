@@ -187,7 +187,7 @@ def test_paper_recipe_frozen_pretrained_parts(pretrained_dirs, tmp_path):
            "--max-demos", "2", "--lm-path", str(pretrained_dirs / "lm"), "--vision-path",
            str(pretrained_dirs / "vision"), "--image-size", "32", "--latents", "4", "--xattn-heads", "2",
            "--xattn-dim-head", "8", "--log-every", "1"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     saved = load_file(str(out / "model.safetensors"))
     assert not any(k.startswith("vision.") for k in saved)  # frozen vision tower stays in its folder
@@ -262,7 +262,7 @@ def test_bundled_checkpoint_answers_easyvqa_test_questions(tmp_path):
 def test_listing_models_does_not_import_torch():
     code = ("import sys; from harness.registry import model_names; names = model_names(); "
             "assert 'flamingo' in names, names; assert 'torch' not in sys.modules; print('ok')")
-    proc = subprocess.run([PY, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([PY, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert proc.stdout.strip() == "ok", proc.stderr[-2000:]
 
 
