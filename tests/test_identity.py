@@ -201,8 +201,8 @@ def test_cell_lock_second_run_skips_then_picks_up_and_stale_lock_never_blocks(tm
 
 def test_two_concurrent_runs_compute_each_cell_once(tmp_path):
     out = tmp_path / "res"
-    args = ["run", "--model", "flamingo", "--tasks", "easyvqa", "--shots", "0", "4", "--seeds", "0", "1",
-            "--limit", "24", "--batch-size", "4", "--output", str(out), "-q"]
+    args = ["run", "--model", "flamingo", "--tasks", "easyvqa", "--shots", "0", "2", "--seeds", "0", "1",
+            "--limit", "12", "--batch-size", "4", "--output", str(out), "-q"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen([sys.executable, str(ROOT / "run_eval.py"), *args], cwd=ROOT, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
