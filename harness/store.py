@@ -91,7 +91,12 @@ def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
 def config_diff(old: dict[str, Any], new: dict[str, Any], limit: int = 6) -> str:
     """What differs between two cell configurations, readable: ``limit: 1000 -> 9673; ...``."""
     a, b = _flatten(old), _flatten(new)
-    diffs = [f"{k}: {a.get(k, '(absent)')} -> {b.get(k, '(absent)')}"
+
+    def show(d: dict[str, Any], k: str) -> str:
+        text = str(d.get(k, "(absent)"))
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    diffs = [f"{k}: {show(a, k)} -> {show(b, k)}"
              for k in sorted(set(a) | set(b)) if a.get(k, "(absent)") != b.get(k, "(absent)")]
     more = f"; and {len(diffs) - limit} more" if len(diffs) > limit else ""
     return "; ".join(diffs[:limit]) + more if diffs else "(no visible difference: another harness version?)"
