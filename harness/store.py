@@ -32,6 +32,7 @@ import logging
 import os
 import socket
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -49,14 +50,27 @@ def safe_name(label: str) -> str:
     return "".join(c if c.isalnum() or c in "-_.@+" else "_" for c in label)
 
 
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Name ``path`` in an OSError raised while writing it (a full disk fails a write() or close(),
+    whose error names no file), so the CLI can say which path failed."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None:
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
+
+
 def write_json(path: Path, obj: Any) -> None:
     """Write atomically so a killed run never leaves half a metrics file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: two runs may write one file
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=False, default=str)
-        f.write("\n")
-    os.replace(tmp, path)
+    with writing(path):
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, sort_keys=False, default=str)
+            f.write("\n")
+        os.replace(tmp, path)
 
 
 def read_json(path: Path) -> Any:
@@ -251,13 +265,17 @@ class Journal:
 
     def rewrite(self, records: list[SampleRecord]) -> None:
         """Replace the journal's content (resume, merge, and final per-sample scores)."""
-        with open(self.path, "w", encoding="utf-8") as f:
-            for r in records:
-                f.write(json.dumps(r.to_json(), default=str) + "\n")
+        # Atomic: a full disk or a kill mid-rewrite leaves the old journal whole, never a truncated one.
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+        with writing(self.path):
+            with open(tmp, "w", encoding="utf-8") as f:
+                for r in records:
+                    f.write(json.dumps(r.to_json(), default=str) + "\n")
+            os.replace(tmp, self.path)
 
     def append(self, records: Iterable[SampleRecord]) -> None:
         records = list(records)
-        with open(self.path, "a", encoding="utf-8") as f:
+        with writing(self.path), open(self.path, "a", encoding="utf-8") as f:
             for r in records:
                 f.write(json.dumps(r.to_json(), default=str) + "\n")
             f.flush()
@@ -271,7 +289,7 @@ class Journal:
     def record_time(self) -> float:
         """Append this process's elapsed time on the cell (the last line of a part counts); returns it."""
         line = {"part": self._part, "wall_time_s": self.elapsed(), "samples": self._n_new}
-        with open(self.parts_path, "a", encoding="utf-8") as f:
+        with writing(self.parts_path), open(self.parts_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(line) + "\n")
         return line["wall_time_s"]
 

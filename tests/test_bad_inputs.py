@@ -176,3 +176,36 @@ def test_compare_skips_foreign_and_corrupt_metrics_and_checks_the_plot_folder(tm
     assert "does not exist" in line and str(tmp_path / "missing") in line
     line = cli_error(capsys, "compare", str(out / "foreign"))
     assert "no finished cells" in line
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 KiB tmpfs (needs mount rights, e.g. root in a container; skipped elsewhere)."""
+    import subprocess
+
+    mnt = tmp_path / "small_disk"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_full_disk_names_the_file_and_keeps_finished_samples(small_disk, tmp_path, capsys):
+    args = ["run", "--model", "demo-majority", "--tasks", "easyvqa", "--shots", "2", "--seeds", "0", "--limit", "300",
+            "--batch-size", "10", "-q"]
+    line = cli_error(capsys, *args, "--output", str(small_disk / "res"))
+    assert "No space left on device" in line and str(small_disk / "res") in line and "finished are kept" in line
+    journal = small_disk / "res" / "demo-majority" / "easyvqa" / "2shot_seed0" / "predictions.jsonl"
+    kept = journal.read_text().splitlines()
+    assert kept and all(json.loads(x) for x in kept[:-1])  # finished samples are on disk
+    # With space again (the folder moved to a big disk), the same command resumes to the clean result.
+    moved = tmp_path / "moved"
+    shutil.copytree(small_disk / "res", moved)
+    assert main([*args, "--output", str(moved)]) == 0
+    assert main([*args, "--output", str(tmp_path / "clean")]) == 0
+    c = Path("demo-majority") / "easyvqa" / "2shot_seed0"
+    assert (moved / c / "predictions.jsonl").read_bytes() == (tmp_path / "clean" / c / "predictions.jsonl").read_bytes()
+    m1, m2 = (json.loads((d / c / "metrics.json").read_text()) for d in (moved, tmp_path / "clean"))
+    assert m1["metrics"] == m2["metrics"] and m1["config_key"] == m2["config_key"]
+    assert len(m1["parts"]) == 2  # the interrupted part and the resume
