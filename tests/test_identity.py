@@ -240,3 +240,27 @@ def test_run_eval_without_subcommand_prints_help_and_launcher_uses_repo_venv(tmp
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "demo-majority" in proc.stdout
+
+
+def test_changed_weights_are_never_reported_as_already_complete(tmp_path, capsys):
+    """End to end: a "checkpoint" (the predictions model's file) changed in place
+    is another identity: the rerun refuses, naming the fingerprint, instead of printing old numbers."""
+    out = tmp_path / "res"
+    base = ["run", "--model", "demo-majority", "--tasks", "easyvqa", "--shots", "2", "--seeds", "0", "--limit", "6",
+            "--output", str(out), "-q"]
+    assert main(base) == 0
+    journal = cell(out, "demo-majority", "easyvqa", 2, 0) / "predictions.jsonl"
+    preds = tmp_path / "preds.jsonl"
+    preds.write_bytes(journal.read_bytes())
+    replay = ["run", "--model", "predictions", "--model-arg", f"path={preds}", "--label", "replay", "--tasks",
+              "easyvqa", "--shots", "2", "--seeds", "0", "--limit", "6", "--output", str(out), "-q"]
+    assert main(replay) == 0
+    lines = preds.read_text().splitlines()
+    rec = json.loads(lines[3])
+    rec["raw_output"] = "zzz" if rec["raw_output"] != "zzz" else "yyy"
+    lines[3] = json.dumps(rec)
+    preds.write_text("\n".join(lines) + "\n")
+    capsys.readouterr()
+    assert main(replay) == 2
+    err = capsys.readouterr().err
+    assert "holds results of another configuration" in err and "model.fingerprint: predictions-" in err
