@@ -282,5 +282,5 @@ def test_bundled_flamingo_runs_a_video_task_from_mp4_files(tmp_path):
     metrics = json.loads(next(out.rglob("metrics.json")).read_text())
     assert metrics["n"] == 4 and metrics["n_failed"] == 0
     assert metrics["config"]["task"]["options"]["frames"] == 4
-    proc = run_cli(*args, "--frames", "16", check=False)
+    proc = run_cli(*args, "--frames", "16", "--output", str(tmp_path / "res16"), check=False)  # own cell folder
     assert proc.returncode == 2 and "takes at most 8" in proc.stderr and "--frames 8" in proc.stderr
