@@ -25,6 +25,7 @@ from .distributed import discover, set_threads, start_group
 from .errors import HarnessError
 from .options import describe_options, parse_key_values
 from .registry import get_model_class, get_task_class, include, load_builtins, model_names, task_names
+from .validate import check_model_options, check_sweep_flags, check_task
 
 log = logging.getLogger("harness")
 
@@ -67,7 +68,16 @@ def build_models(names: Sequence[str], model_args: list[str] | None, labels: lis
     for i, n in enumerate(names):
         cls = get_model_class(n)
         log.info("loading model %s", n)
-        model = cls(opts[n])
+        try:
+            model = cls(opts[n])
+        except (HarnessError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # a broken checkpoint (corrupt weights, missing tokenizer files...)
+            log.debug("model %s failed to load", n, exc_info=True)
+            given = ", ".join(f"{k}={v}" for k, v in opts[n].items()) or "default options"
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise HarnessError(f"model {n} ({given}) could not be loaded: {type(exc).__name__}: {first}. "
+                               f"Is the checkpoint complete and readable? (-v shows the traceback)") from None
         label = labels[i] if labels else _default_label(n, opts[n])
         out.append((model, label))
     return out
@@ -107,26 +117,32 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .suites import expand
     from .sweep import SweepSpec, run_sweep
 
-    model_list = _split_names(args.model) or list(DEFAULT_MODELS)
+    model_list = _names(args.model, "--model") or list(DEFAULT_MODELS)
     # Suites expand to their tasks, with their published shots unless --shots is given.
-    expansion = expand(_split_names(args.tasks) or list(DEFAULT_TASKS), args.shots, DEFAULT_SHOTS, task_names())
+    expansion = expand(_names(args.tasks, "--tasks") or list(DEFAULT_TASKS), args.shots, DEFAULT_SHOTS, task_names())
     task_list = list(expansion.tasks)
     if not args.model and not args.tasks and args.limit is None:
         args.limit = DEFAULT_LIMIT
         log.info("default sweep: the first %d eval questions of each task (pass --limit N to change)", DEFAULT_LIMIT)
     if len(set(model_list)) != len(model_list):
         raise HarnessError("the same --model is named twice; run it twice with different --output or --label")
+    # Validate everything before any model is constructed (see harness.validate).
+    shots = tuple(args.shots or DEFAULT_SHOTS)
+    check_sweep_flags(shots, args.seeds, args.limit, args.batch_size)
+    if args.sample is not None and args.sample <= 0:
+        raise HarnessError(f"--sample must be positive, got {args.sample}")
     launch = discover(_shard(args.shard))  # torchrun ranks, --shard K/N or a SLURM array task
     if launch.kind == "torchrun" and not launch.is_main:
         logging.getLogger("harness").setLevel(logging.WARNING)  # rank 0 reports for all
     set_threads(args.threads, launch)
+    check_model_options(model_list, _targeted(args.model_arg, "--model-arg", model_list))
     tasks = build_tasks(task_list, _flag_task_args(args, task_list) + list(args.task_arg or []), args.data_dir)
-    if args.sample is not None and args.sample <= 0:
-        raise HarnessError(f"--sample must be positive, got {args.sample}")
+    for task in tasks:
+        check_task(task, expansion.shots.get(task.name, shots), args.limit)
     _check_rices_models(tasks, model_list)
     models = build_models(model_list, args.model_arg, args.label)
-    spec = SweepSpec(tuple(args.shots or DEFAULT_SHOTS), tuple(args.seeds), args.limit, args.batch_size,
-                     launch.shard, task_shots=expansion.shots, sample=args.sample)
+    spec = SweepSpec(shots, tuple(args.seeds), args.limit, args.batch_size, launch.shard,
+                     task_shots=expansion.shots, sample=args.sample, overwrite=args.overwrite)
     output = Path(args.output)
     t0 = time.time()
     group = start_group(launch)
@@ -145,9 +161,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(render(table, "markdown"), end="")
     print(TABLE_NOTE)
     print(f"\n{len(summaries) * len(spec.seeds)} cells in {time.time() - t0:.1f}s; results under {output}/")
+    for s in summaries:  # failed samples are counted wrong: never let them pass unseen
+        for note in s.get("failures", []):
+            log.warning("%s", note)
     data = f" --data-dir {args.data_dir}" if args.data_dir else ""
     print(f"browse the samples: python run_eval.py view {output}{data} --output {output}/report.html")
     return 0
+
+
+def _names(values: Sequence[str] | None, flag: str) -> list[str]:
+    """Names of a comma-list flag; given but empty (``--model ,``) is an error, not the default sweep."""
+    names = _split_names(values)
+    if values and not names:
+        raise HarnessError(f"{flag} {' '.join(values)!r}: no name given; see `list models` / `list tasks`")
+    return names
 
 
 def _check_rices_models(tasks, model_names: Sequence[str]) -> None:
@@ -267,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"harness {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command")
 
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--include", action="append", default=[], metavar="PATH",
@@ -305,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--threads", type=int, metavar="N",
                    help="torch intra-op threads per process (default: $OMP_NUM_THREADS if set outside torchrun, "
                         "else the cores left free by other work divided by this machine's processes of the run)")
+    r.add_argument("--overwrite", action="store_true",
+                   help="replace results of another configuration found in a cell's folder (default: refuse, "
+                        "naming the cell and what differs; see README 'Results layout')")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     r.add_argument("--frames", type=int, help="video tasks: frames per video, chosen uniformly (default 8)")
     r.add_argument("--fps", type=float, help="video tasks: take frames at R per second instead (with --max-frames)")
@@ -376,7 +406,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run the command line; exit status 0 on success, 2 on bad input (one ``error:`` line),
+    130 on Ctrl-C. With no subcommand it prints the help and exits 0."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
     logging.basicConfig(
         level=logging.DEBUG if getattr(args, "verbose", False) and args.command != "list" else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
@@ -388,6 +424,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except HarnessError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.filename is None:  # not about a path the user can fix
+            raise
+        kept = ("; samples already finished are kept in their journals: fix the folder (space, permissions) "
+                "or pick another --output, and rerun the same command to resume") if args.command == "run" else ""
+        print(f"error: {exc.filename}: {exc.strerror}{kept}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: finished samples are kept; rerun the same command to resume", file=sys.stderr)

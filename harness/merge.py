@@ -110,7 +110,7 @@ def _check_complete(cell: Path, key: str, config: dict[str, Any], data_dir: str 
     have = {r.query_id for r in journal.recorded()}
     missing = [q.id for q in queries if q.id not in have]
     if missing:
-        shards = sorted(p.stem for p in journal.shard_dir.glob("*.jsonl"))
+        shards = [p.stem for p in journal.shard_files()]
         raise HarnessError(
             f"merge: {cell}: {len(missing)} of {len(queries)} queries have no prediction yet (e.g. {missing[0]}; "
             f"shard journals: {', '.join(shards) or 'none'}); finish the missing shards (rerun the run's command with "

@@ -17,6 +17,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
@@ -24,6 +27,8 @@ from typing import Any, ClassVar, Mapping, Sequence
 from .errors import HarnessError
 from .options import build_options
 from .types import Example, GenerateRequest, LoglikelihoodRequest, Media, Prompt, RankRequest
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -126,27 +131,75 @@ class Model:
         raise NotImplementedError(f"model {self.name} does not expose encode_media")
 
 
-def checkpoint_fingerprint(path: str | Path) -> str:
-    """A fast, stable identity of a checkpoint directory or file.
+def cache_dir() -> Path:
+    """Where the harness keeps small caches between runs: ``$HARNESS_CACHE`` or ``~/.cache/harness``."""
+    return Path(os.environ.get("HARNESS_CACHE") or Path.home() / ".cache" / "harness")
 
-    Hashes config files whole and, for weight files, their name, size and first
-    and last MiB: cheap on multi-GB checkpoints, yet any retrain changes it.
+
+#: A digest is cached only for files not modified in the last few seconds: file timestamps are
+#: coarse (a few ms), so a file rewritten within one tick keeps its mtime ("racy git").
+_RACY_S = 2.0
+
+
+def file_digest(path: Path, cache: dict[str, list] | None = None) -> str:
+    """sha256 of every byte of ``path``; with ``cache`` (path -> [stat..., digest]), reused while
+    (size, mtime_ns, ctime_ns, inode) are unchanged, so rerunning on a multi-GB checkpoint is instant."""
+    st = path.stat()
+    name = str(path.resolve())
+    stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+    hit = cache.get(name) if cache is not None else None
+    if isinstance(hit, list) and hit[:-1] == stamp:
+        return hit[-1]
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    digest = h.hexdigest()
+    if cache is not None and time.time() - max(st.st_mtime, st.st_ctime) > _RACY_S:
+        cache[name] = [*stamp, digest]
+    return digest
+
+
+def checkpoint_fingerprint(path: str | Path) -> str:
+    """Identity of a checkpoint directory or file: a hash of every byte of every file.
+
+    Any changed weight changes it. Digests are cached in ``<cache_dir>/fingerprints.json``
+    by path and (size, mtime_ns, ctime_ns, inode), so only new or modified files are read
+    (sha256 reads several hundred MB/s; see benchmarks/fingerprint.py).
     """
     p = Path(path)
+    if not p.exists():
+        raise HarnessError(f"checkpoint not found: {p}")
     files = sorted(x for x in p.rglob("*") if x.is_file()) if p.is_dir() else [p]
+    cache_file = cache_dir() / "fingerprints.json"
+    cache = _read_cache(cache_file)
+    before = dict(cache)
     h = hashlib.sha256()
     for f in files:
         rel = f.relative_to(p) if p.is_dir() else Path(f.name)
-        size = f.stat().st_size
-        h.update(f"{rel}\0{size}\0".encode())
-        with open(f, "rb") as fh:
-            if f.suffix in (".json", ".txt", ".model", ".yaml") or size <= 2 << 20:
-                h.update(fh.read())
-            else:
-                h.update(fh.read(1 << 20))
-                fh.seek(-(1 << 20), 2)
-                h.update(fh.read())
+        h.update(f"{rel.as_posix()}\0{file_digest(f, cache)}\0".encode())
+    if cache != before:
+        _write_cache(cache_file, cache)
     return h.hexdigest()[:16]
+
+
+def _read_cache(path: Path) -> dict[str, list]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_cache(path: Path, cache: dict[str, list]) -> None:
+    """Best effort (a read-only home only costs rehashing); atomic, so concurrent runs never tear it."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cache), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.debug("fingerprint cache %s not written: %s", path, exc)
 
 
 def config_hash(obj: Any) -> str:

@@ -69,6 +69,10 @@ def build_options(cls: type, values: Mapping[str, Any], owner: str):
                 f"{owner}: unknown option {key!r}. Valid options: {', '.join(sorted(fields)) or '(none)'}"
             )
         kwargs[key] = _convert(value, hints[key], f"{owner} option {key}") if isinstance(value, str) else value
+    missing = [f.name for f in fields.values() if f.name not in kwargs and f.init
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise HarnessError(f"{owner}: option(s) {', '.join(missing)} must be given (key=value)")
     return cls(**kwargs)
 
 

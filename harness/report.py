@@ -11,6 +11,7 @@ Paired differences with intervals and p-values: :func:`harness.paired.paired_com
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -18,8 +19,10 @@ from typing import Any, Literal, Sequence
 import pandas as pd
 
 from .errors import HarnessError
-from .store import iter_metrics
+from .store import config_diff, read_json
 from .suites import add_suite_rows
+
+log = logging.getLogger(__name__)
 
 Format = Literal["markdown", "csv", "latex"]
 
@@ -35,20 +38,50 @@ def _flatten(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
     return out
 
 
+def _setting_key(config: dict[str, Any]) -> str:
+    """Identity of a cell's configuration without its seed: cells that may be averaged over seeds."""
+    from .model import config_hash
+
+    sampler = {k: v for k, v in (config.get("sampler") or {}).items() if k != "seed"}
+    return config_hash({**config, "seed": None, "sampler": sampler})
+
+
+def _read_cells(src: str | Path):
+    """(file, metrics) of each finished cell under ``src``; a file that is not a harness
+    metrics.json (foreign, corrupt) is skipped with a warning naming it."""
+    for file in ([Path(src)] if Path(src).is_file() else sorted(Path(src).rglob("metrics.json"))):
+        try:
+            m = read_json(file)
+            cfg = m["config"]
+            _ = (cfg["label"], cfg["model"]["name"], cfg["task"]["name"], int(cfg["shots"]), int(cfg["seed"]), int(m["n"]))
+            if not isinstance(m["metrics"], dict):
+                raise TypeError("'metrics' is not an object")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("skipping %s: not a finished harness cell (%s: %s)", file, type(exc).__name__, exc)
+            continue
+        yield file, m
+
+
 def load_results(paths: Sequence[str | Path]) -> pd.DataFrame:
-    """Every finished cell under ``paths``: one row per (cell, metric)."""
+    """Every finished cell under ``paths``: one row per (cell, metric).
+
+    Cells are averaged over seeds only with cells of the same configuration: where one
+    label x task x shots holds several configurations (another --limit, task option,
+    checkpoint...), each gets its own column, marked with its configuration key, and a
+    warning names the cells and what differs.
+    """
     rows = []
     for src in paths:
         if not Path(src).exists():
             raise HarnessError(f"results folder not found: {src}")
-        for file, m in iter_metrics([src]):
+        for file, m in _read_cells(src):
             cfg = m["config"]
             for metric, value in _flatten(m["metrics"]).items():
                 rows.append({
                     "source": str(src),
                     "label": cfg["label"],
                     "model": cfg["model"]["name"],
-                    "fingerprint": cfg["model"]["fingerprint"],
+                    "fingerprint": cfg["model"].get("fingerprint"),
                     "task": cfg["task"]["name"],
                     "metric": metric,
                     "primary": metric == m.get("primary_metric"),
@@ -57,6 +90,7 @@ def load_results(paths: Sequence[str | Path]) -> pd.DataFrame:
                     "value": value,
                     "n": int(m["n"]),
                     "n_failed": int(m.get("n_failed", 0)),
+                    "setting": _setting_key(cfg),
                     "file": str(file),
                 })
     if not rows:
@@ -67,7 +101,25 @@ def load_results(paths: Sequence[str | Path]) -> pd.DataFrame:
     df["checkpoint"] = [
         f"{Path(s).name}/{lab}" if clash[lab] > 1 else lab for s, lab in zip(df["source"], df["label"])
     ]
+    _split_settings(df)
     return df
+
+
+def _split_settings(df: pd.DataFrame) -> None:
+    """Give each configuration of a checkpoint x task x shots its own column, and say so."""
+    groups = df.groupby(["checkpoint", "task", "shots"])["setting"].nunique()
+    mixed = groups[groups > 1]
+    if mixed.empty:
+        return
+    for (ck, task, shots) in mixed.index:
+        sel = (df["checkpoint"] == ck) & (df["task"] == task) & (df["shots"] == shots)
+        files = df.loc[sel].drop_duplicates("setting")["file"].tolist()
+        configs = [read_json(Path(f))["config"] for f in files[:2]]
+        log.warning("%s %s %d-shot: cells of %d different configurations are shown in separate columns "
+                    "[cfg KEY], not averaged together: %s; e.g. %s vs %s differ in %s",
+                    ck, task, shots, len(files), ", ".join(files), files[0], files[1],
+                    config_diff({**configs[0], "seed": None}, {**configs[1], "seed": None}))
+        df.loc[sel, "checkpoint"] = [f"{ck} [cfg {k[:6]}]" for k in df.loc[sel, "setting"]]
 
 
 def summarize(cells: pd.DataFrame) -> pd.DataFrame:
@@ -78,6 +130,7 @@ def summarize(cells: pd.DataFrame) -> pd.DataFrame:
         std=("value", lambda v: float(v.std(ddof=0)) if len(v) else math.nan),
         seeds=("seed", "nunique"),
         n=("n", "min"),
+        failed=("n_failed", "sum"),
         primary=("primary", "first"),
     ).reset_index()
     return out
@@ -97,7 +150,8 @@ def summary_table(summaries: Sequence[dict[str, Any]]) -> pd.DataFrame:
     """The same table from a sweep's in-memory summaries (see harness.sweep.run_sweep)."""
     df = pd.DataFrame([
         {"task": s["task"], "metric": s["metric"], "checkpoint": s["label"], "shots": s["shots"],
-         "mean": s["mean"], "std": s["std"], "seeds": len(s["seeds"]), "n": s["n"], "primary": True}
+         "mean": s["mean"], "std": s["std"], "seeds": len(s["seeds"]), "n": s["n"], "primary": True,
+         "failed": sum(s.get("n_failed", []))}
         for s in summaries
     ])
     return _pivot(add_suite_rows(df))
@@ -112,7 +166,9 @@ def _pivot(summary: pd.DataFrame) -> pd.DataFrame:
 
 def _cell(r: Any) -> str:
     std = f" ({r.std:.2f})" if r.seeds > 1 else ""
-    return f"{r.mean:.2f}{std} n={r.n}"
+    failed = getattr(r, "failed", 0)
+    note = f" ({failed} failed{' over ' + str(r.seeds) + ' seeds' if r.seeds > 1 else ''})" if failed else ""
+    return f"{r.mean:.2f}{std} n={r.n}{note}"
 
 
 def render(table: pd.DataFrame, fmt: Format = "markdown") -> str:
@@ -157,6 +213,9 @@ def plot(paths: Sequence[str | Path], out: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    out = Path(out)
+    if not out.parent.is_dir():
+        raise HarnessError(f"--plot {out}: folder {out.parent} does not exist; create it or pick another path")
     summary = summarize(load_results(paths))
     summary = summary[summary["primary"]]
     tasks = sorted(summary["task"].unique())
@@ -171,7 +230,6 @@ def plot(paths: Sequence[str | Path], out: str | Path) -> Path:
         ax.set_ylabel(sub["metric"].iloc[0])
         ax.legend(fontsize=7)
     fig.tight_layout()
-    out = Path(out)
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out

@@ -17,7 +17,7 @@ from .model import Model, config_hash
 from .prompts import PromptBuilder
 from .ranking import continuation_for, demo_orders, rank
 from .sampling import build_sampler, rng_for, sampler_config
-from .store import Journal, cell_dir, write_json
+from .store import CellLock, Journal, cell_dir, write_json
 from .task import Task
 from .types import Example, GenerateRequest, GenerationConfig, RankRequest, SampleRecord
 
@@ -38,6 +38,8 @@ class CellSpec:
     shard: tuple[int, int] | None = None
     #: evaluate a random subset of N eval examples, a different one per seed (OpenFlamingo's --num_samples).
     sample: int | None = None
+    #: replace results of another configuration in the cell's folder (else: refuse, see harness.store).
+    overwrite: bool = False
 
 
 def select_queries(task: Task, limit: int | None, sample: int | None = None, seed: int = 0) -> list[Example]:
@@ -106,6 +108,27 @@ class _Cell:
         return self.spec.shots == 0  # Flamingo's zero-shot: demos without their media
 
 
+@dataclass
+class CellPlan:
+    """Everything decided about a cell before any model call: its queries, demos and identity."""
+
+    task: Task
+    spec: CellSpec
+    queries: list[Example]
+    sampler: Any
+    n_demos: int
+    template: Any
+    gen: GenerationConfig
+    config: dict[str, Any]
+    key: str
+    directory: Path
+    journal: Journal
+
+    @property
+    def desc(self) -> str:
+        return f"{self.config['label']} {self.task.name} {self.spec.shots}-shot seed {self.spec.seed}"
+
+
 class Runner:
     """Runs cells for one model, writing under ``output/label``.
 
@@ -122,8 +145,11 @@ class Runner:
         self.label = label or model.name
         self.group = group
         self.progress = progress and (group is None or group.is_main)
+        self._data_fp: dict[tuple[str, str, int], str] = {}
 
-    def run_cell(self, task: Task, spec: CellSpec) -> dict[str, Any]:
+    def plan(self, task: Task, spec: CellSpec) -> CellPlan:
+        """The cell's queries, sampler and configuration. ``config`` is the cell's identity:
+        everything in it is hashed into ``config_key`` (see harness.store)."""
         queries = select_queries(task, spec.limit, spec.sample, spec.seed)
         check_media(self.model, queries, task)
         task.check_shots(spec.shots)
@@ -133,7 +159,6 @@ class Runner:
         n_demos = spec.shots if spec.shots > 0 else task.zero_shot_demos()
         sampler.check_shots(n_demos)
         template_name, template = task.template(self.model.template_style)
-        builder = PromptBuilder(template)
         gen = task.generation_config()
 
         config = {
@@ -146,26 +171,87 @@ class Runner:
             "sample": spec.sample,
             "sampler": {**sampler_config(sampler), "zero_shot_text_demos": 0 if spec.shots else n_demos},
             "generation": asdict(gen) if task.kind == "generate" else None,
+            # the data itself: changed annotations (or a different data root) are another identity
+            "data": {"queries": data_fingerprint(queries), "support": self._support_fingerprint(task)},
             "harness_version": __version__,
         }
         key = config_hash(config)
         directory = cell_dir(self.output, self.label, task.name, spec.shots, spec.seed)
-        # --- torchrun: rank 0 merges earlier runs' journals, so every rank sees the same finished samples
-        start = time.time()
+        return CellPlan(task, spec, queries, sampler, n_demos, template, gen, config, key, directory,
+                        Journal(directory, key, config, spec.shard))
+
+    def _support_fingerprint(self, task: Task) -> str:
+        """Of the whole support split (the pool is a function of it, support_size and the seed),
+        computed once per task and split."""
+        examples = task.support_examples()
+        key = (task.name, task.support_split, id(examples))
+        if key not in self._data_fp:
+            self._data_fp[key] = data_fingerprint(examples)
+        return self._data_fp[key]
+
+    def run_cell(self, task: Task, spec: CellSpec, wait: bool = True) -> dict[str, Any] | None:
+        """Evaluate one cell (or resume it, or return its finished metrics) under the cell's lock.
+
+        If another live process holds the lock: with ``wait`` wait for it (then usually read its
+        finished metrics), else return None at once so the caller can come back later. Under
+        torchrun each rank locks only its own shard of the cell (see ``_run_rank``)."""
+        plan = self.plan(task, spec)
         if self.group is not None:
-            if spec.shard is not None:
-                raise HarnessError("a cell is either sharded by torchrun or by --shard, not both")
-            finished = self.group.from_main(lambda: Journal(directory, key, config).prepare())
-            if finished is not None:
-                log.info("%s: already complete, skipping", directory)
-                return finished
-            spec = replace(spec, shard=self.group.shard)
-        # ---
-        journal = Journal(directory, key, config, spec.shard)
+            return self._run_rank(plan)
+        lock = plan.journal.lock()
+        if not lock.acquire(wait=False):
+            if not wait:
+                log.info("%s: %s is working on it; coming back to it later", plan.directory, lock.holder())
+                return None
+            log.info("%s: waiting for %s to finish it", plan.directory, lock.holder())
+            lock.acquire(wait=True)
+        try:
+            return self._run(plan)
+        finally:
+            lock.release()
+
+    def _run_rank(self, plan: CellPlan) -> dict[str, Any]:
+        """torchrun: rank 0 merges earlier runs' journals, so every rank sees the same finished
+        samples; each rank computes its share into its own shard journal, then ``_merge_ranks``."""
+        group = self.group
+        assert group is not None
+        start = time.time()
+        if plan.spec.shard is not None:
+            raise HarnessError("a cell is either sharded by torchrun or by --shard, not both")
+
+        def prepare() -> dict[str, Any] | None:
+            if plan.spec.overwrite and plan.journal.existing_config() is not None:
+                plan.journal.clear()
+            return plan.journal.prepare()
+
+        finished = group.from_main(prepare)
+        if finished is not None:
+            log.info("%s: already complete, skipping", plan.directory)
+            return finished
+        spec = replace(plan.spec, shard=group.shard)
+        plan = replace(plan, spec=spec, journal=Journal(plan.directory, plan.key, plan.config, spec.shard))
+        lock = plan.journal.lock()
+        lock.acquire(wait=True)
+        try:
+            n_computed = self._run(plan)
+        finally:
+            lock.release()
+        return self._merge_ranks(plan.task, replace(spec, shard=None), start, n_computed)
+
+    def _run(self, plan: CellPlan) -> Any:
+        """Compute what the cell still lacks. Unsharded: score it and write metrics.json (returned);
+        an independent shard returns a summary of its share; a torchrun rank its count computed."""
+        task, spec, journal, directory = plan.task, plan.spec, plan.journal, plan.directory
         finished = journal.completed_metrics()
         if finished is not None:
             log.info("%s: already complete, skipping", directory)
             return finished
+        if spec.overwrite and journal.existing_config() is not None:
+            journal.clear()
+        if spec.shard is None:
+            self._wait_for_shards(journal)
+        queries, sampler, n_demos = plan.queries, plan.sampler, plan.n_demos
+        builder = PromptBuilder(plan.template)
 
         stats = getattr(self.model, "stats", dict)  # Model.stats(); a duck-typed plug-in may lack it
         stats_before = stats()
@@ -183,44 +269,66 @@ class Runner:
             mine = balanced_share(pool, [self._cost(task, builder, demos_for(q), q, spec.shots == 0) for q in pool],
                                   *spec.shard)
         todo = [q for q in mine if q.id not in done_ids]
+        if todo:
+            log.info("%s: computing %d samples in %s", plan.desc, len(todo), directory)
         self.model.observe_support(task.name, sampler.pool)
 
-        desc = f"{self.label} {task.name} {spec.shots}-shot seed {spec.seed}"
-        bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=desc, disable=not self.progress, leave=False)
+        bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=plan.desc, disable=not self.progress,
+                   leave=False)
         cell = _Cell(task, spec, builder, demos_for, journal, bar)
-        new_records = self._generate(cell, todo, gen) if task.kind == "generate" else self._rank(cell, todo, template)
+        new_records = (self._generate(cell, todo, plan.gen) if task.kind == "generate"
+                       else self._rank(cell, todo, plan.template))
         bar.close()
 
         if self.group is not None:
-            return self._merge_ranks(task, replace(spec, shard=None), start, len(todo))
+            journal.record_time()
+            return len(todo)
         if spec.shard is not None:
+            journal.record_time()
             return {"shard": list(spec.shard), "n": len(mine), "journal": str(journal.path)}
         by_id = {r.query_id: r for r in done + new_records}
         records = [by_id[q.id] for q in queries]
-        failures = [{"query_id": r.query_id, "error": r.error} for r in records if r.error]
+        failures = failure_list(records, queries, sampler.pool)
         if failures and len(failures) == len(records):
             raise HarnessError(
-                f"{desc}: every sample failed; first error: {failures[0]['error']} "
+                f"{plan.desc}: every sample failed; first error: {failures[0]['error']} "
                 f"(details in {journal.path})"
             )
         metrics = task.aggregate(records)
         # Corpus-level metrics (CIDEr) set per-sample scores only in aggregate(): store the final ones,
         # in eval order.
         journal.rewrite(records)
+        wall = journal.record_time()
+        parts = journal.parts()
         result = {
             "metrics": metrics,
             "primary_metric": task.primary_metric,
             "n": len(records),
             "n_failed": len(failures),
             "failures": failures,
-            "wall_time_s": round(time.time() - start, 3),
+            # compute time of every process that worked on the cell (resumes, shards), and each one's
+            "compute_time_s": round(sum(p["wall_time_s"] for p in parts), 3),
+            "parts": parts,
+            "wall_time_s": wall,  # this process's part
             # this run's counters (cache hits, vision encodes): outside the config, they vary by run
             "model_stats": {k: v - stats_before.get(k, 0) for k, v in stats().items()},
-            "config_key": key,
-            "config": config,
+            "config_key": plan.key,
+            "config": plan.config,
         }
         write_json(directory / "metrics.json", result)
         return result
+
+    @staticmethod
+    def _wait_for_shards(journal: Journal) -> None:
+        """A merge waits for shard processes still writing this configuration's shards."""
+        if not journal.shard_dir.is_dir():
+            return
+        for lock_path in sorted(journal.shard_dir.glob("*.lock")):
+            lock = CellLock(lock_path)
+            if not lock.acquire(wait=False):
+                log.info("%s: waiting for %s to finish its shard", journal.dir, lock.holder())
+                lock.acquire(wait=True)
+            lock.release()
 
     def _cost(self, task: Task, builder: PromptBuilder, demos: list[Example], q: Example, text_only: bool) -> int:
         """The work a query costs, for balanced shares: its rendered prompt's length (times the
@@ -318,3 +426,32 @@ class Runner:
         fields = {**task.record_fields(q), **task.ranking_fields(q, logprobs, scores, norm), "n_orders": len(prompts)}
         return SampleRecord(raw_output=prediction, prediction=prediction, score=task.score(prediction, q),
                             fields=fields, **common)
+
+
+def data_fingerprint(examples: Sequence[Example]) -> str:
+    """Hash of what a cell's numbers depend on in its examples: ids, prompt fields, answers,
+    demo targets and media identities (not the media bytes)."""
+    return config_hash([[e.id, dict(e.fields), list(e.answers), e.target, [m.identity for m in e.media]]
+                        for e in examples])
+
+
+def failure_list(records: Sequence[SampleRecord], queries: Sequence[Example],
+                 pool: Sequence[Example]) -> list[dict[str, Any]]:
+    """The failed samples, each with its error and, where the error names one, the media that
+    failed and whether it was the query's or a demo's (a bad demo image fails every query drawing it)."""
+    by_id = {e.id: e for e in pool}
+    by_id.update({q.id: q for q in queries})
+    out = []
+    for r in records:
+        if not r.error:
+            continue
+        entry: dict[str, Any] = {"query_id": r.query_id, "error": r.error}
+        candidates = [("query", r.query_id)] + [("demo", d) for d in r.demo_ids]
+        for role, ex_id in candidates:
+            ex = by_id.get(ex_id)
+            hit = next((m.identity for m in (ex.media if ex else ()) if m.identity in r.error), None)
+            if hit:
+                entry.update(media=hit, role=role, **({"demo_id": ex_id} if role == "demo" else {}))
+                break
+        out.append(entry)
+    return out

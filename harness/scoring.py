@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DataError
-from .predictions import load_predictions
+from .predictions import load_journal, load_predictions
 from .task import Task
-from .types import SampleRecord
+from .types import Example, SampleRecord
 
 log = logging.getLogger(__name__)
 
@@ -19,12 +19,17 @@ def score_predictions(task: Task, path: str | Path, split: str | None = None) ->
 
     As the official VQA evaluation, it scores the questions that have a prediction;
     questions of the split without one are reported (``n_missing``) and logged.
-    Official-format answers are scored as they are; a harness ``predictions.jsonl``
-    has its ``raw_output`` post-processed as in a run.
+    Official-format answers are scored as they are. A harness ``predictions.jsonl`` is
+    scored as its run scored it: its ``raw_output`` post-processed, its model outputs
+    (e.g. candidate log-likelihoods for ROC-AUC) and failed samples kept, and the
+    references always read from the task's data, never from the journal.
     """
-    id_key, text_key = task.prediction_keys
-    preds = load_predictions(path, id_key, text_key)
-    is_journal = Path(path).suffix == ".jsonl"
+    journal = load_journal(path)
+    if journal is None:
+        id_key, text_key = task.prediction_keys
+        preds: dict[str, Any] = load_predictions(path, id_key, text_key)
+    else:
+        preds = journal
     examples = task.eval_examples(split)
     by_id = {e.id: e for e in examples}
     unknown = [k for k in preds if k not in by_id]
@@ -33,15 +38,7 @@ def score_predictions(task: Task, path: str | Path, split: str | None = None) ->
             f"{path}: {len(unknown)} predictions have ids not in task {task.name} split "
             f"{split or task.eval_split} (first: {unknown[0]}); is this the right task and split?"
         )
-    records = []
-    for ex in examples:
-        if ex.id not in preds:
-            continue
-        raw = preds[ex.id]
-        prediction = task.postprocess(raw, ex) if is_journal else raw
-        records.append(SampleRecord(query_id=ex.id, demo_ids=[], prompt="", raw_output=raw,
-                                    prediction=prediction, score=task.score(prediction, ex),
-                                    fields=task.record_fields(ex)))
+    records = [_record(task, ex, preds[ex.id]) for ex in examples if ex.id in preds]
     if not records:
         raise DataError(f"{path}: no predictions to score")
     missing = len(examples) - len(records)
@@ -51,3 +48,17 @@ def score_predictions(task: Task, path: str | Path, split: str | None = None) ->
     metrics = task.aggregate(records)
     metrics["n_missing"] = missing
     return metrics
+
+
+def _record(task: Task, ex: Example, pred: str | SampleRecord) -> SampleRecord:
+    if isinstance(pred, str):  # official format: the answer as given
+        return SampleRecord(query_id=ex.id, demo_ids=[], prompt="", raw_output=pred, prediction=pred,
+                            score=task.score(pred, ex), fields=task.record_fields(ex))
+    # The journal's own fields are the model's outputs; the task's data overrides any reference in them.
+    fields = {**pred.fields, **task.record_fields(ex)}
+    if pred.error:
+        return SampleRecord(query_id=ex.id, demo_ids=pred.demo_ids, prompt="", raw_output="", prediction="",
+                            score=0.0, fields=fields, error=pred.error)
+    prediction = task.postprocess(pred.raw_output, ex)
+    return SampleRecord(query_id=ex.id, demo_ids=pred.demo_ids, prompt="", raw_output=pred.raw_output,
+                        prediction=prediction, score=task.score(prediction, ex), fields=fields)

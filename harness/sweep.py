@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
-from .distributed import Group
 from .metrics.stats import mean_std
+from .distributed import Group
 from .model import Model
 from .runner import CellSpec, Runner
-from .store import safe_name, write_json
+from .store import CellConflict, cell_dir as plan_dir, safe_name, write_json
 from .task import Task
 
 log = logging.getLogger(__name__)
@@ -23,10 +23,39 @@ class SweepSpec:
     seeds: tuple[int, ...] = (0, 1, 2)
     limit: int | None = None
     batch_size: int = 8
-    shard: tuple[int, int] | None = None
+    shard: tuple[int, int] | str | None = None
     #: per-task shots (suites' published shots); tasks not named here use ``shots``.
     task_shots: Mapping[str, tuple[int, ...]] | None = None
     sample: int | None = None
+    #: replace results of another configuration (else the sweep refuses before computing anything).
+    overwrite: bool = False
+
+
+def check_conflicts(runners: Sequence[Runner], tasks: Sequence[Task], spec: SweepSpec) -> None:
+    """Refuse, before any cell runs, if a cell folder holds results of another configuration."""
+    if spec.overwrite:
+        return
+    conflicts = []
+    for runner in runners:
+        for task in tasks:
+            for shots in _shots(spec, task):
+                for seed in spec.seeds:
+                    plan = runner.plan(task, _cell_spec(spec, shots, seed))
+                    try:
+                        plan.journal.check_conflict()
+                    except CellConflict as exc:
+                        conflicts.append(str(exc))
+    if conflicts:
+        more = f" ({len(conflicts) - 1} more cells likewise)" if len(conflicts) > 1 else ""
+        raise CellConflict(conflicts[0] + more)
+
+
+def _cell_spec(spec: SweepSpec, shots: int, seed: int) -> CellSpec:
+    return CellSpec(shots, seed, spec.limit, spec.batch_size, spec.shard, spec.sample, spec.overwrite)
+
+
+def _shots(spec: SweepSpec, task: Task) -> tuple[int, ...]:
+    return tuple((spec.task_shots or {}).get(task.name, spec.shots))
 
 
 def run_sweep(
@@ -40,43 +69,71 @@ def run_sweep(
     """Evaluate every cell; returns per-(label, task, shots) summaries and writes ``summary.json`` per label.
 
     With ``spec.shard`` set, only this process's share of each cell is evaluated and
-    nothing is aggregated (an unsharded run of the same sweep merges the shards). With a torchrun
+    nothing is aggregated (an unsharded run of the same sweep merges the shards).
+    Cells another live process is working on are skipped at first and waited for at the
+    end, so two runs into one output split the work instead of doing it twice. With a torchrun
     ``group`` every rank evaluates its share of every cell and returns the summaries; rank 0 writes them.
     """
+    runners = [Runner(model, output, label, progress=progress, group=group) for model, label in models]
+    check_conflicts(runners, tasks, spec)
     summaries = []
-    for model, label in models:
-        runner = Runner(model, output, label, progress=progress, group=group)
+    for runner in runners:
+        label = runner.label
+        grid = [(task, shots, seed) for task in tasks for shots in _shots(spec, task) for seed in spec.seeds]
+        results: dict[tuple[str, int, int], dict[str, Any]] = {}
+        busy = []
+        for task, shots, seed in grid:
+            res = runner.run_cell(task, _cell_spec(spec, shots, seed), wait=False)
+            if res is None:
+                busy.append((task, shots, seed))
+            else:
+                results[(task.name, shots, seed)] = res
+        for task, shots, seed in busy:  # held by another process: wait, then read its metrics
+            results[(task.name, shots, seed)] = runner.run_cell(task, _cell_spec(spec, shots, seed), wait=True)
+
         per_label = []
         for task in tasks:
-            for shots in (spec.task_shots or {}).get(task.name, spec.shots):
-                results = []
-                for seed in spec.seeds:
-                    res = runner.run_cell(task, CellSpec(shots, seed, spec.limit, spec.batch_size, spec.shard,
-                                                            spec.sample))
-                    if "metrics" not in res:
-                        continue  # a shard's share: nothing to aggregate here
-                    primary = res["metrics"][res["primary_metric"]]
+            for shots in _shots(spec, task):
+                cells = [results[(task.name, shots, seed)] for seed in spec.seeds]
+                cells = [r for r in cells if "metrics" in r]  # a shard's share: nothing to aggregate here
+                for seed, res in zip(spec.seeds, cells):
                     log.info("%s %s %d-shot seed %d: %s = %.2f (n=%d)", label, task.name, shots, seed,
-                             res["primary_metric"], primary, res["n"])
-                    results.append(res)
-                if not results:
+                             res["primary_metric"], res["metrics"][res["primary_metric"]], res["n"])
+                if not cells:
                     continue
-                values = [r["metrics"][r["primary_metric"]] for r in results]
+                values = [r["metrics"][r["primary_metric"]] for r in cells]
                 mean, std = mean_std(values)
                 per_label.append({
                     "label": label,
                     "task": task.name,
-                    "metric": results[0]["primary_metric"],
+                    "metric": cells[0]["primary_metric"],
                     "shots": shots,
                     "seeds": list(spec.seeds),
                     "per_seed": values,
                     "mean": mean,
                     "std": std,
-                    "n": results[0]["n"],
-                    "n_failed": [r["n_failed"] for r in results],
-                    "wall_time_s": sum(r["wall_time_s"] for r in results),
+                    "n": cells[0]["n"],
+                    "n_failed": [r["n_failed"] for r in cells],
+                    "wall_time_s": sum(r.get("wall_time_s", 0.0) for r in cells),
+                    "compute_time_s": sum(r.get("compute_time_s", r.get("wall_time_s", 0.0)) for r in cells),
+                    "failures": [_failure_note(plan_dir(output, label, task.name, shots, seed), r)
+                                 for seed, r in zip(spec.seeds, cells) if r.get("n_failed")],
                 })
         if per_label and (group is None or group.is_main):
             write_json(output / safe_name(label) / "summary.json", per_label)
         summaries.extend(per_label)
     return summaries
+
+
+def _failure_note(directory: Path, res: dict[str, Any]) -> str:
+    """One line about a cell's failed samples: how many, the first error, where all are listed;
+    a demo whose media failed is named once with the number of queries it failed."""
+    failures = res["failures"]
+    demo_counts: dict[str, int] = {}
+    for f in failures:
+        if f.get("role") == "demo":
+            demo_counts[f["media"]] = demo_counts.get(f["media"], 0) + 1
+    demos = "".join(f"; demo media {m} is unreadable and failed all {k} queries that drew it"
+                    for m, k in sorted(demo_counts.items()))
+    return (f"{directory}: {res['n_failed']} of {res['n']} samples failed (counted wrong){demos}; "
+            f"first: {failures[0]['error']}; all are listed under 'failures' in {directory / 'metrics.json'}")

@@ -139,16 +139,26 @@ class Task:
 
     def examples(self, split: str) -> list[Example]:
         if split not in self._cache:
-            # A split is tens of thousands of small objects, all kept: cyclic GC passes over them
-            # while they are built only cost time (~40% of easyvqa's load).
-            was_enabled = gc.isenabled()
-            gc.disable()
-            try:
-                self._cache[split] = self.load(split)
-            finally:
-                if was_enabled:
-                    gc.enable()
+            examples = self._load_without_gc(split)
+            seen: set[str] = set()
+            for e in examples:
+                if e.id in seen:  # a duplicate would be scored twice and could be its own demo
+                    raise DataError(f"task {self.name} split {split}: id {e.id} appears twice in the data; "
+                                    f"ids (question_id, image id...) must be unique")
+                seen.add(e.id)
+            self._cache[split] = examples
         return self._cache[split]
+
+    def _load_without_gc(self, split: str) -> list[Example]:
+        # A split is tens of thousands of small objects, all kept: cyclic GC passes over them
+        # while they are built only cost time (~40% of easyvqa's load).
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return self.load(split)
+        finally:
+            if was_enabled:
+                gc.enable()
 
     @property
     def support_split(self) -> str:

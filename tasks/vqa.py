@@ -153,6 +153,8 @@ class COCOVQATask(VQATask):
                 raise DataError(f"{apath}: annotation #{i} (question_id {qid}): 'answers' must be a non-empty list")
             for j, a in enumerate(answers):
                 require(a, "answer", apath, f"annotation #{i} (question_id {qid}) answers[{j}]", layout)
+            if qid in ann_by_qid:
+                raise DataError(f"{apath}: question_id {qid} is annotated twice (annotation #{i}); ids must be unique")
             ann_by_qid[qid] = ann
 
         image_dir = Path(self.options.image_dir) if self.options.image_dir else self.root / split
@@ -161,6 +163,9 @@ class COCOVQATask(VQATask):
             qid = require(q, "question_id", qpath, f"question #{i}", layout)
             image_id = require(q, "image_id", qpath, f"question #{i} (question_id {qid})", layout)
             text = require(q, "question", qpath, f"question #{i} (question_id {qid})", layout)
+            if isinstance(image_id, bool) or not str(image_id).isdigit():
+                raise DataError(f"{qpath}: question #{i} (question_id {qid}): image_id must be an integer "
+                                f"(it names COCO_<split>_<image_id:012d>.jpg), got {image_id!r}")
             ann = ann_by_qid.get(qid)
             if ann is None:
                 missing.append(qid)

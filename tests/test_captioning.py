@@ -149,7 +149,7 @@ def test_scoring_with_read_only_package_and_concurrent_runs():
         procs = [subprocess.Popen([*as_user, sys.executable, "-c", code, str(base / "fixture.json")], cwd=base,
                                   env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                  for _ in range(2)]
-        outs = [p.communicate(timeout=120) for p in procs]
+        outs = [p.communicate() for p in procs]
         for p, (out, err) in zip(procs, outs):
             assert p.returncode == 0, err
             used, corpus = json.loads(out)

@@ -187,7 +187,7 @@ def test_paper_recipe_frozen_pretrained_parts(pretrained_dirs, tmp_path):
            "--max-demos", "2", "--lm-path", str(pretrained_dirs / "lm"), "--vision-path",
            str(pretrained_dirs / "vision"), "--image-size", "32", "--latents", "4", "--xattn-heads", "2",
            "--xattn-dim-head", "8", "--log-every", "1"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     saved = load_file(str(out / "model.safetensors"))
     assert not any(k.startswith("vision.") for k in saved)  # frozen vision tower stays in its folder
@@ -264,7 +264,7 @@ def test_bundled_checkpoint_answers_easyvqa_test_questions(tmp_path):
 def test_listing_models_does_not_import_torch():
     code = ("import sys; from harness.registry import model_names; names = model_names(); "
             "assert 'flamingo' in names, names; assert 'torch' not in sys.modules; print('ok')")
-    proc = subprocess.run([PY, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([PY, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert proc.stdout.strip() == "ok", proc.stderr[-2000:]
 
 
@@ -284,5 +284,5 @@ def test_bundled_flamingo_runs_a_video_task_from_mp4_files(tmp_path):
     metrics = json.loads(next(out.rglob("metrics.json")).read_text())
     assert metrics["n"] == 4 and metrics["n_failed"] == 0
     assert metrics["config"]["task"]["options"]["frames"] == 4
-    proc = run_cli(*args, "--frames", "16", check=False)
+    proc = run_cli(*args, "--frames", "16", "--output", str(tmp_path / "res16"), check=False)  # own cell folder
     assert proc.returncode == 2 and "takes at most 8" in proc.stderr and "--frames 8" in proc.stderr

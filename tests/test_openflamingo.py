@@ -313,7 +313,7 @@ def test_cli_run_with_local_files(reference, tmp_path):
         [sys.executable, str(ref.ROOT / "run_eval.py"), "run", "--model", "openflamingo", *args, "--tasks", "easyvqa",
          "--limit", "3", "--shots", "0", "2", "--seeds", "0", "--threads", "1", "--output", str(tmp_path / "out")],
         cwd=ref.ROOT, env={**os.environ, "PYTHONPATH": str(ref.ROOT), "TOKENIZERS_PARALLELISM": "false"},
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, text=True,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = [json.loads(line) for f in sorted((tmp_path / "out").rglob("*.jsonl")) for line in f.read_text().splitlines()]

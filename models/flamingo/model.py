@@ -57,6 +57,10 @@ def load_tokenizer(path: str | Path):
     """A tokenizer with Flamingo's special tokens: ``<image>``, ``<|endofchunk|>`` and a pad token."""
     from transformers import AutoTokenizer
 
+    names = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model")
+    if Path(path).is_dir() and not any((Path(path) / n).is_file() for n in names):
+        raise HarnessError(f"{path}: no tokenizer files ({', '.join(names)}); copy them from the checkpoint's "
+                           f"source (save_pretrained writes them)")
     tok = AutoTokenizer.from_pretrained(str(path))
     missing = [t for t in (MEDIA_TOKEN, END_OF_CHUNK) if t not in tok.get_vocab()]
     if missing:

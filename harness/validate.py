@@ -1,0 +1,110 @@
+"""Validation before work: every flag, every task's data and options, every shot count against
+every support set, and the models' options, all checked before any model is constructed.
+
+A mistake found here costs a second, not a model load (minutes for a large model) or the
+cells that ran before it. Each check raises a HarnessError naming the thing and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from typing import Any, Callable, Sequence
+
+from .errors import DataError, HarnessError
+from .options import build_options
+from .registry import get_model_class
+from .sampling import RandomSampler
+from .task import Task
+
+log = logging.getLogger(__name__)
+
+
+def check_sweep_flags(shots: Sequence[int], seeds: Sequence[int], limit: int | None, batch_size: int) -> None:
+    """--shots, --seeds, --limit and --batch-size: in range and without repeats."""
+    bad = [s for s in shots if s < 0]
+    if bad:
+        raise HarnessError(f"--shots {bad[0]}: shot counts must be >= 0")
+    for flag, values in (("--shots", shots), ("--seeds", seeds)):
+        dup = sorted({v for v in values if list(values).count(v) > 1})
+        if dup:
+            raise HarnessError(f"{flag} {' '.join(map(str, values))}: {dup[0]} is given twice; give each once")
+    if limit is not None and limit <= 0:
+        raise HarnessError(f"--limit {limit}: must be a positive number of eval examples")
+    if batch_size < 1:
+        raise HarnessError(f"--batch-size {batch_size}: must be >= 1")
+
+
+def _positive(v: Any) -> bool:
+    return v >= 1
+
+
+#: Range checks of option names shared by many tasks: name -> (accepts the value, what it must be).
+#: ``None`` (use the task's default) always passes.
+OPTION_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "support_size": (_positive, "an integer >= 1 (size of the random support set)"),
+    "zero_shot_text_demos": (lambda v: v >= 0, "an integer >= 0"),
+    "max_new_tokens": (_positive, "an integer >= 1"),
+    "num_beams": (_positive, "an integer >= 1 (1 = greedy)"),
+    "length_penalty": (math.isfinite, "a finite number"),
+    "ensemble": (_positive, "an integer >= 1 (demo orders to average)"),
+    "frames": (_positive, "an integer >= 1"),
+    "max_frames": (_positive, "an integer >= 1"),
+    "fps": (lambda v: math.isfinite(v) and v > 0, "a positive number"),
+}
+
+
+def check_task_options(task: Task) -> None:
+    for f in dataclasses.fields(task.options):
+        value = getattr(task.options, f.name)
+        rule = OPTION_RANGES.get(f.name)
+        if rule is None or value is None or isinstance(value, (str, bool)):
+            continue
+        ok, what = rule
+        if not ok(value):
+            raise HarnessError(f"task {task.name} option {f.name}={value}: must be {what}")
+
+
+def check_task(task: Task, shots: Sequence[int], limit: int | None = None) -> None:
+    """Options in range; both splits read (every data-file error surfaces now); every shot
+    count (and the zero-shot text demos) fits the support set."""
+    check_task_options(task)
+    support = task.support_examples()
+    evals = task.eval_examples()
+    if not evals:
+        raise DataError(f"task {task.name}: the eval split {task.eval_split!r} is empty")
+    sampler = RandomSampler(task.name, support, 0, task.options.support_size)
+    for s in shots:
+        task.check_shots(s)  # a zero-shot-only benchmark refuses demos
+        sampler.check_shots(s if s > 0 else task.zero_shot_demos())
+    log.debug("task %s: %d support, %d eval examples%s", task.name, len(support), len(evals),
+              f" (first {limit})" if limit else "")
+
+
+def check_model_options(names: Sequence[str], options: dict[str, dict[str, str]]) -> None:
+    """Each model's --model-args parse into its Options (unknown keys, types), and a ``device``
+    option names a device this machine has; without constructing any model."""
+    for name in names:
+        opts = build_options(get_model_class(name).Options, options[name], f"model {name}")
+        device = getattr(opts, "device", None)
+        if isinstance(device, str) and device not in ("cpu", "auto"):
+            check_device(device, f"model {name} option device")
+
+
+def check_device(device: str, where: str) -> None:
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise HarnessError(f"{where}={device!r}: not a device name; use cpu, cuda, cuda:1 or mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise HarnessError(f"{where}={device!r}: no CUDA GPU is available here; use device=cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise HarnessError(f"{where}={device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise HarnessError(f"{where}={device!r}: MPS is not available here; use device=cpu")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise HarnessError(f"{where}={device!r}: unsupported device type {dev.type!r}; use cpu, cuda or mps")
