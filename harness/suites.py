@@ -136,7 +136,8 @@ def add_suite_rows(summary):
     if summary.empty:
         return summary
     prim = summary[summary["primary"]] if "primary" in summary.columns else summary
-    value = {(r.checkpoint, r.task, int(r.shots)): (float(r.mean), int(r.n)) for r in prim.itertuples()}
+    value = {(r.checkpoint, r.task, int(r.shots)): (float(r.mean), int(r.n), int(getattr(r, "failed", 0) or 0))
+             for r in prim.itertuples()}
     rows = []
     for suite in suites():
         for ck in sorted(set(prim["checkpoint"])):
@@ -154,8 +155,9 @@ def add_suite_rows(summary):
                 else:
                     rows.append({"task": f"suite {suite.name}",
                                  "metric": f"mean of {len(got)}: {', '.join(suite.tasks)}",
-                                 "checkpoint": ck, "shots": shots, "mean": sum(v for v, _ in got) / len(got),
-                                 "std": float("nan"), "seeds": 1, "n": sum(n for _, n in got), "primary": True})
+                                 "checkpoint": ck, "shots": shots, "mean": sum(g[0] for g in got) / len(got),
+                                 "std": float("nan"), "seeds": 1, "n": sum(g[1] for g in got),
+                                 "failed": sum(g[2] for g in got), "primary": True})
     if not rows:
         return summary
     return pd.concat([summary, pd.DataFrame(rows)], ignore_index=True)

@@ -316,7 +316,7 @@ def test_cli_run_with_local_files(reference, tmp_path):
         capture_output=True, text=True,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    records = [json.loads(line) for f in sorted((tmp_path / "out").rglob("*.jsonl")) for line in f.read_text().splitlines()]
+    records = [json.loads(line) for f in sorted((tmp_path / "out").rglob("predictions.jsonl")) for line in f.read_text().splitlines()]
     assert len(records) == 6 and not any(r.get("error") for r in records)
     two_shot = [r for r in records if len(r["demo_ids"]) == 2 and r["prompt"].count("<image>") == 3]
     assert two_shot and all(r["prompt"].endswith(" Short answer:") for r in two_shot)
