@@ -125,8 +125,8 @@ def floor_per_query(model, task, shots: int, n_queries: int, batch: int, num_bea
     steps of ``num_beams`` beams, features already cached: seconds per query."""
     import torch
 
-    from harness.prompts import PromptBuilder
-    from harness.sampling import RandomSampler
+    from harness.evaluation.prompts import PromptBuilder
+    from harness.evaluation.sampling import RandomSampler
 
     queries = task.eval_examples()[:batch]
     sampler = RandomSampler(task.name, task.support_examples(), 0, task.options.support_size)
@@ -161,7 +161,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING)
 
     from harness.registry import get_task_class, load_builtins
-    from harness.runner import CellSpec, Runner
+    from harness.evaluation.runner import CellSpec, Runner
     from models.openflamingo import OpenFlamingo
     from models.openflamingo.synthetic import write_synthetic
 

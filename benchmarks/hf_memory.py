@@ -60,8 +60,8 @@ def main() -> None:
     args = ap.parse_args()
     import datasets  # noqa: F401  (imported before the baseline so its own memory is not counted)
 
-    from harness import hf_data
-    from harness.media import load_image
+    from harness.data import hf_data
+    from harness.data.media import load_image
     from harness.registry import get_task_class, load_builtins
 
     with tempfile.TemporaryDirectory() as tmp:

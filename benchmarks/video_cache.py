@@ -32,9 +32,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness.model import Model  # noqa: E402
-from harness.runner import CellSpec, Runner  # noqa: E402
+from harness.evaluation.runner import CellSpec, Runner  # noqa: E402
 from harness.types import GenerateRequest  # noqa: E402
-from harness.video import FrameCache, FrameSelection, decode_frames, media_as_images, set_frame_cache  # noqa: E402
+from harness.data.video import FrameCache, FrameSelection, decode_frames, media_as_images, set_frame_cache  # noqa: E402
 
 
 def write_clip(path: Path, seconds: float, fps: int, w: int, h: int, seed: int) -> None:

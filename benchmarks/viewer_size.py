@@ -37,7 +37,7 @@ def main() -> int:
                     "--task-arg", "eval_split=train", "--shots", str(args.shots), "--seeds", "0",
                     "--limit", str(args.samples), "--output", str(out), "-q"], check=True, env=env,
                    stdout=subprocess.DEVNULL)
-    from harness.viewer import write_viewer
+    from harness.reporting.viewer import write_viewer
 
     t0 = time.perf_counter()
     info = write_viewer([out], work / "report.html", max_images=args.max_images)

@@ -16,7 +16,7 @@ dataset's fingerprint. Prompts, post-processing and the official VQA accuracy co
 
 from __future__ import annotations
 
-from harness.hf_data import Columns
+from harness.data.hf_data import Columns
 from harness.registry import register_task
 from harness.types import Example
 from tasks.vqa import VQATask

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from harness.errors import DataError
 from harness.registry import register_task
-from harness.tabular import read_jsonl
+from harness.data.tabular import read_jsonl
 from harness.types import Example, Image
 from tasks.vqa import VQATask, choose_answer
 

@@ -20,12 +20,12 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from . import __version__
-from .distributed import discover, set_threads, start_group
-from .errors import HarnessError
-from .options import describe_options, parse_key_values
-from .registry import get_model_class, get_task_class, include, load_builtins, model_names, task_names
-from .validate import check_model_options, check_sweep_flags, check_task
+from harness import __version__
+from harness.evaluation.distributed import discover, set_threads, start_group
+from harness.errors import HarnessError
+from harness.options import describe_options, parse_key_values
+from harness.registry import get_model_class, get_task_class, include, load_builtins, model_names, task_names
+from harness.evaluation.validate import check_model_options, check_sweep_flags, check_task
 
 log = logging.getLogger("harness")
 
@@ -113,9 +113,9 @@ def _flag_task_args(args: argparse.Namespace, names: Sequence[str]) -> list[str]
 
 # ---- subcommands ---------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
-    from .report import TABLE_NOTE, render, summary_table
-    from .suites import expand
-    from .sweep import SweepSpec, run_sweep
+    from harness.reporting.report import TABLE_NOTE, render, summary_table
+    from harness.evaluation.suites import expand
+    from harness.evaluation.sweep import SweepSpec, run_sweep
 
     model_list = _names(args.model, "--model") or list(DEFAULT_MODELS)
     # Suites expand to their tasks, with their published shots unless --shots is given.
@@ -126,7 +126,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.info("default sweep: the first %d eval questions of each task (pass --limit N to change)", DEFAULT_LIMIT)
     if len(set(model_list)) != len(model_list):
         raise HarnessError("the same --model is named twice; run it twice with different --output or --label")
-    # Validate everything before any model is constructed (see harness.validate).
+    # Validate everything before any model is constructed (see harness.evaluation.validate).
     shots = tuple(args.shots or DEFAULT_SHOTS)
     check_sweep_flags(shots, args.seeds, args.limit, args.batch_size)
     if args.sample is not None and args.sample <= 0:
@@ -180,7 +180,7 @@ def _names(values: Sequence[str] | None, flag: str) -> list[str]:
 def _check_rices_models(tasks, model_names: Sequence[str]) -> None:
     """rices_encoder=model needs models that offer a vision encoder: say so before any model loads."""
     if any(getattr(t.options, "rices_encoder", None) == "model" for t in tasks):
-        from .rices import check_model_encoder
+        from harness.evaluation.rices import check_model_encoder
 
         for n in model_names:
             check_model_encoder(get_model_class(n), n)
@@ -199,8 +199,8 @@ def _shard(value: str | None) -> tuple[int, int] | str | None:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from .merge import merge_results
-    from .report import render, summary_table
+    from harness.evaluation.merge import merge_results
+    from harness.reporting.report import render, summary_table
 
     summaries = merge_results(args.results, args.data_dir, progress=not args.quiet)
     print(render(summary_table(summaries), "markdown"), end="")
@@ -209,7 +209,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from .scoring import score_predictions
+    from harness.evaluation.scoring import score_predictions
 
     task_args = list(args.task_arg or [])
     if args.metrics:  # shorthand for --task-arg metrics=... (tasks with a choice of metrics, e.g. captioning)
@@ -225,7 +225,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .report import TABLE_NOTE, compare, plot, render
+    from harness.reporting.report import TABLE_NOTE, compare, plot, render
 
     table = compare(args.results, metrics=args.metrics)
     if not (args.baseline and args.format == "csv"):  # CSV: one table per output, the paired one has both means
@@ -233,7 +233,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.format == "markdown":
         print(f"\n{TABLE_NOTE}")
     if args.baseline:
-        from .paired import paired_compare, render_paired
+        from harness.reporting.paired import paired_compare, render_paired
 
         paired = paired_compare(args.results, args.baseline, seed=args.bootstrap_seed)
         if args.format == "markdown":
@@ -247,7 +247,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_view(args: argparse.Namespace) -> int:
-    from .viewer import write_viewer
+    from harness.reporting.viewer import write_viewer
 
     info = write_viewer(args.results, args.output, data_dir=args.data_dir, thumb_size=args.thumb_size,
                         max_images=args.max_images)
@@ -271,7 +271,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             if doc and not doc.startswith(cls.Options.__name__ + "("):  # not the dataclass's generated one
                 print(textwrap.indent(doc, " " * 18))
     if args.what == "tasks":
-        from .suites import suites
+        from harness.evaluation.suites import suites
 
         print("\nsuites (--tasks NAME; shots default to the published ones):")
         for suite in suites():
@@ -379,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--bootstrap-seed", type=int, default=0,
                    help="seed of the bootstrap and permutation draws (default 0: reproducible output)")
     c.add_argument("--include", action="append", default=[], metavar="PATH",
-                   help="a plug-in file defining suites (harness.suites.define_suite) whose summary rows to add")
+                   help="a plug-in file defining suites (harness.evaluation.suites.define_suite) whose summary rows to add")
     c.set_defaults(func=cmd_compare)
 
     v = sub.add_parser("view", help="write a self-contained HTML results viewer (table, plots, samples, images)",

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
 
-from .errors import HarnessError
-from .options import build_options
-from .types import Example, GenerateRequest, LoglikelihoodRequest, Media, Prompt, RankRequest
+from harness.errors import HarnessError
+from harness.options import build_options
+from harness.types import Example, GenerateRequest, LoglikelihoodRequest, Media, Prompt, RankRequest
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class Model:
         """The torch device of this process for the ``device`` option: ``cuda`` and ``auto`` become
         ``cuda:$LOCAL_RANK`` (one GPU per torchrun rank; ``auto`` is the CPU without CUDA). The
         option itself, and so the result identity, stays as given."""
-        from .distributed import resolve_device
+        from harness.evaluation.distributed import resolve_device
 
         return resolve_device(str(getattr(self.options, "device", "cpu")))
 

@@ -6,7 +6,7 @@ import dataclasses
 import typing
 from typing import Any, Mapping
 
-from .errors import HarnessError
+from harness.errors import HarnessError
 
 
 def parse_key_values(items: list[str] | None, flag: str) -> list[tuple[str | None, str, str]]:

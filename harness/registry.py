@@ -16,7 +16,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Callable, TypeVar
 
-from .errors import HarnessError
+from harness.errors import HarnessError
 
 log = logging.getLogger(__name__)
 

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Mapping, Sequence
 
-from . import hf_data
-from .errors import DataError, HarnessError
-from .metrics.stats import mean_with_ci
-from .options import build_options
-from .prompts import PromptTemplate, pick_template
-from .types import Example, GenerationConfig, SampleRecord
+from harness.data import hf_data
+from harness.errors import DataError, HarnessError
+from harness.metrics.stats import mean_with_ci
+from harness.options import build_options
+from harness.evaluation.prompts import PromptTemplate, pick_template
+from harness.types import Example, GenerationConfig, SampleRecord
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class TaskOptions:
     support_split / eval_split: which splits provide demos and queries.
     max_new_tokens / num_beams / length_penalty: override the task's generation settings.
     sampler:               how demos are chosen: ``random`` from the support set (seeded), or ``rices``,
-                           the most similar images first (harness.rices; needs ``rices_encoder``).
+                           the most similar images first (harness.evaluation.rices; needs ``rices_encoder``).
     rices_encoder:         RICES features: the local path of a Hugging Face vision model (e.g. CLIP), or
                            ``model`` for the evaluated model's own vision encoder.
     rices_cache:           folder of cached RICES features (default $HARNESS_CACHE/rices or ~/.cache/harness/rices).
@@ -63,7 +63,7 @@ class TaskOptions:
 
     def __post_init__(self) -> None:
         if self.sampler == "rices":
-            from .rices import check_encoder_path
+            from harness.evaluation.rices import check_encoder_path
 
             if not self.rices_encoder:
                 raise HarnessError("sampler=rices needs rices_encoder=PATH (a local Hugging Face vision model, "
@@ -95,7 +95,7 @@ class Task:
     needs_data_dir: ClassVar[bool] = True
     #: the most shots the benchmark allows (0: zero-shot only, e.g. RareAct has no training split).
     max_shots: ClassVar[int | None] = None
-    #: how ``hf:`` sources are read (harness.hf_data.Columns: field -> default column, e.g. the lmms-lab
+    #: how ``hf:`` sources are read (harness.data.hf_data.Columns: field -> default column, e.g. the lmms-lab
     #: schema); a task that sets it implements ``example_from_row``. None: files only.
     hf_columns: ClassVar[hf_data.Columns | None] = None
 
@@ -178,7 +178,7 @@ class Task:
             return self.examples(split or self.eval_split)
         return self._source_examples("eval", split)
 
-    # ---- Hugging Face datasets (harness.hf_data) -------------------------------------------
+    # ---- Hugging Face datasets (harness.data.hf_data) -------------------------------------------
     def _source_split(self, role: str, split: str | None = None) -> tuple[hf_data.SourceSpec, str]:
         """The role's source and split: an explicit split (``score --split``), else the source's @SPLIT,
         else the split option, else the task's default split name."""
@@ -279,7 +279,7 @@ class Task:
     def demo_sampler(self, seed: int):
         """The sampler that picks each query's demos (random from the support set; a task may
         override it, e.g. class-balanced demos for classification)."""
-        from .sampling import RandomSampler
+        from harness.evaluation.sampling import RandomSampler
 
         return RandomSampler(self.name, self.support_examples(), seed, self.options.support_size)
 

@@ -12,7 +12,7 @@ from typing import Any, Mapping, Union
 
 @dataclass(frozen=True)
 class Image:
-    """An image on local disk. Loaded lazily by the model adapter (see harness.media)."""
+    """An image on local disk. Loaded lazily by the model adapter (see harness.data.media)."""
 
     path: str
     kind: str = field(default="image", init=False)
@@ -25,11 +25,11 @@ class Image:
 
 @dataclass(frozen=True)
 class DatasetImage(Image):
-    """An image stored in a row of a Hugging Face dataset (harness.hf_data), decoded only when used.
+    """An image stored in a row of a Hugging Face dataset (harness.data.hf_data), decoded only when used.
 
     ``path`` is its identity, ``hfds://<dataset fingerprint>/<row>/<column>``: stable across runs of
     the same data, so feature caches, resume keys and ``demo_ids`` treat it like a file. Load it with
-    ``harness.media.load_image`` (which takes the item or its ``path``), as any image.
+    ``harness.data.media.load_image`` (which takes the item or its ``path``), as any image.
     """
 
 

@@ -13,7 +13,7 @@ from typing import Sequence
 
 from harness.errors import HarnessError, SampleError
 from harness.model import Model, checkpoint_fingerprint
-from harness.predictions import load_predictions
+from harness.data.predictions import load_predictions
 from harness.registry import register_model
 from harness.types import Example, GenerateRequest, LoglikelihoodRequest
 

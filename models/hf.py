@@ -28,7 +28,7 @@ from harness.errors import HarnessError
 from harness.model import Model, checkpoint_fingerprint
 from harness.registry import register_model
 from harness.types import GenerateRequest, Image, LoglikelihoodRequest, Prompt, Video
-from harness.video import media_as_images
+from harness.data.video import media_as_images
 
 from .hf_cache import KEY, MERGES, ByteLRU, CachedImageProcessor, nbytes
 

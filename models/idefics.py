@@ -18,7 +18,7 @@ from harness.errors import HarnessError
 from harness.model import Model, checkpoint_fingerprint
 from harness.registry import register_model
 from harness.types import GenerateRequest, LoglikelihoodRequest, Prompt
-from harness.video import media_as_images
+from harness.data.video import media_as_images
 
 
 @dataclass(frozen=True)

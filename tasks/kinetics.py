@@ -22,7 +22,7 @@ from typing import ClassVar
 
 from harness.errors import DataError
 from harness.registry import register_task
-from harness.tabular import read_csv
+from harness.data.tabular import read_csv
 from harness.types import Example
 
 from .imagenet import ClassificationOptions, ClassNameTask

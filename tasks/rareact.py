@@ -26,10 +26,10 @@ import numpy as np
 from harness.errors import DataError
 from harness.metrics.stats import mean_with_ci
 from harness.metrics.rareact import RareActRow, mean_weighted_ap
-from harness.prompts import PromptTemplate
-from harness.ranking import RankingOptions
+from harness.evaluation.prompts import PromptTemplate
+from harness.evaluation.ranking import RankingOptions
 from harness.registry import register_task
-from harness.tabular import read_csv
+from harness.data.tabular import read_csv
 from harness.types import Example, SampleRecord
 
 from .video_qa import VideoOptions, VideoTask

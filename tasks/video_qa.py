@@ -1,6 +1,6 @@
 """Video QA tasks: MSVD-QA, MSRVTT-QA, iVQA (open-ended) and NExT-QA multiple choice (close-ended).
 
-Each video is one media item of F frames (harness.video); which frames is a
+Each video is one media item of F frames (harness.data.video); which frames is a
 task option (``frames``, or ``fps`` + ``max_frames``), set by the run flags
 ``--frames/--fps/--max-frames`` and recorded with the results.
 """
@@ -13,16 +13,16 @@ from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
 
 from harness.errors import DataError, HarnessError
-from harness.hf_data import Columns
+from harness.data.hf_data import Columns
 from harness.metrics.stats import mean_with_ci
 from harness.metrics.video_qa import exact_match, ivqa_accuracy
-from harness.postprocess import vqa_answer
-from harness.ranking import RankingOptions
+from harness.evaluation.postprocess import vqa_answer
+from harness.evaluation.ranking import RankingOptions
 from harness.registry import register_task
-from harness.tabular import read_csv
+from harness.data.tabular import read_csv
 from harness.task import Task, TaskOptions, read_json, require
 from harness.types import Example, GenerationConfig, SampleRecord
-from harness.video import FrameSelection, SampledVideo
+from harness.data.video import FrameSelection, SampledVideo
 
 from .vqa import VQA_TEMPLATES
 
@@ -187,7 +187,7 @@ class IVQA(OpenVideoQA):
 
 @dataclass(frozen=True)
 class NextQAOptions(VideoOptions, RankingOptions):
-    """NExT-QA MC options: the video options plus ensemble / length_normalization (see harness.ranking)."""
+    """NExT-QA MC options: the video options plus ensemble / length_normalization (see harness.evaluation.ranking)."""
 
 
 class VideoMultipleChoice(VideoTask):

@@ -168,7 +168,7 @@ def test_compare_tables_and_dataframe(tmp_path):
     latex = run_cli("compare", str(a), str(b), "--format", "latex", "--plot", str(tmp_path / "p.png")).stdout
     assert latex.startswith("\\begin{tabular}") and (tmp_path / "p.png").stat().st_size > 1000
 
-    from harness.report import compare, load_results
+    from harness.reporting.report import compare, load_results
     cells = load_results([a, b])
     assert len(cells[cells.metric == "accuracy"]) == 8  # 2 folders x 2 shots x 2 seeds
     table = compare([a, b])
@@ -234,7 +234,7 @@ def test_default_run(tmp_path):
     assert "n=1000" in table  # the default sweep's documented limit
     assert len(list(out.rglob("metrics.json"))) == 3 * 3 * 3
     # The bundled checkpoint is a real few-shot model: far above both null baselines at every shot count.
-    from harness.report import summarize, load_results
+    from harness.reporting.report import summarize, load_results
 
     s = summarize(load_results([out]))
     acc = {(r.checkpoint, r.shots): r.mean for r in s[s.metric == "accuracy"].itertuples()}

@@ -40,7 +40,7 @@ def test_compare_baseline_table_and_dataframe(two_models):
     assert len(rows) == 1 + 2  # the comparison row + one paired row per shot count
     assert run_cli("compare", str(two_models), "--baseline", "demo-majority").stdout == out  # reproducible
 
-    from harness.paired import paired_compare
+    from harness.reporting.paired import paired_compare
 
     df = paired_compare([two_models], "demo-majority")
     assert list(df["shots"]) == [0, 2] and set(df["checkpoint"]) == {"support-prior"}
@@ -65,7 +65,7 @@ def test_pairing_is_refused_when_queries_differ(two_models, tmp_path):
     other = tmp_path / "other"
     run_cli("run", "--model", "support-prior", "--tasks", "easyvqa", "--shots", "0", "--seeds", "0",
             "--limit", "40", "--output", str(other), "-q")
-    from harness.paired import paired_compare
+    from harness.reporting.paired import paired_compare
 
     df = paired_compare([two_models, other], "demo-majority")  # its label is unique: no folder prefix
     refused = df[df["checkpoint"] == "other/support-prior"].iloc[0]
@@ -77,7 +77,7 @@ def test_pairing_is_refused_when_queries_differ(two_models, tmp_path):
 
 
 def test_pairing_fields_by_hand():
-    from harness.paired import pairing_mismatch
+    from harness.reporting.paired import pairing_mismatch
 
     base = {"model": {"name": "x"}, "label": "x", "shots": 4, "seed": 0, "limit": 100, "generation": {"num_beams": 3},
             "task": {"name": "vqav2", "options": {"support_size": 2048}, "template": "openflamingo"},
@@ -90,7 +90,7 @@ def test_pairing_fields_by_hand():
 
 
 def test_metrics_that_are_not_a_mean_of_scores_get_no_test():
-    from harness.paired import CellRecords, score_scale
+    from harness.reporting.paired import CellRecords, score_scale
 
     scores = np.array([1.0, 0.0, 1.0, 1.0])
     cell = lambda value: CellRecords(Path("m.json"), {}, value, ["a", "b", "c", "d"], scores, {})  # noqa: E731
@@ -157,7 +157,7 @@ def _select(driver, select_id: str, value: str) -> None:
 
 
 def test_viewer_in_headless_chromium(two_models, browser, tmp_path):
-    from harness.viewer import write_viewer
+    from harness.reporting.viewer import write_viewer
 
     info = write_viewer([two_models], tmp_path / "report.html")
     assert info.n_cells == 8 and info.n_samples == 8 * LIMIT and info.n_images > 0

@@ -20,7 +20,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from harness.prompts import PromptBuilder  # noqa: E402
+from harness.evaluation.prompts import PromptBuilder  # noqa: E402
 from harness.types import Example, GenerationConfig, Image  # noqa: E402
 from models.crossattn import media_rows_for  # noqa: E402
 from tasks.vqa import VQA_TEMPLATES  # noqa: E402
@@ -244,7 +244,7 @@ def test_runner_records_cache_counters_in_metrics(synthetic, tmp_path):
     from conftest import write_vqa_fixture
 
     from harness.registry import get_task_class, load_builtins
-    from harness.runner import CellSpec, Runner
+    from harness.evaluation.runner import CellSpec, Runner
     from models.openflamingo import OpenFlamingo
 
     opts, _ = synthetic

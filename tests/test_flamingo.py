@@ -240,14 +240,14 @@ def test_adapter_renders_openflamingo_prompts_and_takes_video_folders(tmp_path):
         (frames / f"{i:03d}.png").write_bytes(Path(p).read_bytes())
     video_prompt = Prompt((Chunk((Video(str(frames)),), "Question:what color is the shape? Short answer:"),))
     assert len(adapter.generate([GenerateRequest(video_prompt, GenerationConfig(), query=None)])) == 1  # type: ignore[arg-type]
-    with pytest.raises(MediaError, match="video not found"):  # video files are decoded by harness.video
+    with pytest.raises(MediaError, match="video not found"):  # video files are decoded by harness.data.video
         adapter.encode_media([Video(str(tmp_path / "clip.mp4"))])
     with pytest.raises(MediaError, match="not found"):
         adapter.encode_media([Image(str(tmp_path / "missing.png"))])
 
 
 def test_bundled_checkpoint_answers_easyvqa_test_questions(tmp_path):
-    from harness.runner import CellSpec, Runner
+    from harness.evaluation.runner import CellSpec, Runner
     from models.flamingo.adapter import BUNDLED_CHECKPOINT
     from tasks.vqa import EasyVQA
 
@@ -269,7 +269,7 @@ def test_listing_models_does_not_import_torch():
 
 
 def test_bundled_flamingo_runs_a_video_task_from_mp4_files(tmp_path):
-    """Video files go through harness.video (PyAV, the task's frame selection); the selection is
+    """Video files go through harness.data.video (PyAV, the task's frame selection); the selection is
     part of the feature-cache key, and more frames than the resampler's time embeddings is a clear error."""
     import json
 

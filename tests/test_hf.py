@@ -103,10 +103,10 @@ def test_generations_equal_model_generate_on_hand_built_inputs(hf_dirs):
     """Parity: the adapter's output is model.generate on the processor's inputs for the same chat."""
     import torch
 
-    from harness.prompts import PromptBuilder
+    from harness.evaluation.prompts import PromptBuilder
     from harness.registry import get_task_class
     from harness.types import GenerateRequest, GenerationConfig
-    from harness.media import load_image
+    from harness.data.media import load_image
     from models.hf import HF
 
     adapter = HF({"path": str(hf_dirs["qwen2_vl"])})
@@ -142,7 +142,7 @@ def test_loglikelihood_scores_the_answer_after_the_assistant_prefix(hf_dirs):
     'Assistant:', from one forward pass, and a candidate's score does not depend on the others."""
     import torch
 
-    from harness.prompts import PromptBuilder
+    from harness.evaluation.prompts import PromptBuilder
     from harness.registry import get_task_class
     from harness.types import LoglikelihoodRequest
     from models.hf import HF
@@ -202,7 +202,7 @@ def test_plain_format_interleaves_placeholders_and_stops_at_the_separator(family
 
 
 def test_system_prompt_and_demo_images_decoded_and_processed_once(hf_dirs):
-    from harness.prompts import PromptBuilder
+    from harness.evaluation.prompts import PromptBuilder
     from harness.registry import get_task_class
     from harness.types import GenerateRequest, GenerationConfig
     from models.hf import HF
@@ -263,7 +263,7 @@ def test_video_goes_in_as_its_frames(hf_dirs, tmp_path):
     from conftest_video import write_video
 
     from harness.types import Chunk, GenerateRequest, GenerationConfig, Example, Prompt
-    from harness.video import FrameSelection, SampledVideo
+    from harness.data.video import FrameSelection, SampledVideo
     from models.hf import HF
 
     video = SampledVideo(str(write_video(tmp_path / "v.mp4")), selection=FrameSelection(frames=3, size=32))
@@ -329,7 +329,7 @@ def test_cached_pixels_equal_the_processor_own(family, hf_dirs):
 
 def test_image_size_and_processor_args_reach_the_processor(hf_dirs):
     from harness.errors import HarnessError
-    from harness.media import load_image
+    from harness.data.media import load_image
     from models.hf import HF
 
     import easy_vqa
@@ -351,7 +351,7 @@ def test_image_size_and_processor_args_reach_the_processor(hf_dirs):
 
 def test_demo_chunks_carry_their_answer_for_chat_turns(hf_dirs):
     from harness.errors import HarnessError
-    from harness.prompts import PromptBuilder, PromptTemplate
+    from harness.evaluation.prompts import PromptBuilder, PromptTemplate
     from harness.types import Chunk, Example, Image, Prompt
     from models.hf import HF
     from tasks.vqa import VQA_TEMPLATES

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness import hf_data
+from harness.data import hf_data
 from harness.errors import DataError, HarnessError
-from harness.media import load_image
+from harness.data.media import load_image
 from harness.registry import get_task_class, load_builtins
 from tests.conftest import ROOT, run_cli, write_vqa_fixture
 

@@ -15,8 +15,8 @@ import pytest
 
 from harness.metrics import vqa as harness_vqa
 from harness.model import Model
-from harness.postprocess import vqa_answer
-from harness.prompts import PromptBuilder
+from harness.evaluation.postprocess import vqa_answer
+from harness.evaluation.prompts import PromptBuilder
 from harness.types import Example, Image
 
 # ---- reference implementations ------------------------------------------------------------

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import run_cli
 from harness.errors import HarnessError
-from harness.rices import HFVisionEncoder, RicesSampler
+from harness.evaluation.rices import HFVisionEncoder, RicesSampler
 from harness.types import Example, Image
 
 
@@ -191,7 +191,7 @@ def test_sample_draws_a_seeded_subset_per_seed(vqa_root, tmp_path):
                     for x in (out / f"demo-majority/vqav2/2shot_seed{seed}/predictions.jsonl").read_text().splitlines()])
     assert len({tuple(sorted(i)) for i in ids}) > 1  # a different subset per seed
     from harness.registry import get_task_class
-    from harness.runner import select_queries
+    from harness.evaluation.runner import select_queries
 
     task = get_task_class("vqav2")(vqa_root, {})
     assert sorted(q.id for q in select_queries(task, None, 3, 1)) == sorted(ids[1])  # a pure function of the seed

@@ -18,7 +18,7 @@ from conftest_video import (KINETICS_LABELS, RAREACT_ACTIONS, square_x, write_ki
                             write_rareact, write_star, write_vatex, write_video, write_youcook2)
 from harness.errors import DataError, HarnessError
 from harness.metrics.rareact import RareActRow, mean_weighted_ap, weighted_average_precision
-from harness.video import FrameCache, FrameSelection, SampledVideo
+from harness.data.video import FrameCache, FrameSelection, SampledVideo
 
 
 @pytest.fixture(scope="module")

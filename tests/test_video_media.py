@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import build_tiny_idefics, run_cli  # noqa: E402
 from conftest_video import square_x, write_nextqa, write_video  # noqa: E402
 from harness.errors import HarnessError, MediaError
-from harness.video import FrameCache, FrameSelection, decode_frames, select_indices
+from harness.data.video import FrameCache, FrameSelection, decode_frames, select_indices
 
 
 @pytest.fixture(scope="module")
@@ -114,8 +114,8 @@ def idefics_dir(tmp_path_factory) -> Path:
 
 def test_demo_videos_decoded_once_across_a_cell(idefics_dir, tmp_path):
     """A 3-video NExT-QA cell, 2-shot with 2 orders: every video decoded once, then served from the cache."""
-    from harness.runner import CellSpec, Runner
-    from harness.video import frame_cache
+    from harness.evaluation.runner import CellSpec, Runner
+    from harness.data.video import frame_cache
     from models.idefics import Idefics
     from tasks.video_qa import NextQAMC
 
@@ -149,7 +149,7 @@ def test_corrupt_video_fails_its_samples_and_all_failing_is_an_error(idefics_dir
     assert all("1001.mp4" in f["error"] for f in metrics["failures"])
     for v in ("1000", "1002"):
         (videos / f"{v}.mp4").unlink()
-    from harness.runner import CellSpec, Runner
+    from harness.evaluation.runner import CellSpec, Runner
     from models.idefics import Idefics
     from tasks.video_qa import NextQAMC
 

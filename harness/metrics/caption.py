@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from ..errors import HarnessError
+from harness.errors import HarnessError
 
 log = logging.getLogger(__name__)
 

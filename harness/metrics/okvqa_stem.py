@@ -14,7 +14,7 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
-from ..errors import HarnessError
+from harness.errors import HarnessError
 
 _SETUP = (
     "OK-VQA stemming (task option stem=true) needs nltk, inflection and nltk's data on disk: "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from .vqa import normalize_answer
+from harness.metrics.vqa import normalize_answer
 
 
 def exact_match(prediction: str, answer: str) -> float:

@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .vqa import normalize_answer
+from harness.metrics.vqa import normalize_answer
 
 UNANSWERABLE = "unanswerable"
 

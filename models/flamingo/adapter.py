@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Literal, Sequence
 
 from harness.errors import HarnessError, MediaError
-from harness.video import load_video_frames, selection_of
-from harness.media import load_image
+from harness.data.video import load_video_frames, selection_of
+from harness.data.media import load_image
 from harness.model import Model, checkpoint_fingerprint
 from harness.registry import register_model
 from harness.types import GenerateRequest, LoglikelihoodRequest, Media, Prompt, RankRequest, Video
@@ -93,7 +93,7 @@ class Flamingo(Model):
 
     # ---- media -------------------------------------------------------------------
     def _frames(self, video: Video) -> list:
-        """A video's frames: a video file is decoded by harness.video (the task's frame selection,
+        """A video's frames: a video file is decoded by harness.data.video (the task's frame selection,
         the shared frame cache); a folder of frame images is sampled uniformly."""
         folder = Path(video.path)
         if not folder.is_dir():

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Literal, Sequence
 
 from harness.errors import HarnessError, MediaError
-from harness.media import load_image
+from harness.data.media import load_image
 from harness.model import Model, checkpoint_fingerprint
 from harness.registry import register_model
 from harness.types import GenerateRequest, GenerationConfig, Image, LoglikelihoodRequest, Media, Prompt

@@ -2,11 +2,11 @@
 
 From Python::
 
-    from harness.report import load_results, compare
+    from harness.reporting.report import load_results, compare
     cells = load_results(["results/A", "results/B"])   # one row per cell x metric
     table = compare(["results/A", "results/B"])         # mean, std, seeds, n per (task, metric) x (model, shots)
 
-Paired differences with intervals and p-values: :func:`harness.paired.paired_compare`.
+Paired differences with intervals and p-values: :func:`harness.reporting.paired.paired_compare`.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from typing import Any, Literal, Sequence
 
 import pandas as pd
 
-from .errors import HarnessError
-from .store import config_diff, read_json
-from .suites import add_suite_rows
+from harness.errors import HarnessError
+from harness.reporting.store import config_diff, read_json
+from harness.evaluation.suites import add_suite_rows
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def _flatten(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
 
 def _setting_key(config: dict[str, Any]) -> str:
     """Identity of a cell's configuration without its seed: cells that may be averaged over seeds."""
-    from .model import config_hash
+    from harness.model import config_hash
 
     sampler = {k: v for k, v in (config.get("sampler") or {}).items() if k != "seed"}
     return config_hash({**config, "seed": None, "sampler": sampler})
@@ -139,7 +139,7 @@ def summarize(cells: pd.DataFrame) -> pd.DataFrame:
 def compare(paths: Sequence[str | Path], metrics: str = "primary") -> pd.DataFrame:
     """The comparison table as a DataFrame: rows (task, metric), columns (checkpoint, shots),
     cells ``mean (std) n=N``. ``metrics='all'`` adds the breakdowns (e.g. per answer type). A suite
-    (harness.suites) whose tasks are all present adds a row: the mean of their primary metrics."""
+    (harness.evaluation.suites) whose tasks are all present adds a row: the mean of their primary metrics."""
     summary = summarize(load_results(paths))
     if metrics == "primary":
         summary = summary[summary["primary"]]
@@ -147,7 +147,7 @@ def compare(paths: Sequence[str | Path], metrics: str = "primary") -> pd.DataFra
 
 
 def summary_table(summaries: Sequence[dict[str, Any]]) -> pd.DataFrame:
-    """The same table from a sweep's in-memory summaries (see harness.sweep.run_sweep)."""
+    """The same table from a sweep's in-memory summaries (see harness.evaluation.sweep.run_sweep)."""
     df = pd.DataFrame([
         {"task": s["task"], "metric": s["metric"], "checkpoint": s["label"], "shots": s["shots"],
          "mean": s["mean"], "std": s["std"], "seeds": len(s["seeds"]), "n": s["n"], "primary": True,

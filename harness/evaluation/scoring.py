@@ -6,10 +6,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from .errors import DataError
-from .predictions import load_journal, load_predictions
-from .task import Task
-from .types import Example, SampleRecord
+from harness.errors import DataError
+from harness.data.predictions import load_journal, load_predictions
+from harness.task import Task
+from harness.types import Example, SampleRecord
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from typing import Union
 from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
 
-from .errors import MediaError
-from .types import Image
+from harness.errors import MediaError
+from harness.types import Image
 
 
 def load_image(item: Union[str, Image]) -> PILImage.Image:
@@ -20,7 +20,7 @@ def load_image(item: Union[str, Image]) -> PILImage.Image:
 
 @lru_cache(maxsize=256)
 def _load(path: str) -> PILImage.Image:
-    from . import hf_data
+    from harness.data import hf_data
 
     if hf_data.is_row_image(path):
         return hf_data.decode_image(path)

@@ -17,12 +17,12 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from .errors import HarnessError
-from .model import Model, NoOptions
-from .registry import get_model_class, get_task_class
-from .runner import select_queries
-from .store import Journal, cell_dir, read_json
-from .sweep import SweepSpec, run_sweep
+from harness.errors import HarnessError
+from harness.model import Model, NoOptions
+from harness.registry import get_model_class, get_task_class
+from harness.evaluation.runner import select_queries
+from harness.reporting.store import Journal, cell_dir, read_json
+from harness.evaluation.sweep import SweepSpec, run_sweep
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from typing import ClassVar, Sequence
 
 import numpy as np
 
-from .errors import HarnessError
-from .types import Example
+from harness.errors import HarnessError
+from harness.types import Example
 
 
 def rng_for(*keys: object) -> np.random.Generator:
@@ -81,14 +81,14 @@ def sampler_config(sampler) -> dict:
 
 
 def build_sampler(task, seed: int, model, queries: Sequence[Example], progress: bool = True):
-    """The sampler a task's options ask for: ``rices`` (see harness.rices), else the task's own
+    """The sampler a task's options ask for: ``rices`` (see harness.evaluation.rices), else the task's own
     (``Task.demo_sampler``: seeded random, or class-balanced for classification)."""
     o = task.options
     if getattr(o, "sampler", "random") != "rices":
         return task.demo_sampler(seed)  # random, or the task's own (class-balanced for classification)
     from pathlib import Path
 
-    from .rices import RicesSampler, default_cache_dir, make_encoder
+    from harness.evaluation.rices import RicesSampler, default_cache_dir, make_encoder
 
     encoder = make_encoder(o.rices_encoder, model)
     return RicesSampler(task.name, task.support_examples(), queries, encoder, task.support_split, task.eval_split,

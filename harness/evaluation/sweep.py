@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .metrics.stats import mean_std
-from .distributed import Group
-from .model import Model
-from .runner import CellSpec, Runner
-from .store import CellConflict, cell_dir as plan_dir, safe_name, write_json
-from .task import Task
+from harness.metrics.stats import mean_std
+from harness.evaluation.distributed import Group
+from harness.model import Model
+from harness.evaluation.runner import CellSpec, Runner
+from harness.reporting.store import CellConflict, cell_dir as plan_dir, safe_name, write_json
+from harness.task import Task
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ from pathlib import Path, PurePosixPath
 from collections.abc import Mapping
 from typing import Any, Iterator, Sequence
 
-from .errors import DataError, HarnessError, MediaError
+from harness.errors import DataError, HarnessError, MediaError
 
 log = logging.getLogger(__name__)
 
@@ -336,7 +336,7 @@ def read_rows(opened: OpenedSplit, mapping: Mapping[str, str], media: Sequence[s
     else to the dataset's folder)."""
     import datasets
 
-    from .types import Image
+    from harness.types import Image
 
     ds = opened.dataset
     embedded = {k: c for k, c in mapping.items() if k in media and isinstance(ds.features[c], datasets.Image)}
@@ -379,7 +379,7 @@ def _column_batches(ds: Any, columns: Sequence[str], batch_size: int = 10_000) -
 
 
 def row_image(fingerprint: str, row: int, column: str):
-    from .types import DatasetImage
+    from harness.types import DatasetImage
 
     return DatasetImage(f"{ROW_SCHEME}{fingerprint}/{row}/{column}")
 

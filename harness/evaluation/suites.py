@@ -7,7 +7,7 @@ of its tasks' primary metrics (each on 0-100), only where every task of the suit
 
 Define your own in a plug-in file (``--include my_suites.py``)::
 
-    from harness.suites import define_suite
+    from harness.evaluation.suites import define_suite
     define_suite("my_vqa", tasks=["vqav2", "okvqa", "textvqa"], shots=[0, 4], description="my VQA set")
 """
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
-from .errors import HarnessError
+from harness.errors import HarnessError
 
 
 

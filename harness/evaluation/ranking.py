@@ -13,10 +13,10 @@ import math
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
-from .errors import HarnessError
-from .prompts import PromptTemplate
-from .sampling import rng_for
-from .types import Example
+from harness.errors import HarnessError
+from harness.evaluation.prompts import PromptTemplate
+from harness.evaluation.sampling import rng_for
+from harness.types import Example
 
 LengthNorm = Literal["none", "bytes", "tokens"]
 

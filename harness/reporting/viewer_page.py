@@ -1,7 +1,7 @@
 """The viewer's page: HTML, CSS and JavaScript in one string (no external resources).
 
-``__TITLE__`` and ``__DATA__`` (the JSON from harness.viewer.build_data) are filled in by
-harness.viewer.render_html. Samples are rendered a page at a time from the embedded JSON;
+``__TITLE__`` and ``__DATA__`` (the JSON from harness.reporting.viewer.build_data) are filled in by
+harness.reporting.viewer.render_html. Samples are rendered a page at a time from the embedded JSON;
 all sample text goes through ``textContent``, never ``innerHTML``.
 """
 

@@ -3,7 +3,7 @@ a p-value, and a Holm correction over the table (see docs/statistics.md).
 
 From Python::
 
-    from harness.paired import paired_compare
+    from harness.reporting.paired import paired_compare
     df = paired_compare(["results/A", "results/B"], baseline="A-label")
     df[["task", "shots", "checkpoint", "delta", "ci_low", "ci_high", "p", "p_holm", "significant"]]
 
@@ -24,8 +24,8 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from .errors import HarnessError
-from .metrics.stats import N_PERM, holm, paired_difference
+from harness.errors import HarnessError
+from harness.metrics.stats import N_PERM, holm, paired_difference
 
 #: config["task"] keys that do not change which queries and demos a cell has (the template is
 #: resolved per model family, so checkpoints of different families may differ there).
@@ -146,7 +146,7 @@ def paired_compare(paths: Sequence[str | Path], baseline: str, seed: int = 0,
     ci_low, ci_high, p, p_holm, significant (Holm-adjusted p < 0.05 over the table's rows),
     note (why a row has no test, or what is resampled). ``delta = mean - baseline_mean``.
     """
-    from .report import load_results
+    from harness.reporting.report import load_results
 
     cells = load_results(paths)
     base = resolve_baseline(cells, baseline)
@@ -229,7 +229,7 @@ def format_p(p: float, n_perm: int = N_PERM) -> str:
 
 def render_paired(df: pd.DataFrame, fmt: str = "markdown") -> str:
     """The paired table in the same formats as the comparison table."""
-    from .report import render_rows
+    from harness.reporting.report import render_rows
 
     headers = ["task", "metric", "shots", "checkpoint", "baseline", "seeds", "n", "baseline mean",
                "mean", "delta (B-A)", "95% CI", "p", "p (Holm)", "sig.", "note"]

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .errors import DataError
-from .types import SampleRecord
+from harness.errors import DataError
+from harness.types import SampleRecord
 
 #: id and text keys tried in order, so the official formats all read.
 _ID_KEYS = ("query_id", "question_id", "image_id", "id")

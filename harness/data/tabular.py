@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from .errors import DataError
+from harness.errors import DataError
 
 
 def read_csv(path: Path, what: str, layout: str, columns: Sequence[str]) -> list[dict[str, str]]:

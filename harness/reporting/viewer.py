@@ -33,9 +33,9 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from .errors import HarnessError
-from .prompts import PromptTemplate
-from .types import Example, Media
+from harness.errors import HarnessError
+from harness.evaluation.prompts import PromptTemplate
+from harness.types import Example, Media
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +87,8 @@ class _Thumbs:
         return k
 
     def _thumbnail(self, media: Media) -> str | None:
-        from .errors import MediaError
-        from .video import media_as_images
+        from harness.errors import MediaError
+        from harness.data.video import media_as_images
 
         try:
             frames = media_as_images([media], True)
@@ -127,7 +127,7 @@ class _Strings:
 
 def _task_data(config: dict[str, Any], data_dir: str | None) -> _TaskData:
     """Re-load the task's support and eval examples as the cell's run did (for media and demo texts)."""
-    from .registry import get_task_class
+    from harness.registry import get_task_class
 
     tcfg = config.get("task", {})
     out = _TaskData()
@@ -163,7 +163,7 @@ def _demo_text(td: _TaskData, ex: Example | None, query: bool = False) -> str:
 def build_data(paths: Sequence[str | Path], data_dir: str | None = None, thumb_size: int = 96,
                max_images: int = 2000) -> dict[str, Any]:
     """Everything the page shows, as one JSON-able dict."""
-    from .report import compare, load_results
+    from harness.reporting.report import compare, load_results
 
     cells = load_results(paths)
     thumbs = _Thumbs(thumb_size, max_images)
@@ -284,7 +284,7 @@ def _embed(cells: list[dict[str, Any]], tables: list[dict[str, list[Any]]], thum
 
 
 def _table_html(table: pd.DataFrame) -> str:
-    from .report import TABLE_NOTE
+    from harness.reporting.report import TABLE_NOTE
 
     head = "".join(f"<th>{html.escape(f'{ck} {shots}-shot')}</th>" for ck, shots in table.columns)
     rows = []
@@ -296,7 +296,7 @@ def _table_html(table: pd.DataFrame) -> str:
 
 
 def _paired_html(paths: Sequence[str | Path], baseline: str, notes: list[str]) -> str:
-    from .paired import format_p, paired_compare
+    from harness.reporting.paired import format_p, paired_compare
 
     try:
         df = paired_compare(paths, baseline)
@@ -319,7 +319,7 @@ def _paired_html(paths: Sequence[str | Path], baseline: str, notes: list[str]) -
 
 
 def _plot_url(paths: Sequence[str | Path], notes: list[str]) -> str:
-    from .report import plot
+    from harness.reporting.report import plot
 
     with tempfile.TemporaryDirectory() as tmp:
         try:
@@ -331,7 +331,7 @@ def _plot_url(paths: Sequence[str | Path], notes: list[str]) -> str:
 
 
 def render_html(data: dict[str, Any]) -> str:
-    from .viewer_page import PAGE
+    from harness.reporting.viewer_page import PAGE
 
     blob = json.dumps(data, separators=(",", ":"), default=str).replace("</", "<\\/")
     return PAGE.replace("__TITLE__", html.escape(data["title"])).replace("__DATA__", blob)

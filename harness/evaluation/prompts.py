@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from .errors import HarnessError
-from .types import Chunk, Example, Prompt
+from harness.errors import HarnessError
+from harness.types import Chunk, Example, Prompt
 
 
 @dataclass(frozen=True)

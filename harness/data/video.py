@@ -26,9 +26,9 @@ from typing import Sequence
 import numpy as np
 from PIL import Image as PILImage
 
-from .errors import HarnessError, MediaError
-from .media import load_image
-from .types import Image, Media, Video
+from harness.errors import HarnessError, MediaError
+from harness.data.media import load_image
+from harness.types import Image, Media, Video
 
 log = logging.getLogger(__name__)
 

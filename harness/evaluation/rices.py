@@ -38,9 +38,9 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from .errors import HarnessError, MediaError
-from .store import safe_name
-from .types import Example, Media
+from harness.errors import HarnessError, MediaError
+from harness.reporting.store import safe_name
+from harness.types import Example, Media
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class HFVisionEncoder:
     def __init__(self, path: str | Path, device: str = "cpu"):
         self.path = Path(path)
         check_encoder_path(str(path))
-        from .model import checkpoint_fingerprint
+        from harness.model import checkpoint_fingerprint
 
         self.device = device
         self.model_type = json.loads((self.path / "config.json").read_text(encoding="utf-8")).get("model_type", "")
@@ -100,7 +100,7 @@ class HFVisionEncoder:
     def embed(self, media: Sequence[Media]) -> np.ndarray:
         import torch
 
-        from .video import media_as_images
+        from harness.data.video import media_as_images
 
         if self.model is None:
             self._load()
@@ -177,7 +177,7 @@ def check_encoder_path(value: str) -> None:
 
 def check_model_encoder(model_cls: type, name: str) -> None:
     """Fail early if a model class offers no vision encoder for ``rices_encoder=model``."""
-    from .model import Model
+    from harness.model import Model
 
     if getattr(model_cls, "encode_media", Model.encode_media) is Model.encode_media:
         raise HarnessError(

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
-from .errors import HarnessError
+from harness.errors import HarnessError
 
 log = logging.getLogger(__name__)
 

@@ -12,11 +12,11 @@ import logging
 import math
 from typing import Any, Callable, Sequence
 
-from .errors import DataError, HarnessError
-from .options import build_options
-from .registry import get_model_class
-from .sampling import RandomSampler
-from .task import Task
+from harness.errors import DataError, HarnessError
+from harness.options import build_options
+from harness.registry import get_model_class
+from harness.evaluation.sampling import RandomSampler
+from harness.task import Task
 
 log = logging.getLogger(__name__)
 

@@ -36,8 +36,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from .errors import HarnessError
-from .types import SampleRecord
+from harness.errors import HarnessError
+from harness.types import SampleRecord
 
 log = logging.getLogger(__name__)
 

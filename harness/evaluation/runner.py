@@ -10,16 +10,16 @@ from typing import Any, Callable, Sequence, TypeVar
 
 from tqdm import tqdm
 
-from . import __version__
-from .distributed import Group, balanced_share
-from .errors import HarnessError, SampleError
-from .model import Model, config_hash
-from .prompts import PromptBuilder
-from .ranking import continuation_for, demo_orders, rank
-from .sampling import build_sampler, rng_for, sampler_config
-from .store import CellLock, Journal, cell_dir, write_json
-from .task import Task
-from .types import Example, GenerateRequest, GenerationConfig, RankRequest, SampleRecord
+from harness import __version__
+from harness.evaluation.distributed import Group, balanced_share
+from harness.errors import HarnessError, SampleError
+from harness.model import Model, config_hash
+from harness.evaluation.prompts import PromptBuilder
+from harness.evaluation.ranking import continuation_for, demo_orders, rank
+from harness.evaluation.sampling import build_sampler, rng_for, sampler_config
+from harness.reporting.store import CellLock, Journal, cell_dir, write_json
+from harness.task import Task
+from harness.types import Example, GenerateRequest, GenerationConfig, RankRequest, SampleRecord
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class CellSpec:
     shard: tuple[int, int] | None = None
     #: evaluate a random subset of N eval examples, a different one per seed (OpenFlamingo's --num_samples).
     sample: int | None = None
-    #: replace results of another configuration in the cell's folder (else: refuse, see harness.store).
+    #: replace results of another configuration in the cell's folder (else: refuse, see harness.reporting.store).
     overwrite: bool = False
 
 
@@ -149,7 +149,7 @@ class Runner:
 
     def plan(self, task: Task, spec: CellSpec) -> CellPlan:
         """The cell's queries, sampler and configuration. ``config`` is the cell's identity:
-        everything in it is hashed into ``config_key`` (see harness.store)."""
+        everything in it is hashed into ``config_key`` (see harness.reporting.store)."""
         queries = select_queries(task, spec.limit, spec.sample, spec.seed)
         check_media(self.model, queries, task)
         task.check_shots(spec.shots)
