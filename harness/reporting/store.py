@@ -346,11 +346,3 @@ class Journal:
                 except (json.JSONDecodeError, KeyError, TypeError):
                     continue  # a torn line of a killed process
         return list(out.values())
-
-
-def iter_metrics(paths: Iterable[str | Path]) -> Iterator[tuple[Path, dict[str, Any]]]:
-    """Every finished cell's metrics.json under the given result folders (or files)."""
-    for p in map(Path, paths):
-        files = [p] if p.is_file() else sorted(p.rglob("metrics.json"))
-        for f in files:
-            yield f, read_json(f)
