@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Callable, Mapping, Sequence, TypeVar
@@ -134,7 +135,7 @@ def _dealt_to(position: int, n: int) -> int:
 # ---- threads and devices --------------------------------------------------------------------------
 def default_threads(local_processes: int = 1, cores: int | None = None, load: float | None = None) -> int:
     """Intra-op threads for one of ``local_processes`` on this machine: its share of the cores
-    that other work leaves free (1-minute load average), at least one.
+    that other work leaves free (:func:`busy_cores`), at least one.
 
     torch's own default (one thread per core in every process) makes N processes, or one process
     beside a busy neighbour, oversubscribe the cores; OpenMP threads then spin against each other
@@ -143,9 +144,30 @@ def default_threads(local_processes: int = 1, cores: int | None = None, load: fl
     if cores is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if load is None:
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        load = busy_cores()
     free = max(1, cores - int(load + 0.5))
     return max(1, min(cores // max(1, local_processes), free // max(1, local_processes)))
+
+
+def busy_cores(interval: float = 0.25) -> float:
+    """How many cores other processes keep busy now: /proc/stat sampled over ``interval`` seconds
+    while this process sleeps (Linux), else the 1-minute load average. The load average lags by
+    a minute, so right after a finished job it would still report a busy machine."""
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields[:8]), idle
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(interval)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if total1 <= total0:
+        return 0.0
+    return (1.0 - (idle1 - idle0) / (total1 - total0)) * (os.cpu_count() or 1)
 
 
 def set_threads(requested: int | None, launch: Launch) -> int:
