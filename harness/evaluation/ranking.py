@@ -63,9 +63,9 @@ def continuation_for(template: PromptTemplate, query: Example, candidate: str) -
     E.g. demo ``Answer: {answer}`` and query ``Answer:`` give ``" yes"``; the
     candidate alone when the template does not extend the stem.
     """
-    stem = template.format_query(query)
-    full = template.format_demo(Example(query.id, query.media, query.fields, target=candidate))
-    return full[len(stem):] if full.startswith(stem) and len(full) > len(stem) else candidate
+    as_demo = Example(query.id, query.media, query.fields, target=candidate)
+    added = template.answer_part(as_demo, template.format_demo(as_demo))
+    return candidate if added is None else added
 
 
 def rank(candidates: Sequence[str], continuations: Sequence[str], logprobs: Sequence[Sequence[float]],

@@ -349,7 +349,9 @@ class Runner:
             r["idle_s"] = round(slowest - r["compute_s"], 3)
 
         def merge() -> dict[str, Any]:
-            result = Runner(self.model, self.output, self.label, progress=False).run_cell(task, spec)
+            merger = Runner(self.model, self.output, self.label, progress=False)
+            merger._data_fp = self._data_fp  # the support split's fingerprint, already computed by this rank
+            result = merger.run_cell(task, spec)
             result["wall_time_s"] = round(time.time() - start, 3)
             result["distributed"] = {"world_size": group.world_size, "backend": group.backend, "ranks": ranks}
             write_json(cell_dir(self.output, self.label, task.name, spec.shots, spec.seed) / "metrics.json", result)
