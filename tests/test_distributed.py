@@ -145,8 +145,52 @@ def test_torchrun_two_ranks_equal_one_process(one_process, tmp_path):
     assert out.count("| easyvqa | accuracy |") == 1  # rank 0 alone prints the table
     assert_identical(one_process, tmp_path / "res")
     dist = json.loads((tmp_path / "res" / CELLS[0] / "metrics.json").read_text())["distributed"]
-    assert dist["world_size"] == 2 and [r["n"] for r in dist["ranks"]] == [20, 20]
+    assert dist["world_size"] == 2 and sum(r["n"] for r in dist["ranks"]) == 40
     assert min(r["idle_s"] for r in dist["ranks"]) == 0.0
+
+
+BATCH_LOGGER = '''
+import json, os
+from harness.registry import register_model
+from models.baselines import DemoMajority
+
+
+@register_model("batch-logger")
+class BatchLogger(DemoMajority):
+    """demo-majority that also writes each batch it is given to $BATCH_LOG/<pid>.jsonl."""
+
+    def generate(self, requests):
+        with open(os.path.join(os.environ["BATCH_LOG"], f"{os.getpid()}.jsonl"), "a") as f:
+            f.write(json.dumps([r.query.id for r in requests]) + "\\n")
+        return super().generate(requests)
+'''
+
+
+def test_torchrun_ranks_claim_the_batches_of_one_process(tmp_path):
+    """The ranks claim the very batches one process runs (longest prompts first), each batch once,
+    so batch composition, and with it any batch effect of a GPU kernel, never depends on the
+    number of processes; a rank that finishes early takes the next batch instead of idling."""
+    plugin = tmp_path / "batch_logger.py"
+    plugin.write_text(BATCH_LOGGER)
+    args = ["run", "--include", str(plugin), "--model", "batch-logger", "--tasks", "easyvqa", "--shots", "4",
+            "--seeds", "0", "--limit", "37", "--batch-size", "3", "--threads", "1", "-q"]
+    logs = {}
+    for n in (1, 3):
+        log_dir = tmp_path / f"log{n}"
+        log_dir.mkdir()
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false", "BATCH_LOG": str(log_dir)}
+        launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n)]
+                    if n > 1 else [sys.executable])
+        proc = subprocess.run([*launcher, str(ROOT / "run_eval.py"), *args, "--output", str(tmp_path / f"res{n}")],
+                              cwd=ROOT, env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        logs[n] = [[json.loads(line) for line in f.read_text().splitlines()] for f in sorted(log_dir.iterdir())]
+    (single,) = logs[1]
+    assert sorted(map(len, single)) == [1] + [3] * 12
+    batches = [b for per_rank in logs[3] for b in per_rank]
+    assert sorted(batches) == sorted(single)  # the same batches, each computed once
+    cell = "batch-logger/easyvqa/4shot_seed0/predictions.jsonl"
+    assert (tmp_path / "res3" / cell).read_bytes() == (tmp_path / "res1" / cell).read_bytes()
 
 
 def _rank_pid(torchrun_pid: int, rank: int) -> int | None:

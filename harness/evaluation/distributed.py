@@ -4,16 +4,18 @@ Three ways to split an evaluation over processes, all giving a single process's 
 
 - ``torchrun --nproc_per_node N run_eval.py run ...`` (and ``--nnodes``): :func:`discover` reads
   ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``LOCAL_WORLD_SIZE``; the ranks join one
-  ``torch.distributed`` group (gloo on CPU, nccl on GPU), take balanced shares of each cell's
-  remaining queries, meet at a barrier when they finish it, and rank 0 merges the shards and
-  writes the metrics in the same run.
+  ``torch.distributed`` group (gloo on CPU, nccl on GPU), claim each cell's remaining batches
+  first come, first served from a counter in torchrun's store (the same batches, longest prompts
+  first, as one process would run, so no rank idles for long at the end and batch composition
+  never depends on the number of processes), meet at a barrier when they finish it, and rank 0
+  merges the shards and writes the metrics in the same run.
 - ``--shard K/N``, or ``--shard slurm`` in a SLURM array job (``SLURM_ARRAY_TASK_ID``,
   ``SLURM_ARRAY_TASK_COUNT``): independent processes, no group; each journals its share and a
   later run without ``--shard`` merges.
 - one process.
 
-Per-sample journals stay the source of truth: the group only carries barriers and small
-objects (a cell's status, counts, timings). Demos are a pure function of (seed, task, query,
+Per-sample journals stay the source of truth: the group only carries barriers, small objects
+(a cell's status, counts, timings) and the work counters. Demos are a pure function of (seed, task, query,
 shots), so who computes a query never changes its record.
 """
 
@@ -224,6 +226,7 @@ class Group:
             torch.cuda.set_device(launch.local_rank)
         self.backend = backend
         self._dist = dist
+        self._queues = 0
         dist.init_process_group(backend, timeout=BARRIER_TIMEOUT)
         log.info("rank %d of %d joined the %s process group", self.rank, self.world_size, backend)
 
@@ -266,9 +269,31 @@ class Group:
             raise HarnessError(error)
         return value
 
+    def work_queue(self, name: str) -> "WorkQueue":
+        """A counter shared by the ranks; every rank must ask for the same names in the same order."""
+        self._queues += 1
+        return WorkQueue(self._dist.distributed_c10d._get_default_store(), f"harness/{self._queues}/{name}")
+
     def close(self) -> None:
         if self._dist.is_initialized():
             self._dist.destroy_process_group()
+
+
+class WorkQueue:
+    """Items handed out first come, first served across the ranks: an atomic counter in the
+    process group's key-value store (torchrun's rendezvous store, reachable from every node)."""
+
+    def __init__(self, store: Any, key: str):
+        self._store, self._key = store, key
+
+    def claims(self, n_items: int):
+        """Indices in ``range(n_items)`` this rank should process, each given to exactly one rank."""
+        while (i := self._store.add(self._key + "/next", 1) - 1) < n_items:
+            yield i
+
+    def report_done(self, n: int) -> int:
+        """Add ``n`` finished items to the shared tally; returns the tally (for one progress bar)."""
+        return self._store.add(self._key + "/done", n)
 
 
 def start_group(launch: Launch) -> Group | None:

@@ -6,12 +6,12 @@ import logging
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 from tqdm import tqdm
 
 from harness import __version__
-from harness.evaluation.distributed import Group, balanced_share
+from harness.evaluation.distributed import Group, WorkQueue, balanced_share
 from harness.errors import HarnessError, SampleError
 from harness.model import Model, config_hash
 from harness.evaluation.prompts import PromptBuilder
@@ -102,10 +102,24 @@ class _Cell:
     demos_for: Callable[[Example], list[Example]]
     journal: Journal
     bar: Any
+    #: torchrun: the cell's shared counter; the ranks claim its batches first come, first served
+    queue: WorkQueue | None = None
+    shown: int = 0  # samples of all ranks the bar has counted (torchrun)
 
     @property
     def text_only(self) -> bool:
         return self.spec.shots == 0  # Flamingo's zero-shot: demos without their media
+
+    def claims(self, n: int) -> Iterable[int]:
+        """The batches (of ``n``) this process computes: all of them, or those its rank claims."""
+        return range(n) if self.queue is None else self.queue.claims(n)
+
+    def advance(self, n: int) -> None:
+        """Count ``n`` finished samples; under torchrun the bar shows every rank's."""
+        if self.queue is not None:
+            everyone = self.queue.report_done(n)
+            n, self.shown = everyone - self.shown, everyone
+        self.bar.update(n)
 
 
 @dataclass
@@ -133,9 +147,9 @@ class Runner:
     """Runs cells for one model, writing under ``output/label``.
 
     With a torchrun ``group`` every rank runs every cell: rank 0 first merges what earlier runs
-    left, each rank evaluates a balanced share of the remaining queries into its own shard
-    journal, and after a barrier rank 0 merges the shards and writes the metrics (every rank
-    returns them).
+    left, the ranks claim the remaining batches (those one process would run) from a shared counter
+    and journal them into their own shard journals, and after a barrier rank 0 merges the shards
+    and writes the metrics (every rank returns them).
     """
 
     def __init__(self, model: Model, output: Path, label: str | None = None, progress: bool = True,
@@ -261,28 +275,32 @@ class Runner:
         def demos_for(q: Example) -> list[Example]:
             return sampler.demos(q, n_demos)
 
-        mine = queries
-        if spec.shard is not None:
-            # torchrun ranks all saw the same finished samples: they share what is left; independent
-            # shards cannot know what the others finished, so each takes a fixed share of the whole cell.
-            pool = [q for q in queries if q.id not in done_ids] if self.group is not None else queries
-            mine = balanced_share(pool, [self._cost(task, builder, demos_for(q), q, spec.shots == 0) for q in pool],
-                                  *spec.shard)
+        mine, queue = queries, None
+        if spec.shard is not None and self.group is not None:
+            # torchrun ranks all saw the same finished samples: they claim what is left batch by batch
+            mine = [q for q in queries if q.id not in done_ids]
+            queue = self.group.work_queue(plan.key)
+        elif spec.shard is not None:
+            # independent shards cannot know what the others finished: each takes a fixed, balanced
+            # share of the whole cell
+            mine = balanced_share(queries, [self._cost(task, builder, demos_for(q), q, spec.shots == 0)
+                                            for q in queries], *spec.shard)
         todo = [q for q in mine if q.id not in done_ids]
         if todo:
-            log.info("%s: computing %d samples in %s", plan.desc, len(todo), directory)
+            ranks = f" over {self.group.world_size} ranks" if queue is not None else ""
+            log.info("%s: computing %d samples%s in %s", plan.desc, len(todo), ranks, directory)
         self.model.observe_support(task.name, sampler.pool)
 
         bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=plan.desc, disable=not self.progress,
                    leave=False)
-        cell = _Cell(task, spec, builder, demos_for, journal, bar)
+        cell = _Cell(task, spec, builder, demos_for, journal, bar, queue)
         new_records = (self._generate(cell, todo, plan.gen) if task.kind == "generate"
                        else self._rank(cell, todo, plan.template))
         bar.close()
 
         if self.group is not None:
             journal.record_time()
-            return len(todo)
+            return len(new_records)
         if spec.shard is not None:
             journal.record_time()
             return {"shard": list(spec.shard), "n": len(mine), "journal": str(journal.path)}
@@ -367,14 +385,15 @@ class Runner:
             requests.append(GenerateRequest(cell.builder.build(demos, q, cell.text_only), gen, q, tuple(demos)))
         # Longest prompts first: batches of similar length pad less, and OOM shows up early.
         requests.sort(key=lambda r: -len(self.model.render_prompt(r.prompt)))
+        size = cell.spec.batch_size
+        batches = [requests[start : start + size] for start in range(0, len(requests), size)]
         records: list[SampleRecord] = []
-        for start in range(0, len(requests), cell.spec.batch_size):
-            batch = requests[start : start + cell.spec.batch_size]
-            outputs = _call_batch(self.model.generate, batch)
-            batch_records = [self._generated_record(cell.task, r, o) for r, o in zip(batch, outputs)]
+        for i in cell.claims(len(batches)):
+            outputs = _call_batch(self.model.generate, batches[i])
+            batch_records = [self._generated_record(cell.task, r, o) for r, o in zip(batches[i], outputs)]
             cell.journal.append(batch_records)
             records.extend(batch_records)
-            cell.bar.update(len(batch))
+            cell.advance(len(batch_records))
         return records
 
     def _rank(self, cell: "_Cell", todo: list[Example], template) -> list[SampleRecord]:
@@ -383,7 +402,7 @@ class Runner:
         ensemble = getattr(task.options, "ensemble", 1)
         norm = getattr(task.options, "length_normalization", "none")
         records: list[SampleRecord] = []
-        for q in todo:
+        for q in map(todo.__getitem__, cell.claims(len(todo))):
             demos = cell.demos_for(q)
             prompts = [cell.builder.build(o, q, cell.text_only)
                        for o in demo_orders(demos, ensemble, cell.spec.seed, task.name, q.id)]
@@ -396,7 +415,7 @@ class Runner:
             record = self._ranked_record(task, q, demos, prompts, cands, conts, outs, norm)
             cell.journal.append([record])
             records.append(record)
-            cell.bar.update(1)
+            cell.advance(1)
         return records
 
     def _generated_record(self, task: Task, req: GenerateRequest, out: str | SampleError) -> SampleRecord:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 from typing import Any, Callable, Sequence
 
 from harness.errors import DataError, HarnessError
@@ -88,7 +89,11 @@ def check_model_options(names: Sequence[str], options: dict[str, dict[str, str]]
     for name in names:
         opts = build_options(get_model_class(name).Options, options[name], f"model {name}")
         device = getattr(opts, "device", None)
-        if isinstance(device, str) and device not in ("cpu", "auto"):
+        if device == "auto":
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if isinstance(device, str) and device != "cpu":
             check_device(device, f"model {name} option device")
 
 
@@ -102,8 +107,14 @@ def check_device(device: str, where: str) -> None:
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise HarnessError(f"{where}={device!r}: no CUDA GPU is available here; use device=cpu")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise HarnessError(f"{where}={device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise HarnessError(f"{where}={device!r}: this machine has {n} CUDA device(s)")
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        if dev.index is None and local_rank >= n:  # 'cuda' is cuda:$LOCAL_RANK, one GPU per rank
+            raise HarnessError(
+                f"{where}={device!r}: this is local rank {local_rank} of a launch but this machine has {n} CUDA "
+                f"device(s); start at most {n} process(es) per node (torchrun --nproc_per_node {n})")
     elif dev.type == "mps" and not torch.backends.mps.is_available():
         raise HarnessError(f"{where}={device!r}: MPS is not available here; use device=cpu")
     elif dev.type not in ("cpu", "cuda", "mps"):
