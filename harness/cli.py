@@ -145,7 +145,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                      task_shots=expansion.shots, sample=args.sample, overwrite=args.overwrite)
     output = Path(args.output)
     t0 = time.time()
-    group = start_group(launch)
+    # NCCL only when the models run on this rank's GPU; the group carries small objects, so gloo
+    # serves CPU models (on a GPU machine too, where ranks may outnumber the GPUs).
+    group = start_group(launch, on_gpu=any(str(model.device).startswith("cuda") for model, _ in models))
     try:
         summaries = run_sweep(models, tasks, spec, output, progress=not args.quiet, group=group)
     finally:

@@ -4,7 +4,7 @@ Three ways to split an evaluation over processes, all giving a single process's 
 
 - ``torchrun --nproc_per_node N run_eval.py run ...`` (and ``--nnodes``): :func:`discover` reads
   ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``LOCAL_WORLD_SIZE``; the ranks join one
-  ``torch.distributed`` group (gloo on CPU, nccl on GPU), claim each cell's remaining batches
+  ``torch.distributed`` group (nccl when the models run on the ranks' GPUs, else gloo), claim each cell's remaining batches
   first come, first served from a counter in torchrun's store (the same batches, longest prompts
   first, as one process would run, so no rank idles for long at the end and batch composition
   never depends on the number of processes), meet at a barrier when they finish it, and rank 0
@@ -214,14 +214,12 @@ def resolve_device(device: str, env: Mapping[str, str] | None = None) -> str:
 class Group:
     """The torch.distributed group of a torchrun launch: barriers and small objects only."""
 
-    def __init__(self, launch: Launch, backend: str | None = None):
+    def __init__(self, launch: Launch, backend: str = "gloo"):
         import torch
         import torch.distributed as dist
 
         self.launch = launch
         self.rank, self.world_size = launch.rank, launch.world_size
-        if backend is None:
-            backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(launch.local_rank)
         self.backend = backend
@@ -296,6 +294,7 @@ class WorkQueue:
         return self._store.add(self._key + "/done", n)
 
 
-def start_group(launch: Launch) -> Group | None:
-    """The process group of a torchrun launch of 2+ processes; None otherwise."""
-    return Group(launch) if launch.kind == "torchrun" else None
+def start_group(launch: Launch, on_gpu: bool = False) -> Group | None:
+    """The process group of a torchrun launch of 2+ processes (NCCL if the models run on the
+    ranks' GPUs, else gloo); None otherwise."""
+    return Group(launch, "nccl" if on_gpu else "gloo") if launch.kind == "torchrun" else None
