@@ -3,10 +3,8 @@
 Each builder writes a model directory as a hub snapshot has it: config and weights from the family's
 transformers config (text and vision towers shrunk), a BPE tokenizer trained here on a few sentences
 with the family's special tokens, a chat template in the family's style, and the family's PIL image
-processor. Qwen2-VL and LLaVA-OneVision processors also take video, and transformers builds video
-processors only with torchvision (not installed): they are built and saved without one
-(``models.hf.image_only_processor``), so ``AutoProcessor`` fails on them as on a real snapshot here,
-and the adapter's fallback is exercised. Imported by tests/test_hf.py (the lead owns tests/conftest.py).
+processor. Qwen2-VL and LLaVA-OneVision processors also get their video processor (torchvision), sized
+as small as their image processor. Imported by tests/test_hf.py (the lead owns tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -86,8 +84,8 @@ def _llama_text(vocab: int, tok) -> dict:
 
 
 def build_qwen2_vl(directory: Path):
-    from models.hf import image_only_processor
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessorPil, Qwen2VLProcessor
+    from transformers import (Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessorPil,
+                              Qwen2VLProcessor, Qwen2VLVideoProcessor)
 
     specials = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
     tok = tiny_tokenizer(specials, bos="<|endoftext|>", eos="<|im_end|>", pad="<|endoftext|>",
@@ -105,7 +103,10 @@ def build_qwen2_vl(directory: Path):
     # 64x64 easy-VQA images -> 8x8 patches of 8 px -> 16 tokens after the 2x2 merge.
     image_processor = Qwen2VLImageProcessorPil(patch_size=8, merge_size=2, temporal_patch_size=2,
                                                min_pixels=32 * 32, max_pixels=64 * 64)
-    processor = image_only_processor(Qwen2VLProcessor)(image_processor=image_processor, tokenizer=tok,
+    # video frames: 2 frames per temporal patch, 32x32 each -> 4 tokens per 2 frames
+    video_processor = Qwen2VLVideoProcessor(patch_size=8, merge_size=2, temporal_patch_size=2, min_pixels=32 * 32,
+                                            max_pixels=32 * 32, cap_pixels_per_frame=False)
+    processor = Qwen2VLProcessor(image_processor=image_processor, tokenizer=tok, video_processor=video_processor,
                                  chat_template=QWEN_TEMPLATE)
     return Qwen2VLForConditionalGeneration(config), processor
 
@@ -133,9 +134,8 @@ def build_idefics3(directory: Path):
 
 
 def build_llava_onevision(directory: Path):
-    from models.hf import image_only_processor
     from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration,
-                              LlavaOnevisionImageProcessorPil, LlavaOnevisionProcessor)
+                              LlavaOnevisionImageProcessorPil, LlavaOnevisionProcessor, LlavaOnevisionVideoProcessor)
 
     specials = ["<|im_start|>", "<|im_end|>", "<image>", "<video>"]
     tok = tiny_tokenizer(specials, bos="<|endoftext|>", eos="<|im_end|>", pad="<|endoftext|>",
@@ -151,9 +151,12 @@ def build_llava_onevision(directory: Path):
     )
     image_processor = LlavaOnevisionImageProcessorPil(size={"height": 32, "width": 32}, crop_size=None,
                                                       image_grid_pinpoints=[[32, 32], [32, 64], [64, 32], [64, 64]])
-    processor = image_only_processor(LlavaOnevisionProcessor)(image_processor=image_processor, tokenizer=tok,
-                                        num_image_tokens=16, vision_feature_select_strategy="full",
-                                        chat_template=LLAVA_OV_TEMPLATE, vision_aspect_ratio="anyres_max_9")
+    # video frames 32x32: 16 patches, pooled 2x2 to 4 tokens per frame, plus one newline per video
+    video_processor = LlavaOnevisionVideoProcessor(size={"height": 32, "width": 32})
+    processor = LlavaOnevisionProcessor(image_processor=image_processor, tokenizer=tok,
+                                        video_processor=video_processor, num_image_tokens=16,
+                                        vision_feature_select_strategy="full", chat_template=LLAVA_OV_TEMPLATE,
+                                        vision_aspect_ratio="anyres_max_9")
     return LlavaOnevisionForConditionalGeneration(config), processor
 
 
