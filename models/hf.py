@@ -386,17 +386,20 @@ class HF(Model):
         _check_max_images(self.options, len(images) + sum(map(len, videos)), self.where)
         return images, videos
 
-    def _inputs(self, texts: list[str], media: list[tuple[list, list[list]]], padding_side: str):
-        """Processor outputs on the model's device, pixels in the model's dtype; cached vision features
-        (``mm_encoder_outputs``) instead of image pixels where the family allows it."""
-        kw: dict[str, Any] = {"text": texts, "return_tensors": "pt", "padding": True, "padding_side": padding_side}
+    def _process(self, texts: list[str], media: list[tuple[list, list[list]]], **kw: Any):
+        """The processor on texts and their (images, videos), tensors on the CPU."""
         images = [i for i, _ in media]
         videos = [v for _, vs in media for v in vs]
         if any(images):
             kw["images"] = images
-        if videos:
-            kw["videos"] = videos
-        inputs = self.processor(**kw)
+        if videos:  # the task chose the frames: a checkpoint's own frame sampling must not pick again
+            kw.update(videos=videos, do_sample_frames=False)
+        return self.processor(text=texts, return_tensors="pt", **kw)
+
+    def _inputs(self, texts: list[str], media: list[tuple[list, list[list]]], padding_side: str):
+        """Processor outputs on the model's device, pixels in the model's dtype; cached vision features
+        (``mm_encoder_outputs``) instead of image pixels where the family allows it."""
+        inputs = self._process(texts, media, padding=True, padding_side=padding_side)
         dev = self.model.device
         out = {}
         for k, v in inputs.items():
@@ -405,10 +408,11 @@ class HF(Model):
                 if v.is_floating_point():
                     v = v.to(self.model.dtype)
             out[k] = v
-        # videos keep their pixels: a model takes either pixels or encoder outputs, not both
-        if self._features is not None and any(images) and not videos:
+        images = [im for i, _ in media for im in i]
+        # native videos keep their pixels: a model takes either pixels or encoder outputs, not both
+        if self._features is not None and images and not any(vs for _, vs in media):
             out = {k: v for k, v in out.items() if not k.startswith("pixel_")}
-            out["mm_encoder_outputs"] = self._features.encoder_outputs([im for s in images for im in s])
+            out["mm_encoder_outputs"] = self._features.encoder_outputs(images)
         return out
 
     # ---- generation -----------------------------------------------------------------------
@@ -470,7 +474,7 @@ class HF(Model):
         context = self.render_prompt(prompt)
         media = self._prompt_media(prompt)
         fulls = [context + self._continuation_text(prompt, context, c) for c in continuations]
-        ctx_ids = self._tokens(context, media)
+        ctx_ids = self._process([context], [media])["input_ids"][0].tolist()
         inputs = self._inputs(fulls, [media] * len(fulls), "right")
         rows, starts = [], []
         for row in range(len(fulls)):
@@ -494,12 +498,6 @@ class HF(Model):
             logp = logits[row, start - 1 - offset: len(ids) - 1 - offset].float().log_softmax(-1)
             scores.append(float(logp.gather(1, torch.tensor(ids[start:], device=logp.device)[:, None]).sum()))
         return scores
-
-    def _tokens(self, text: str, media: tuple[list, list[list]]) -> list[int]:
-        """Token ids of one prompt as the processor expands it (no model inputs built)."""
-        images, videos = media
-        kw = {"images": [images]} if images else {}
-        return self.processor(text=[text], videos=videos or None, return_tensors="pt", **kw)["input_ids"][0].tolist()
 
 
 def _check_max_images(o: HFOptions, n_images: int = 0, where: str = "", prompt: str = "") -> None:

@@ -506,6 +506,22 @@ def test_video_generations_equal_model_generate_on_hand_built_inputs(hf_dirs, vi
     assert got == want
 
 
+def test_video_multiple_choice_ranks_candidates_with_native_video(hf_dirs, tmp_path, capsys):
+    from conftest_video import write_nextqa
+
+    data = write_nextqa(tmp_path / "data")
+    rc, err = _run(capsys, "--model", "hf", "--model-arg", f"path={hf_dirs['llava_onevision']}", "--tasks",
+                   "nextqa_mc", "--data-dir", str(data), "--frames", "4", "--task-arg", "frame_size=32",
+                   "--shots", "2", "--seeds", "0", "--limit", "2", "--output", str(tmp_path / "out"))
+    assert rc == 0, err
+    (path,) = (tmp_path / "out").glob("*/nextqa_mc/2shot_seed0/predictions.jsonl")
+    records = [json.loads(x) for x in path.read_text().splitlines()]
+    assert len(records) == 2
+    for r in records:
+        assert len(r["candidate_logprobs"]) == 5 and all(v < 0 for v in r["candidate_logprobs"].values())
+        assert r["prompt"].count(VIDEO["llava_onevision"]) == 3 and "<image>" not in r["prompt"]
+
+
 # ---- vision-feature cache ---------------------------------------------------------------------
 @pytest.mark.parametrize("family", FEATURES)
 def test_cached_vision_features_give_the_uncached_outputs(family, hf_dirs):
