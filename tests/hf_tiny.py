@@ -1,4 +1,4 @@
-"""Tiny random-weight Hugging Face VLMs of four families, built offline and saved with save_pretrained.
+"""Tiny random-weight Hugging Face VLMs of five families, built offline and saved with save_pretrained.
 
 Each builder writes a model directory as a hub snapshot has it: config and weights from the family's
 transformers config (text and vision towers shrunk), a BPE tokenizer trained here on a few sentences
@@ -111,26 +111,42 @@ def build_qwen2_vl(directory: Path):
     return Qwen2VLForConditionalGeneration(config), processor
 
 
-def build_idefics3(directory: Path):
-    from transformers import (Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessorPil,
-                              Idefics3Processor)
-
+def _idefics3_style(config_cls, model_cls, image_processor_cls, processor_cls, **processor_kw):
+    """Idefics3 and SmolVLM: the same architecture, tokens and processor layout."""
     specials = ["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>", "<|begin_of_text|>"]
     specials += [f"<row_{i + 1}_col_{j + 1}>" for i in range(6) for j in range(6)]
     tok = tiny_tokenizer(specials, bos="<|begin_of_text|>", eos="<end_of_utterance>", pad="<pad>",
                          chat_template=IDEFICS3_TEMPLATE)
-    config = Idefics3Config(
+    config = config_cls(
         text_config=_llama_text(len(tok), tok),
         vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2,
                            image_size=32, patch_size=8),
         scale_factor=2, image_token_id=tok.convert_tokens_to_ids("<image>"),
     )
     # 32 px tiles, 8 px patches: 16 patches -> 4 image tokens per tile after the 2x pixel shuffle.
-    image_processor = Idefics3ImageProcessorPil(size={"longest_edge": 64}, max_image_size={"longest_edge": 32},
-                                                do_image_splitting=True)
-    processor = Idefics3Processor(image_processor=image_processor, tokenizer=tok, image_seq_len=4,
-                                  chat_template=IDEFICS3_TEMPLATE)
-    return Idefics3ForConditionalGeneration(config), processor
+    image_processor = image_processor_cls(size={"longest_edge": 64}, max_image_size={"longest_edge": 32},
+                                          do_image_splitting=True)
+    processor = processor_cls(image_processor=image_processor, tokenizer=tok, image_seq_len=4,
+                              chat_template=IDEFICS3_TEMPLATE, **processor_kw)
+    return model_cls(config), processor
+
+
+def build_idefics3(directory: Path):
+    from transformers import (Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessorPil,
+                              Idefics3Processor)
+
+    return _idefics3_style(Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessorPil,
+                           Idefics3Processor)
+
+
+def build_smolvlm(directory: Path):
+    from transformers import (SmolVLMConfig, SmolVLMForConditionalGeneration, SmolVLMImageProcessorPil,
+                              SmolVLMProcessor, SmolVLMVideoProcessor)
+
+    # its processor requires a video processor (torchvision); videos reach SmolVLM as frames here
+    video_processor = SmolVLMVideoProcessor(size={"longest_edge": 64}, max_image_size={"longest_edge": 32})
+    return _idefics3_style(SmolVLMConfig, SmolVLMForConditionalGeneration, SmolVLMImageProcessorPil,
+                           SmolVLMProcessor, video_processor=video_processor)
 
 
 def build_llava_onevision(directory: Path):
@@ -187,6 +203,7 @@ def build_gemma3(directory: Path):
 BUILDERS: dict[str, Callable] = {
     "qwen2_vl": build_qwen2_vl,
     "idefics3": build_idefics3,
+    "smolvlm": build_smolvlm,
     "llava_onevision": build_llava_onevision,
     "gemma3": build_gemma3,
 }

@@ -1,4 +1,4 @@
-"""The `hf` adapter on tiny random-weight models of four transformers families, built offline.
+"""The `hf` adapter on tiny random-weight models of five transformers families, built offline.
 
 Each family's model directory is built once per session (tests/hf_tiny.py); the real CLI runs on a
 few easy-VQA questions at 0 and 2 shots, batched and one prompt at a time, and on MSRVTT-QA videos
@@ -22,17 +22,17 @@ from hf_tiny import build_tiny_hf  # noqa: E402
 
 from harness.cli import main  # noqa: E402
 
-FAMILIES = ["idefics3", "qwen2_vl", "llava_onevision", "gemma3"]
+FAMILIES = ["idefics3", "qwen2_vl", "llava_onevision", "gemma3", "smolvlm"]
 #: the text each image is written as in the prompt (before the processor expands it)
 PLACEHOLDER = {"idefics3": "<image>", "qwen2_vl": "<|vision_start|><|image_pad|><|vision_end|>",
-               "llava_onevision": "<image>", "gemma3": "<start_of_image>"}
+               "llava_onevision": "<image>", "gemma3": "<start_of_image>", "smolvlm": "<image>"}
 #: the text each native video is written as
 VIDEO = {"qwen2_vl": "<|vision_start|><|video_pad|><|vision_end|>", "llava_onevision": "<video>"}
 #: families whose vision features are cached per image (models/hf_features.py)
-FEATURES = ["idefics3", "qwen2_vl", "gemma3"]
+FEATURES = ["idefics3", "qwen2_vl", "gemma3", "smolvlm"]
 #: how each family's chat template opens an assistant turn
 ASSISTANT = {"idefics3": "Assistant:", "qwen2_vl": "<|im_start|>assistant\n",
-             "llava_onevision": "<|im_start|>assistant", "gemma3": "<start_of_turn>model\n"}
+             "llava_onevision": "<|im_start|>assistant", "gemma3": "<start_of_turn>model\n", "smolvlm": "Assistant:"}
 LIMIT = 4
 
 
