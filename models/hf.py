@@ -30,6 +30,7 @@ from harness.types import GenerateRequest, Image, LoglikelihoodRequest, Prompt, 
 from harness.data.video import media_as_images
 
 from .hf_cache import KEY, MERGES, ByteLRU, CachedImageProcessor, nbytes
+from .hf_features import image_features
 
 
 @dataclass(frozen=True)
@@ -508,18 +509,3 @@ def _check_max_images(o: HFOptions, n_images: int = 0, where: str = "", prompt: 
         raise HarnessError(
             f"{where}: a prompt{at} holds {n_images} images (video frames count), more than max_images="
             f"{o.max_images}; use fewer --shots (or --frames), or raise --model-arg max_images")
-
-
-def image_features(model, image_processor, model_type: str, budget_mb: float | None, fingerprint: str):
-    """The vision-feature cache for this model, or None where the family's features are not per image
-    (:data:`models.hf_features.PER_IMAGE`), its model takes no precomputed ones, or feature_cache_mb=0."""
-    import inspect
-
-    from .hf_features import ImageFeatures, PER_IMAGE
-
-    if budget_mb is not None and budget_mb < 0:
-        raise HarnessError(f"model hf option feature_cache_mb must be >= 0 (0 turns the cache off), got {budget_mb}")
-    takes = "mm_encoder_outputs" in inspect.signature(model.forward).parameters
-    if model_type not in PER_IMAGE or budget_mb == 0 or not takes:
-        return None
-    return ImageFeatures(model, image_processor, budget_mb, fingerprint)

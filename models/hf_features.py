@@ -18,6 +18,8 @@ import inspect
 import json
 from typing import Any, Sequence
 
+from harness.errors import HarnessError
+
 from .feature_cache import FeatureCache, budget_from_mb
 from .hf_cache import KEY
 
@@ -63,3 +65,15 @@ class ImageFeatures:
             out = model.get_image_features(**kw, return_dict=True).pooler_output
         self._as_tuple = isinstance(out, (tuple, list))
         return out[0] if self._as_tuple else out
+
+
+def image_features(model: Any, image_processor: Any, model_type: str, budget_mb: float | None,
+                   fingerprint: str) -> ImageFeatures | None:
+    """The vision-feature cache for this model, or None where the family's features are not per image
+    (:data:`PER_IMAGE`), its model takes no precomputed ones, or ``feature_cache_mb=0``."""
+    if budget_mb is not None and budget_mb < 0:
+        raise HarnessError(f"model hf option feature_cache_mb must be >= 0 (0 turns the cache off), got {budget_mb}")
+    takes = "mm_encoder_outputs" in inspect.signature(model.forward).parameters
+    if model_type not in PER_IMAGE or budget_mb == 0 or not takes:
+        return None
+    return ImageFeatures(model, image_processor, budget_mb, fingerprint)
