@@ -25,7 +25,7 @@ from harness.evaluation.distributed import discover, set_threads, start_group
 from harness.errors import HarnessError
 from harness.options import describe_options, parse_key_values
 from harness.registry import get_model_class, get_task_class, include, load_builtins, model_names, task_names
-from harness.evaluation.validate import check_model_options, check_sweep_flags, check_task
+from harness.evaluation.validate import check_model_options, check_prompt_media, check_sweep_flags, check_task
 
 log = logging.getLogger("harness")
 
@@ -135,10 +135,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if launch.kind == "torchrun" and not launch.is_main:
         logging.getLogger("harness").setLevel(logging.WARNING)  # rank 0 reports for all
     set_threads(args.threads, launch)
-    check_model_options(model_list, _targeted(args.model_arg, "--model-arg", model_list))
+    model_options = check_model_options(model_list, _targeted(args.model_arg, "--model-arg", model_list))
     tasks = build_tasks(task_list, _flag_task_args(args, task_list) + list(args.task_arg or []), args.data_dir)
     for task in tasks:
         check_task(task, expansion.shots.get(task.name, shots), args.limit)
+        check_prompt_media(model_list, model_options, task, expansion.shots.get(task.name, shots))
     _check_rices_models(tasks, model_list)
     models = build_models(model_list, args.model_arg, args.label)
     spec = SweepSpec(shots, tuple(args.seeds), args.limit, args.batch_size, launch.shard,

@@ -120,6 +120,12 @@ class Model:
             f"model {self.name} does not count tokens, which length_normalization=tokens needs; "
             f"pass --task-arg length_normalization=bytes (or none)")
 
+    @classmethod
+    def check_prompt_images(cls, options: Any, n_images: int, where: str) -> None:
+        """Called before any model loads (harness.evaluation.validate) with the most images a
+        prompt can hold (a video: its frames); raise a HarnessError naming the fix if this model,
+        with these options, cannot take that many. The default takes any number."""
+
     def stats(self) -> dict[str, int]:
         """Cumulative counters of work done (e.g. feature-cache hits, vision encodes); the runner
         records each cell's increase in its metrics.json (``model_stats``)."""

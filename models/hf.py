@@ -19,7 +19,6 @@ expands each image placeholder into the image's tokens). Family quirks live in :
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
@@ -31,8 +30,7 @@ from harness.types import GenerateRequest, Image, LoglikelihoodRequest, Prompt, 
 from harness.data.video import media_as_images
 
 from .hf_cache import KEY, MERGES, ByteLRU, CachedImageProcessor, nbytes
-
-log = logging.getLogger(__name__)
+from .hf_features import image_features
 
 
 @dataclass(frozen=True)
@@ -42,14 +40,17 @@ class HFOptions:
     device: cpu, cuda, cuda:1 ...; device_map: auto spreads a large model over the GPUs (needs accelerate).
     attn_implementation: eager, sdpa, flash_attention_2 ... (default: transformers' choice).
     trust_remote_code: run the checkpoint's own Python code (off by default).
-    max_images: most images (video frames included) one prompt may hold; more is an error.
+    max_images: most images (video frames included) one prompt may hold; more is an error before the model loads.
     prompt_format: auto (chat if the processor has a chat template, else plain), chat or plain.
     system: a system prompt (chat format).
     chunk_sep: plain format: text closing each demonstration (generation stops there too).
     image_size: longest image side (pixels) the processor resizes to, for families that allow it.
     processor_args: image-processor settings, k=v;k=v (e.g. do_image_splitting=false;max_pixels=200704).
-    video_as_frames: each video goes in as its frames, in order, as images (no native video here).
-    cache_mb: bound (MiB) of the cache of decoded images and processed pixels; 0 disables it."""
+    video_as_frames: each video goes in as its frames, in order, as images (families with native video
+        input, Qwen2-VL and LLaVA-OneVision, otherwise take it as a video; others need this to take video).
+    cache_mb: bound (MiB) of the cache of decoded images and processed pixels; 0 disables it.
+    feature_cache_mb: bound (MiB) of the cache of vision features per image (Idefics2/3, SmolVLM,
+        Qwen2-VL, Qwen2.5-VL, Gemma 3); default a quarter of memory, at most 8 GiB; 0 disables it."""
 
     path: str = ""
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
@@ -65,6 +66,7 @@ class HFOptions:
     processor_args: str = ""
     video_as_frames: bool = False
     cache_mb: int = 512
+    feature_cache_mb: float | None = None
 
 
 # ---- family hooks ----------------------------------------------------------------------------
@@ -85,21 +87,26 @@ class Family:
     placeholder:  text the plain format writes per image (None: the processor's ``image_token``).
     end_of_turn:  token closing an assistant turn, an extra stop token (None: found from the chat template).
     image_size:   processor settings for ``image_size=N`` (None: the family has a fixed input size).
+    video:        text the plain format writes per video, for families that take video natively
+                  (``videos=`` to the processor, ``{"type": "video"}`` in chat); None: frames as images.
     """
 
     placeholder: str | None = None
     end_of_turn: str | None = None
     image_size: Callable[[Any, int], dict[str, Any]] | None = None
+    video: str | None = None
 
 
 FAMILIES: dict[str, Family] = {
     # Qwen's rope indexing finds each image by its <|vision_start|>: the bare pad token is not enough.
-    "qwen2_vl": Family("<|vision_start|><|image_pad|><|vision_end|>", "<|im_end|>", _qwen_pixels),
-    "qwen2_5_vl": Family("<|vision_start|><|image_pad|><|vision_end|>", "<|im_end|>", _qwen_pixels),
+    "qwen2_vl": Family("<|vision_start|><|image_pad|><|vision_end|>", "<|im_end|>", _qwen_pixels,
+                       "<|vision_start|><|video_pad|><|vision_end|>"),
+    "qwen2_5_vl": Family("<|vision_start|><|image_pad|><|vision_end|>", "<|im_end|>", _qwen_pixels,
+                         "<|vision_start|><|video_pad|><|vision_end|>"),
     "idefics3": Family("<image>", "<end_of_utterance>", _longest_edge),
     "smolvlm": Family("<image>", "<end_of_utterance>", _longest_edge),
     "idefics2": Family("<image>", "<end_of_utterance>", _longest_edge),
-    "llava_onevision": Family("<image>", "<|im_end|>"),
+    "llava_onevision": Family("<image>", "<|im_end|>", video="<video>"),
     "llava_next": Family("<image>"),
     "gemma3": Family("<start_of_image>", "<end_of_turn>"),
 }
@@ -139,8 +146,7 @@ class HF(Model):
             raise HarnessError(
                 f"model hf: --model-arg path={o.path or '(none)'} is not a model directory (no config.json); give a "
                 f"local directory with the config, weights and processor files, as save_pretrained writes them")
-        if o.max_images is not None and o.max_images < 1:
-            raise HarnessError(f"model hf option max_images must be >= 1, got {o.max_images}")
+        _check_max_images(o)
         self.path = path
         self.where = f"model hf ({path})"
         self.hf_config = self._load_config()
@@ -155,11 +161,18 @@ class HF(Model):
         import inspect
 
         self._keeps_logits = "logits_to_keep" in inspect.signature(self.model.forward).parameters
+        # native video: the family has a hook, the processor a video processor, and the user did not opt out
+        self._native_video = (self.family.video is not None and not o.video_as_frames
+                              and getattr(self.processor, "video_processor", None) is not None)
+        if self._native_video:
+            self.media_kinds = frozenset({"image", "video"})
+        self._fingerprint = checkpoint_fingerprint(path)
         self._cache = ByteLRU(o.cache_mb << 20, nbytes)
+        self._features = image_features(self.model, self.processor.image_processor, self.hf_config.model_type,
+                                        o.feature_cache_mb, self.fingerprint)
         merge = MERGES.get(self.hf_config.model_type)
         if merge is not None and o.cache_mb > 0:
             self.processor.image_processor = CachedImageProcessor(self.processor.image_processor, merge, self._cache)
-        self._fingerprint = checkpoint_fingerprint(path)
 
     # ---- loading --------------------------------------------------------------------------
     def _load_config(self):
@@ -174,23 +187,10 @@ class HF(Model):
     def _load_processor(self):
         from transformers import AutoProcessor
 
-        kw = {"trust_remote_code": self.options.trust_remote_code}
         try:
-            return AutoProcessor.from_pretrained(str(self.path), **kw)
+            return AutoProcessor.from_pretrained(str(self.path), trust_remote_code=self.options.trust_remote_code)
         except (OSError, ImportError, ValueError, TypeError, AttributeError) as exc:
-            cls = self._processor_class()
-            if cls is None or "video_processor" not in cls.get_attributes():
-                raise HarnessError(f"{self.where}: AutoProcessor cannot load it ({exc})") from None
-            # transformers builds video processors only with torchvision; images need none of it.
-            log.info("%s: loading %s without its video processor (%s)", self.where, cls.__name__, exc)
-            return image_only_processor(cls).from_pretrained(str(self.path), **kw)
-
-    def _processor_class(self):
-        import transformers
-        from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
-
-        name = PROCESSOR_MAPPING_NAMES.get(self.hf_config.model_type)
-        return getattr(transformers, name, None) if name else None
+            raise HarnessError(f"{self.where}: AutoProcessor cannot load it ({exc})") from None
 
     def _check_takes_images(self) -> None:
         if getattr(self.processor, "image_processor", None) is None:
@@ -292,6 +292,18 @@ class HF(Model):
                 return tok
         return None
 
+    @classmethod
+    def check_prompt_images(cls, options: HFOptions, n_images: int, where: str) -> None:
+        """max_images, checked before the model loads (harness.evaluation.validate)."""
+        _check_max_images(options, n_images, f"model hf ({options.path})", where)
+
+    def stats(self) -> dict[str, int]:
+        """Cumulative counters: decoded-image/pixel cache and vision-feature cache (hits, encodes)."""
+        out = {"media_cache_hits": self._cache.hits, "media_cache_misses": self._cache.misses}
+        if self._features is not None:
+            out.update(self._features.cache.stats())
+        return out
+
     # ---- prompts --------------------------------------------------------------------------
     @property
     def fingerprint(self) -> str:
@@ -299,7 +311,8 @@ class HF(Model):
 
     def config(self) -> dict[str, Any]:
         out = super().config()
-        out.update(model_type=self.hf_config.model_type, prompt_format=self.format)
+        out.update(model_type=self.hf_config.model_type, prompt_format=self.format,
+                   video="native" if self._native_video else "frames")
         return out
 
     def _apply_template(self, messages: list[dict], add_generation_prompt: bool) -> str:
@@ -323,16 +336,18 @@ class HF(Model):
         return msgs
 
     def _user_turn(self, media: Sequence, text: str) -> dict:
-        n = sum(self._n_images(m) for m in media)
-        content = [{"type": "image"} for _ in range(n)] + [{"type": "text", "text": text.strip()}]
-        return {"role": "user", "content": content}
+        content = [{"type": kind} for m in media for kind in self._kinds(m)]
+        return {"role": "user", "content": content + [{"type": "text", "text": text.strip()}]}
 
-    def _n_images(self, media) -> int:
-        """Images a media item becomes: one, or a video's frames (decoded once, then cached)."""
-        return len(self._images([media])) if isinstance(media, Video) else 1
+    def _kinds(self, media) -> list[str]:
+        """What a media item goes in as: an image, a video (native), or a video's frames as images."""
+        if not isinstance(media, Video):
+            return ["image"]
+        return ["video"] if self._native_video else ["image"] * len(self._decoded(media))
 
-    def _placeholder(self) -> str:
-        token = self.family.placeholder or getattr(self.processor, "image_token", None)
+    def _placeholder(self, kind: str = "image") -> str:
+        token = self.family.video if kind == "video" else (
+            self.family.placeholder or getattr(self.processor, "image_token", None))
         if not token:
             raise HarnessError(f"{self.where}: its processor names no image token; use prompt_format=chat")
         return token
@@ -344,41 +359,48 @@ class HF(Model):
         parts = []
         for i, chunk in enumerate(prompt.chunks):
             sep = self.options.chunk_sep if i < len(prompt.chunks) - 1 else ""
-            parts.append(self._placeholder() * sum(self._n_images(m) for m in chunk.media) + chunk.text + sep)
+            media = "".join(self._placeholder(k) for m in chunk.media for k in self._kinds(m))
+            parts.append(media + chunk.text + sep)
         return "".join(parts)
 
     # ---- media ----------------------------------------------------------------------------
-    def _images(self, media: Sequence) -> list:
-        """Decoded images (a video: its frames), each tagged with its cache key for the pixel cache."""
-        out = []
-        for m in media:
-            key = m.identity if isinstance(m, Image) else f"{m.identity}\0{getattr(m, 'selection', None)}"
-            out.extend(self._cache.get(("decoded", key), lambda m=m, key=key: self._decode(m, key)))
-        return out
+    def _decoded(self, media) -> list:
+        """An image, or a video's frames, decoded once (then cached), each tagged with its cache key."""
+        key = media.identity if isinstance(media, Image) else f"{media.identity}\0{getattr(media, 'selection', None)}"
+        return self._cache.get(("decoded", key), lambda: self._decode(media, key))
 
     def _decode(self, media, key: str) -> list:
-        images = media_as_images([media], self.options.video_as_frames, f"model {self.name}")
-        if len(images) > 1:  # frames: their own objects, their own keys
+        # a video is refused (naming video_as_frames) only where it can go in neither natively nor as frames
+        takes_video = self._native_video or self.options.video_as_frames
+        images = media_as_images([media], takes_video, f"model {self.name}")
+        if isinstance(media, Video):  # frames: their own objects, their own keys
             images = [im.copy() for im in images]
         for i, im in enumerate(images):
-            im.info[KEY] = key if len(images) == 1 else f"{key}\0frame {i}"
+            im.info[KEY] = key if not isinstance(media, Video) else f"{key}\0frame {i}"
         return images
 
-    def _prompt_images(self, prompt: Prompt) -> list:
-        images = self._images(prompt.media)
-        limit = self.options.max_images
-        if limit is not None and len(images) > limit:
-            raise HarnessError(
-                f"{self.where}: a prompt holds {len(images)} images (video frames count), more than max_images="
-                f"{limit}; use fewer --shots (or --frames), or raise --model-arg max_images")
-        return images
+    def _prompt_media(self, prompt: Prompt) -> tuple[list, list[list]]:
+        """The prompt's images (videos as frames included) and native videos (each its frames), in order."""
+        images, videos = [], []
+        for m in prompt.media:
+            (videos.append if "video" in self._kinds(m) else images.extend)(self._decoded(m))
+        _check_max_images(self.options, len(images) + sum(map(len, videos)), self.where)
+        return images, videos
 
-    def _inputs(self, texts: list[str], images: list[list], padding_side: str):
-        """Processor outputs on the model's device, pixels in the model's dtype."""
-        kw: dict[str, Any] = {"text": texts, "return_tensors": "pt", "padding": True, "padding_side": padding_side}
+    def _process(self, texts: list[str], media: list[tuple[list, list[list]]], **kw: Any):
+        """The processor on texts and their (images, videos), tensors on the CPU."""
+        images = [i for i, _ in media]
+        videos = [v for _, vs in media for v in vs]
         if any(images):
             kw["images"] = images
-        inputs = self.processor(**kw)
+        if videos:  # the task chose the frames: a checkpoint's own frame sampling must not pick again
+            kw.update(videos=videos, do_sample_frames=False)
+        return self.processor(text=texts, return_tensors="pt", **kw)
+
+    def _inputs(self, texts: list[str], media: list[tuple[list, list[list]]], padding_side: str):
+        """Processor outputs on the model's device, pixels in the model's dtype; cached vision features
+        (``mm_encoder_outputs``) instead of image pixels where the family allows it."""
+        inputs = self._process(texts, media, padding=True, padding_side=padding_side)
         dev = self.model.device
         out = {}
         for k, v in inputs.items():
@@ -387,6 +409,11 @@ class HF(Model):
                 if v.is_floating_point():
                     v = v.to(self.model.dtype)
             out[k] = v
+        images = [im for i, _ in media for im in i]
+        # native videos keep their pixels: a model takes either pixels or encoder outputs, not both
+        if self._features is not None and images and not any(vs for _, vs in media):
+            out = {k: v for k, v in out.items() if not k.startswith("pixel_")}
+            out["mm_encoder_outputs"] = self._features.encoder_outputs(images)
         return out
 
     # ---- generation -----------------------------------------------------------------------
@@ -394,8 +421,8 @@ class HF(Model):
         torch = self.torch
         cfg = requests[0].config
         texts = [self.render_prompt(r.prompt) for r in requests]
-        images = [self._prompt_images(r.prompt) for r in requests]
-        inputs = self._inputs(texts, images, "left")
+        media = [self._prompt_media(r.prompt) for r in requests]
+        inputs = self._inputs(texts, media, "left")
         stop: dict[str, Any] = {}
         if self.format == "plain" and self.options.chunk_sep:
             stop = {"stop_strings": [self.options.chunk_sep], "tokenizer": self.tokenizer}
@@ -446,10 +473,10 @@ class HF(Model):
     def _score(self, prompt: Prompt, continuations: Sequence[str]) -> list[float]:
         torch = self.torch
         context = self.render_prompt(prompt)
-        images = self._prompt_images(prompt)
+        media = self._prompt_media(prompt)
         fulls = [context + self._continuation_text(prompt, context, c) for c in continuations]
-        ctx_ids = self._inputs([context], [images], "right")["input_ids"][0].tolist()
-        inputs = self._inputs(fulls, [images] * len(fulls), "right")
+        ctx_ids = self._process([context], [media])["input_ids"][0].tolist()
+        inputs = self._inputs(fulls, [media] * len(fulls), "right")
         rows, starts = [], []
         for row in range(len(fulls)):
             ids = inputs["input_ids"][row][inputs["attention_mask"][row].bool()].tolist()
@@ -474,21 +501,11 @@ class HF(Model):
         return scores
 
 
-_UNSET = object()
-
-
-def image_only_processor(cls: type) -> type:
-    """Processor class ``cls`` without its video processor: transformers builds video processors only
-    with torchvision, which images never need. Its other settings load and save as ``cls``'s do."""
-    import inspect
-
-    # ProcessorMixin reads the sub-processors and the saved settings off __init__'s own parameter
-    # names (its code object), so the replacement __init__ is written out with the same names.
-    names = [p.name for p in list(inspect.signature(cls.__init__).parameters.values())[1:]
-             if p.kind is p.POSITIONAL_OR_KEYWORD and p.name != "video_processor"]
-    src = (f"def __init__(self, {''.join(n + '=_UNSET, ' for n in names)}**kwargs):\n"
-           f"    given = {{k: v for k, v in dict({', '.join(f'{n}={n}' for n in names)}).items() if v is not _UNSET}}\n"
-           f"    _parent_init(self, video_processor=None, **given, **kwargs)\n")
-    namespace: dict[str, Any] = {"_UNSET": _UNSET, "_parent_init": cls.__init__}
-    exec(src, namespace)  # noqa: S102 - a signature copy, from names read above
-    return type(cls.__name__, (cls,), {"__init__": namespace["__init__"], "__module__": __name__})
+def _check_max_images(o: HFOptions, n_images: int = 0, where: str = "", prompt: str = "") -> None:
+    if o.max_images is not None and o.max_images < 1:
+        raise HarnessError(f"model hf option max_images must be >= 1, got {o.max_images}")
+    if o.max_images is not None and n_images > o.max_images:
+        at = f" ({prompt})" if prompt else ""
+        raise HarnessError(
+            f"{where}: a prompt{at} holds {n_images} images (video frames count), more than max_images="
+            f"{o.max_images}; use fewer --shots (or --frames), or raise --model-arg max_images")

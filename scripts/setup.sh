@@ -13,8 +13,8 @@ want=$(cat requirements.txt requirements-nodeps.txt | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setup: installing requirements into .venv (first run takes a few minutes)" >&2
   .venv/bin/python -m pip install -q --upgrade pip
-  # torch alone first, so the CPU build on disk is the one that satisfies everything after it.
-  .venv/bin/python -m pip install -q "$(grep -E '^torch==' requirements.txt)"
+  # torch and torchvision first, together, so the pinned pair satisfies everything after them.
+  .venv/bin/python -m pip install -q $(grep -E '^torch(vision)?==' requirements.txt)
   .venv/bin/python -m pip install -q -r requirements.txt
   # packages whose declared dependencies must not be resolved (they pin an old torch / need torchvision)
   .venv/bin/python -m pip install -q --no-deps -r requirements-nodeps.txt

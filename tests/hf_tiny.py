@@ -1,12 +1,10 @@
-"""Tiny random-weight Hugging Face VLMs of four families, built offline and saved with save_pretrained.
+"""Tiny random-weight Hugging Face VLMs of five families, built offline and saved with save_pretrained.
 
 Each builder writes a model directory as a hub snapshot has it: config and weights from the family's
 transformers config (text and vision towers shrunk), a BPE tokenizer trained here on a few sentences
 with the family's special tokens, a chat template in the family's style, and the family's PIL image
-processor. Qwen2-VL and LLaVA-OneVision processors also take video, and transformers builds video
-processors only with torchvision (not installed): they are built and saved without one
-(``models.hf.image_only_processor``), so ``AutoProcessor`` fails on them as on a real snapshot here,
-and the adapter's fallback is exercised. Imported by tests/test_hf.py (the lead owns tests/conftest.py).
+processor. Qwen2-VL and LLaVA-OneVision processors also get their video processor (torchvision), sized
+as small as their image processor. Imported by tests/test_hf.py (the lead owns tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -86,8 +84,8 @@ def _llama_text(vocab: int, tok) -> dict:
 
 
 def build_qwen2_vl(directory: Path):
-    from models.hf import image_only_processor
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessorPil, Qwen2VLProcessor
+    from transformers import (Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessorPil,
+                              Qwen2VLProcessor, Qwen2VLVideoProcessor)
 
     specials = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
     tok = tiny_tokenizer(specials, bos="<|endoftext|>", eos="<|im_end|>", pad="<|endoftext|>",
@@ -105,37 +103,55 @@ def build_qwen2_vl(directory: Path):
     # 64x64 easy-VQA images -> 8x8 patches of 8 px -> 16 tokens after the 2x2 merge.
     image_processor = Qwen2VLImageProcessorPil(patch_size=8, merge_size=2, temporal_patch_size=2,
                                                min_pixels=32 * 32, max_pixels=64 * 64)
-    processor = image_only_processor(Qwen2VLProcessor)(image_processor=image_processor, tokenizer=tok,
+    # video frames: 2 frames per temporal patch, 32x32 each -> 4 tokens per 2 frames
+    video_processor = Qwen2VLVideoProcessor(patch_size=8, merge_size=2, temporal_patch_size=2, min_pixels=32 * 32,
+                                            max_pixels=32 * 32, cap_pixels_per_frame=False)
+    processor = Qwen2VLProcessor(image_processor=image_processor, tokenizer=tok, video_processor=video_processor,
                                  chat_template=QWEN_TEMPLATE)
     return Qwen2VLForConditionalGeneration(config), processor
 
 
-def build_idefics3(directory: Path):
-    from transformers import (Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessorPil,
-                              Idefics3Processor)
-
+def _idefics3_style(config_cls, model_cls, image_processor_cls, processor_cls, **processor_kw):
+    """Idefics3 and SmolVLM: the same architecture, tokens and processor layout."""
     specials = ["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>", "<|begin_of_text|>"]
     specials += [f"<row_{i + 1}_col_{j + 1}>" for i in range(6) for j in range(6)]
     tok = tiny_tokenizer(specials, bos="<|begin_of_text|>", eos="<end_of_utterance>", pad="<pad>",
                          chat_template=IDEFICS3_TEMPLATE)
-    config = Idefics3Config(
+    config = config_cls(
         text_config=_llama_text(len(tok), tok),
         vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2,
                            image_size=32, patch_size=8),
         scale_factor=2, image_token_id=tok.convert_tokens_to_ids("<image>"),
     )
     # 32 px tiles, 8 px patches: 16 patches -> 4 image tokens per tile after the 2x pixel shuffle.
-    image_processor = Idefics3ImageProcessorPil(size={"longest_edge": 64}, max_image_size={"longest_edge": 32},
-                                                do_image_splitting=True)
-    processor = Idefics3Processor(image_processor=image_processor, tokenizer=tok, image_seq_len=4,
-                                  chat_template=IDEFICS3_TEMPLATE)
-    return Idefics3ForConditionalGeneration(config), processor
+    image_processor = image_processor_cls(size={"longest_edge": 64}, max_image_size={"longest_edge": 32},
+                                          do_image_splitting=True)
+    processor = processor_cls(image_processor=image_processor, tokenizer=tok, image_seq_len=4,
+                              chat_template=IDEFICS3_TEMPLATE, **processor_kw)
+    return model_cls(config), processor
+
+
+def build_idefics3(directory: Path):
+    from transformers import (Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessorPil,
+                              Idefics3Processor)
+
+    return _idefics3_style(Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessorPil,
+                           Idefics3Processor)
+
+
+def build_smolvlm(directory: Path):
+    from transformers import (SmolVLMConfig, SmolVLMForConditionalGeneration, SmolVLMImageProcessorPil,
+                              SmolVLMProcessor, SmolVLMVideoProcessor)
+
+    # its processor requires a video processor (torchvision); videos reach SmolVLM as frames here
+    video_processor = SmolVLMVideoProcessor(size={"longest_edge": 64}, max_image_size={"longest_edge": 32})
+    return _idefics3_style(SmolVLMConfig, SmolVLMForConditionalGeneration, SmolVLMImageProcessorPil,
+                           SmolVLMProcessor, video_processor=video_processor)
 
 
 def build_llava_onevision(directory: Path):
-    from models.hf import image_only_processor
     from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration,
-                              LlavaOnevisionImageProcessorPil, LlavaOnevisionProcessor)
+                              LlavaOnevisionImageProcessorPil, LlavaOnevisionProcessor, LlavaOnevisionVideoProcessor)
 
     specials = ["<|im_start|>", "<|im_end|>", "<image>", "<video>"]
     tok = tiny_tokenizer(specials, bos="<|endoftext|>", eos="<|im_end|>", pad="<|endoftext|>",
@@ -151,9 +167,12 @@ def build_llava_onevision(directory: Path):
     )
     image_processor = LlavaOnevisionImageProcessorPil(size={"height": 32, "width": 32}, crop_size=None,
                                                       image_grid_pinpoints=[[32, 32], [32, 64], [64, 32], [64, 64]])
-    processor = image_only_processor(LlavaOnevisionProcessor)(image_processor=image_processor, tokenizer=tok,
-                                        num_image_tokens=16, vision_feature_select_strategy="full",
-                                        chat_template=LLAVA_OV_TEMPLATE, vision_aspect_ratio="anyres_max_9")
+    # video frames 32x32: 16 patches, pooled 2x2 to 4 tokens per frame, plus one newline per video
+    video_processor = LlavaOnevisionVideoProcessor(size={"height": 32, "width": 32})
+    processor = LlavaOnevisionProcessor(image_processor=image_processor, tokenizer=tok,
+                                        video_processor=video_processor, num_image_tokens=16,
+                                        vision_feature_select_strategy="full", chat_template=LLAVA_OV_TEMPLATE,
+                                        vision_aspect_ratio="anyres_max_9")
     return LlavaOnevisionForConditionalGeneration(config), processor
 
 
@@ -184,6 +203,7 @@ def build_gemma3(directory: Path):
 BUILDERS: dict[str, Callable] = {
     "qwen2_vl": build_qwen2_vl,
     "idefics3": build_idefics3,
+    "smolvlm": build_smolvlm,
     "llava_onevision": build_llava_onevision,
     "gemma3": build_gemma3,
 }

@@ -1,101 +1,34 @@
 """A tiny random-weight OpenFlamingo built with the real ``open-flamingo`` package, for parity tests.
 
-How the package is made to import here
---------------------------------------
-``open_flamingo`` imports ``open_clip``, and open_clip imports torchvision at module
-level: ``torchvision.transforms`` (Normalize, Compose, RandomResizedCrop, InterpolationMode,
-ToTensor, Resize, CenterCrop), ``torchvision.transforms.functional`` and
-``torchvision.ops.misc.FrozenBatchNorm2d``. torchvision cannot be installed next to the CPU
-torch here. :func:`import_open_flamingo` therefore puts a minimal stand-in for exactly those
-names into ``sys.modules`` *only while open_clip and open_flamingo are imported*, and takes
-it out again afterwards (transformers is imported first, so it has already decided that
-torchvision is absent and never sees the stand-in).
-
-One signature shim (see :func:`_default_attention_mask`): under transformers 5 the package's
-``FlamingoLMMixin.forward`` would fail on unpadded batches; its mask argument gets the default None.
-
-Why this cannot affect what the parity test compares:
-- the stand-ins are only used to *build* open_clip's image-preprocessing pipeline, which
-  ``create_model_and_transforms`` returns and the test never calls; every stand-in raises
-  if it is ever applied to data, so a use would fail the test, not bend it;
-- ``FrozenBatchNorm2d`` is only used by open_clip to freeze ResNet towers (never a ViT);
-- both sides receive the same preprocessed pixel tensors, so image preprocessing is not
-  part of the comparison; the vision tower, resampler, cross-attention, LM and the
-  package's ``Flamingo.generate`` / ``Flamingo.forward`` are the real, unmodified code.
-
-If a real torchvision is importable, it is used and no stand-in is installed.
+How the package is made to run here
+-----------------------------------
+``open_flamingo`` imports ``open_clip``, which imports torchvision (pinned in requirements.txt
+beside torch). One signature shim (see :func:`_default_attention_mask`): under transformers 5 the
+package's ``FlamingoLMMixin.forward`` would fail on unpadded batches; its mask argument gets the
+default None. Both sides receive the same preprocessed pixel tensors, so image preprocessing is not
+part of the parity comparison (tests/test_openflamingo.py compares it with open_clip's transform
+separately); the vision tower, resampler, cross-attention, LM and the package's
+``Flamingo.generate`` / ``Flamingo.forward`` are the real, unmodified code.
 """
 
 from __future__ import annotations
 
-import enum
-import importlib.util
 import json
 import sys
-import types
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-_TV_NAMES = ("Normalize", "Compose", "RandomResizedCrop", "ToTensor", "Resize", "CenterCrop", "ColorJitter", "Grayscale")
-
-
-def _stand_in(name: str) -> type:
-    def __init__(self, *args, **kwargs):
-        self.args, self.kwargs = args, kwargs
-
-    def __call__(self, *args, **kwargs):
-        raise RuntimeError(f"torchvision stand-in {name} was applied to data; the parity test must not preprocess with it")
-
-    return type(name, (), {"__init__": __init__, "__call__": __call__, "__module__": "torchvision_stand_in"})
-
-
-def _torchvision_stand_in() -> dict[str, types.ModuleType]:
-    tv = types.ModuleType("torchvision")
-    transforms = types.ModuleType("torchvision.transforms")
-    functional = types.ModuleType("torchvision.transforms.functional")
-    ops = types.ModuleType("torchvision.ops")
-    misc = types.ModuleType("torchvision.ops.misc")
-
-    class InterpolationMode(enum.Enum):
-        NEAREST = "nearest"
-        BILINEAR = "bilinear"
-        BICUBIC = "bicubic"
-
-    for name in _TV_NAMES:
-        setattr(transforms, name, _stand_in(name))
-    transforms.InterpolationMode = InterpolationMode
-    transforms.functional = functional
-    misc.FrozenBatchNorm2d = _stand_in("FrozenBatchNorm2d")
-    ops.misc = misc
-    tv.transforms, tv.ops = transforms, ops
-    return {"torchvision": tv, "torchvision.transforms": transforms, "torchvision.transforms.functional": functional,
-            "torchvision.ops": ops, "torchvision.ops.misc": misc}
-
 
 def import_open_flamingo():
-    """Import (open_clip, open_flamingo), with the torchvision stand-in only during the import."""
+    """Import (open_clip, open_flamingo), with the package's forward shimmed (see the module docstring)."""
     if "open_flamingo" in sys.modules:
         return sys.modules["open_clip"], sys.modules["open_flamingo"]
-    import transformers  # noqa: F401  (decides "no torchvision" before the stand-in exists)
-    from transformers.utils import is_torchvision_available
+    import open_clip
+    import open_flamingo
 
-    is_torchvision_available()
-    real = importlib.util.find_spec("torchvision") is not None
-    stand_in = {} if real else _torchvision_stand_in()
-    saved = {k: sys.modules.get(k) for k in stand_in}
-    sys.modules.update(stand_in)
-    try:
-        import open_clip
-        import open_flamingo
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                sys.modules.pop(k, None)
-            else:
-                sys.modules[k] = v
     _default_attention_mask()
     return open_clip, open_flamingo
 

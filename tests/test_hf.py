@@ -1,7 +1,8 @@
-"""The `hf` adapter on tiny random-weight models of four transformers families, built offline.
+"""The `hf` adapter on tiny random-weight models of five transformers families, built offline.
 
 Each family's model directory is built once per session (tests/hf_tiny.py); the real CLI runs on a
-few easy-VQA questions at 0 and 2 shots, batched and one prompt at a time.
+few easy-VQA questions at 0 and 2 shots, batched and one prompt at a time, and on MSRVTT-QA videos
+(native video for Qwen2-VL and LLaVA-OneVision, frames as images on request).
 """
 
 from __future__ import annotations
@@ -21,13 +22,17 @@ from hf_tiny import build_tiny_hf  # noqa: E402
 
 from harness.cli import main  # noqa: E402
 
-FAMILIES = ["idefics3", "qwen2_vl", "llava_onevision", "gemma3"]
+FAMILIES = ["idefics3", "qwen2_vl", "llava_onevision", "gemma3", "smolvlm"]
 #: the text each image is written as in the prompt (before the processor expands it)
 PLACEHOLDER = {"idefics3": "<image>", "qwen2_vl": "<|vision_start|><|image_pad|><|vision_end|>",
-               "llava_onevision": "<image>", "gemma3": "<start_of_image>"}
+               "llava_onevision": "<image>", "gemma3": "<start_of_image>", "smolvlm": "<image>"}
+#: the text each native video is written as
+VIDEO = {"qwen2_vl": "<|vision_start|><|video_pad|><|vision_end|>", "llava_onevision": "<video>"}
+#: families whose vision features are cached per image (models/hf_features.py)
+FEATURES = ["idefics3", "qwen2_vl", "gemma3", "smolvlm"]
 #: how each family's chat template opens an assistant turn
 ASSISTANT = {"idefics3": "Assistant:", "qwen2_vl": "<|im_start|>assistant\n",
-             "llava_onevision": "<|im_start|>assistant", "gemma3": "<start_of_turn>model\n"}
+             "llava_onevision": "<|im_start|>assistant", "gemma3": "<start_of_turn>model\n", "smolvlm": "Assistant:"}
 LIMIT = 4
 
 
@@ -77,6 +82,10 @@ def test_cli_runs_each_family_with_image_demos(family, family_runs):
         assert metrics["n"] == LIMIT and metrics["n_failed"] == 0
         assert metrics["config"]["model"]["prompt_format"] == "chat"
         assert metrics["config"]["model"]["model_type"] == family
+        stats = metrics["model_stats"]
+        assert stats["media_cache_misses"] > 0 and stats["media_cache_hits"] > 0
+        # every distinct image encoded once: the demos recur, so some lookups are hits
+        assert (stats["vision_encodes"] > 0) if family in FEATURES else ("vision_encodes" not in stats)
         preds = _predictions(batched, shots)
         assert len(preds) == LIMIT
         for r in preds.values():
@@ -158,7 +167,7 @@ def test_loglikelihood_scores_the_answer_after_the_assistant_prefix(hf_dirs):
 
     context = adapter.render_prompt(prompt)
     assert context.endswith("Assistant:")
-    images = adapter._prompt_images(prompt)
+    images, _ = adapter._prompt_media(prompt)
     proc = adapter.processor
     ctx = proc(text=[context], images=[images], return_tensors="pt")
     full = proc(text=[context + " red circle"], images=[images], return_tensors="pt")
@@ -250,13 +259,36 @@ def test_error_architecture_takes_no_images(tmp_path, capsys):
     assert "vision-language model" in err and len(err.strip().splitlines()) == 1
 
 
-def test_error_more_images_than_max_images(hf_dirs, tmp_path, capsys):
-    rc, err = _run(capsys, "--model", "hf", "--model-arg", f"path={hf_dirs['qwen2_vl']}", "--model-arg",
-                   "max_images=2", "--tasks", "easyvqa", "--shots", "2", "--limit", "1", "--seeds", "0",
-                   "--output", str(tmp_path))
+def test_error_more_images_than_max_images_before_the_model_loads(hf_dirs, tmp_path, capsys):
+    """The directory holds a config and nothing else (no weights, no processor): the max_images error
+    comes from the early validation, since loading the model would fail first."""
+    import shutil
+
+    bare = tmp_path / "config_only"
+    bare.mkdir()
+    shutil.copy(hf_dirs["qwen2_vl"] / "config.json", bare)
+    rc, err = _run(capsys, "--model", "hf", "--model-arg", f"path={bare}", "--model-arg", "max_images=2",
+                   "--tasks", "easyvqa", "--shots", "0", "2", "--limit", "1", "--seeds", "0",
+                   "--output", str(tmp_path / "out"))
     assert rc == 2
-    assert err.startswith("error: model hf") and "3 images" in err and "max_images=2" in err and "--shots" in err
-    assert len(err.strip().splitlines()) == 1
+    assert err.startswith(f"error: model hf ({bare}): a prompt (easyvqa at 2 shots) holds 3 images"), err
+    assert "max_images=2" in err and "--shots" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+    # within the limit, the same directory fails at loading (no weights): the check above came first
+    rc, err = _run(capsys, "--model", "hf", "--model-arg", f"path={bare}", "--model-arg", "max_images=3",
+                   "--tasks", "easyvqa", "--shots", "2", "--limit", "1", "--seeds", "0",
+                   "--output", str(tmp_path / "out"))
+    assert rc == 2 and "max_images" not in err
+
+
+def test_max_images_counts_video_frames_before_the_model_loads(tmp_path, capsys):
+    from conftest_video import write_msqa
+
+    data = write_msqa(tmp_path / "data", "msrvtt_qa", "video{video_id}.mp4")
+    rc, err = _run(capsys, "--model", "hf", "--model-arg", f"path={tmp_path / 'nothing'}", "--model-arg",
+                   "max_images=8", "--tasks", "msrvtt_qa", "--data-dir", str(data), "--frames", "4",
+                   "--shots", "2", "--limit", "1", "--seeds", "0", "--output", str(tmp_path / "out"))
+    assert rc == 2 and "(msrvtt_qa at 2 shots) holds 12 images (video frames count)" in err, err
 
 
 def test_video_goes_in_as_its_frames(hf_dirs, tmp_path):
@@ -275,8 +307,9 @@ def test_video_goes_in_as_its_frames(hf_dirs, tmp_path):
     query = Example("q", (video,), {"question": "what moves?"})
     (out,) = adapter.generate([GenerateRequest(prompt, GenerationConfig(max_new_tokens=2, num_beams=1), query)])
     assert isinstance(out, str)
+    # a family without native video refuses a video unless it may go in as frames
     with pytest.raises(Exception, match="video_as_frames=true"):
-        HF({"path": str(hf_dirs["qwen2_vl"])}).render_prompt(prompt)
+        HF({"path": str(hf_dirs["idefics3"])}).render_prompt(prompt)
 
 
 def test_list_models_documents_the_options(capsys):
@@ -284,7 +317,8 @@ def test_list_models_documents_the_options(capsys):
     out = capsys.readouterr().out
     hf = out[out.index("\nhf ") :]
     for option in ("path", "dtype", "device_map", "attn_implementation", "trust_remote_code", "max_images",
-                   "prompt_format", "system", "image_size", "processor_args", "video_as_frames"):
+                   "prompt_format", "system", "image_size", "processor_args", "video_as_frames", "cache_mb",
+                   "feature_cache_mb"):
         assert f"{option}: " in hf and f"{option} (" in hf
 
 
@@ -369,3 +403,154 @@ def test_demo_chunks_carry_their_answer_for_chat_turns(hf_dirs):
     adapter = HF({"path": str(hf_dirs["idefics3"])})
     with pytest.raises(HarnessError, match="use prompt_format=plain"):
         adapter.render_prompt(Prompt((d, Chunk((), "Answer to: what shape?"))))
+
+
+# ---- video ------------------------------------------------------------------------------------
+VIDEO_LIMIT = 3
+VIDEO_ARGS = ("--tasks", "msrvtt_qa", "--frames", "4", "--task-arg", "frame_size=32", "--shots", "0", "2",
+              "--seeds", "0", "--limit", str(VIDEO_LIMIT))
+#: (family, video_as_frames): native video for the two families that take it, and frames forced
+VIDEO_MODES = [("qwen2_vl", False), ("llava_onevision", False), ("qwen2_vl", True)]
+
+
+@pytest.fixture(scope="session")
+def video_data(tmp_path_factory) -> Path:
+    from conftest_video import write_msqa
+
+    return write_msqa(tmp_path_factory.mktemp("video_data"), "msrvtt_qa", "video{video_id}.mp4")
+
+
+@pytest.fixture(scope="session")
+def video_runs(hf_dirs, video_data, tmp_path_factory):
+    """MSRVTT-QA through the CLI, batch 3 and batch 1: {(family, frames): (batched, unbatched)}."""
+    runs = {}
+    for fam, frames in VIDEO_MODES:
+        outs = []
+        for batch in (VIDEO_LIMIT, 1):
+            out = tmp_path_factory.mktemp(f"video_{fam}_{frames}_b{batch}")
+            rc = main(["run", "-q", "--model", "hf", "--model-arg", f"path={hf_dirs[fam]}", "--model-arg",
+                       f"video_as_frames={str(frames).lower()}", "--data-dir", str(video_data), *VIDEO_ARGS,
+                       "--batch-size", str(batch), "--output", str(out)])
+            assert rc == 0, f"{fam} frames={frames} batch {batch}: exit {rc}"
+            outs.append(out)
+        runs[fam, frames] = tuple(outs)
+    return runs
+
+
+def _video_predictions(out: Path, shots: int) -> dict[str, dict]:
+    (path,) = out.glob(f"*/msrvtt_qa/{shots}shot_seed0/predictions.jsonl")
+    return {r["query_id"]: r for r in map(json.loads, path.read_text().splitlines())}
+
+
+@pytest.mark.parametrize("family,frames", VIDEO_MODES)
+def test_cli_video_task_gets_videos_natively_or_as_frames(family, frames, video_runs):
+    batched, unbatched = video_runs[family, frames]
+    for shots in (0, 2):
+        (metrics_file,) = batched.glob(f"*/msrvtt_qa/{shots}shot_seed0/metrics.json")
+        metrics = json.loads(metrics_file.read_text())
+        assert metrics["n"] == VIDEO_LIMIT and metrics["n_failed"] == 0
+        assert metrics["config"]["model"]["video"] == ("frames" if frames else "native")
+        videos = 1 if shots == 0 else 3  # zero-shot demos are text-only
+        for r in _video_predictions(batched, shots).values():
+            prompt = r["prompt"]
+            if frames:  # each video as its 4 frames, as images
+                assert prompt.count(PLACEHOLDER[family]) == 4 * videos and VIDEO[family] not in prompt, prompt
+            else:
+                assert prompt.count(VIDEO[family]) == videos and PLACEHOLDER[family] not in prompt, prompt
+            assert prompt.count(ASSISTANT[family]) == 3
+        a, b = _video_predictions(batched, shots), _video_predictions(unbatched, shots)
+        assert {k: (r["prompt"], r["raw_output"]) for k, r in a.items()} == \
+               {k: (r["prompt"], r["raw_output"]) for k, r in b.items()}
+
+
+def test_video_generations_equal_model_generate_on_hand_built_inputs(hf_dirs, video_data):
+    """Parity for native video: the adapter's output is model.generate on processor(videos=...) of the
+    same chat, its videos written as {"type": "video"}."""
+    import numpy as np
+    import torch
+
+    from harness.data.video import decode_frames
+    from harness.evaluation.prompts import PromptBuilder
+    from harness.registry import get_task_class
+    from harness.types import GenerateRequest, GenerationConfig
+    from models.hf import HF
+
+    adapter = HF({"path": str(hf_dirs["qwen2_vl"])})
+    task = get_task_class("msrvtt_qa")(video_data, {"frames": "4", "frame_size": "32"})
+    support, evals = task.support_examples(), task.eval_examples()
+    demos, queries = [support[0], support[1]], evals[:2]
+    builder = PromptBuilder(task.template(adapter.template_style)[1])
+    cfg = GenerationConfig(max_new_tokens=4, num_beams=2, length_penalty=0.0)
+    got = adapter.generate([GenerateRequest(builder.build(demos, q), cfg, q, tuple(demos)) for q in queries])
+
+    def user(ex):
+        return {"role": "user", "content": [{"type": "video"},
+                                            {"type": "text", "text": f"Question: {ex.fields['question']} Answer:"}]}
+
+    proc, model = adapter.processor, adapter.model
+    texts, videos = [], []
+    for q in queries:
+        messages = []
+        for d in demos:
+            messages += [user(d), {"role": "assistant", "content": [{"type": "text", "text": d.target}]}]
+        texts.append(proc.apply_chat_template(messages + [user(q)], tokenize=False, add_generation_prompt=True))
+        videos += [list(decode_frames(e.media[0].path, e.media[0].selection)) for e in (*demos, q)]
+    assert all(isinstance(f, np.ndarray) and f.shape == (32, 32, 3) for v in videos for f in v)
+    inputs = proc(text=texts, videos=videos, return_tensors="pt", padding=True, padding_side="left")
+    assert "pixel_values_videos" in inputs and "pixel_values" not in inputs
+    with torch.inference_mode():
+        out = model.generate(**inputs, max_new_tokens=4, num_beams=2, length_penalty=0.0, do_sample=False,
+                             eos_token_id=[proc.tokenizer.convert_tokens_to_ids("<|im_end|>")],
+                             pad_token_id=proc.tokenizer.pad_token_id)
+    want = [t.strip() for t in proc.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)]
+    assert got == want
+
+
+def test_video_multiple_choice_ranks_candidates_with_native_video(hf_dirs, tmp_path, capsys):
+    from conftest_video import write_nextqa
+
+    data = write_nextqa(tmp_path / "data")
+    rc, err = _run(capsys, "--model", "hf", "--model-arg", f"path={hf_dirs['llava_onevision']}", "--tasks",
+                   "nextqa_mc", "--data-dir", str(data), "--frames", "4", "--task-arg", "frame_size=32",
+                   "--shots", "2", "--seeds", "0", "--limit", "2", "--output", str(tmp_path / "out"))
+    assert rc == 0, err
+    (path,) = (tmp_path / "out").glob("*/nextqa_mc/2shot_seed0/predictions.jsonl")
+    records = [json.loads(x) for x in path.read_text().splitlines()]
+    assert len(records) == 2
+    for r in records:
+        assert len(r["candidate_logprobs"]) == 5 and all(v < 0 for v in r["candidate_logprobs"].values())
+        assert r["prompt"].count(VIDEO["llava_onevision"]) == 3 and "<image>" not in r["prompt"]
+
+
+# ---- vision-feature cache ---------------------------------------------------------------------
+@pytest.mark.parametrize("family", FEATURES)
+def test_cached_vision_features_give_the_uncached_outputs(family, hf_dirs):
+    """Generations (beam search, batched) and log-likelihoods with per-image cached features equal
+    those of the model encoding the pixels itself; each distinct image is encoded once, and a budget
+    too small for them all evicts and still gives the same outputs."""
+    from harness.evaluation.prompts import PromptBuilder
+    from harness.registry import get_task_class
+    from harness.types import GenerateRequest, GenerationConfig, LoglikelihoodRequest
+    from models.hf import HF
+
+    task = get_task_class("easyvqa")()
+    support, evals = task.support_examples(), task.eval_examples()
+    # distinct images: easy-VQA asks several questions per image
+    demos = list({e.media[0].identity: e for e in support[:60]}.values())[:4]
+    queries = list({e.media[0].identity: e for e in evals[:60]}.values())[:3]
+    cfg = GenerationConfig(max_new_tokens=4, num_beams=3, length_penalty=0.0)
+
+    def outputs(feature_cache_mb: str):
+        adapter = HF({"path": str(hf_dirs[family]), "feature_cache_mb": feature_cache_mb})
+        builder = PromptBuilder(task.template(adapter.template_style)[1])
+        reqs = [GenerateRequest(builder.build(demos[i:i + 2], q), cfg, q) for i, q in enumerate(queries)]
+        gen = adapter.generate(reqs) + adapter.generate(reqs[::-1])
+        ll = adapter.loglikelihood([LoglikelihoodRequest(reqs[0].prompt, c, queries[0]) for c in (" yes", " red")])
+        return gen, ll, adapter.stats()
+
+    plain, cached, tight = outputs("0"), outputs("64"), outputs("0.0001")
+    assert "vision_encodes" not in plain[2]
+    assert cached[:2] == plain[:2] and tight[:2] == plain[:2]
+    n_images = len({m.identity for r in demos[:4] + queries for m in r.media})
+    assert cached[2]["vision_encodes"] == n_images and cached[2]["feature_cache_hits"] > 0
+    assert tight[2]["feature_cache_evictions"] > 0 and tight[2]["vision_encodes"] > n_images

@@ -301,6 +301,20 @@ def test_preprocessing_matches_torchvision_arithmetic():
         [0.48145466, 0.4578275, 0.40821073])) / torch.tensor([0.26862954, 0.26130258, 0.27577711]), atol=1e-6)
 
 
+def test_preprocessing_equals_open_clip_eval_transform():
+    """The PIL reimplementation gives open_clip's own eval transform (torchvision) pixel for pixel,
+    on landscape, portrait and odd sizes."""
+    from models.openflamingo.preprocess import preprocess
+    from PIL import Image as PILImage
+
+    open_clip, _ = ref.import_open_flamingo()
+    transform = open_clip.image_transform(224, is_train=False)
+    rng = np.random.default_rng(0)
+    for w, h in ((640, 480), (333, 500), (225, 225), (301, 257)):
+        image = PILImage.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+        assert torch.allclose(preprocess(image, 224), transform(image), atol=1e-6), (w, h)
+
+
 def test_cli_run_with_local_files(reference, tmp_path):
     """A real `run_eval.py run` subprocess: easyvqa 0 and 2 shots, predictions with OpenFlamingo prompts."""
     import json

@@ -83,11 +83,13 @@ def check_task(task: Task, shots: Sequence[int], limit: int | None = None) -> No
               f" (first {limit})" if limit else "")
 
 
-def check_model_options(names: Sequence[str], options: dict[str, dict[str, str]]) -> None:
+def check_model_options(names: Sequence[str], options: dict[str, dict[str, str]]) -> dict[str, Any]:
     """Each model's --model-args parse into its Options (unknown keys, types), and a ``device``
-    option names a device this machine has; without constructing any model."""
+    option names a device this machine has; without constructing any model. Returns the parsed
+    options by model name."""
+    parsed = {}
     for name in names:
-        opts = build_options(get_model_class(name).Options, options[name], f"model {name}")
+        opts = parsed[name] = build_options(get_model_class(name).Options, options[name], f"model {name}")
         device = getattr(opts, "device", None)
         if device == "auto":
             import torch
@@ -95,6 +97,32 @@ def check_model_options(names: Sequence[str], options: dict[str, dict[str, str]]
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if isinstance(device, str) and device != "cpu":
             check_device(device, f"model {name} option device")
+    return parsed
+
+
+def images_in(example) -> int:
+    """Images an example's media make: one per image, a video's frames (fps sampling: its cap)."""
+    from harness.data.video import selection_of
+    from harness.types import Video
+
+    return sum(selection_of(m).cap if isinstance(m, Video) else 1 for m in example.media)
+
+
+def max_images_per_prompt(task: Task, shots: int) -> int:
+    """Most images one prompt of ``task`` at ``shots`` can hold: the query's plus its demos' (the
+    ``shots`` largest of the support set; zero-shot text demos carry none)."""
+    query = max(map(images_in, task.eval_examples()), default=0)
+    if shots == 0:
+        return query
+    return query + sum(sorted(map(images_in, task.support_examples()), reverse=True)[:shots])
+
+
+def check_prompt_media(names: Sequence[str], options: dict[str, Any], task: Task, shots: Sequence[int]) -> None:
+    """Each model refuses, before it loads, prompts of ``task`` it could never take (``max_images``)."""
+    for s in shots:
+        n = max_images_per_prompt(task, s)
+        for name in names:
+            get_model_class(name).check_prompt_images(options[name], n, f"{task.name} at {s} shots")
 
 
 def check_device(device: str, where: str) -> None:
