@@ -324,6 +324,8 @@ class Runner:
             "wall_time_s": wall,  # this process's part
             # this run's counters (cache hits, vision encodes): outside the config, they vary by run
             "model_stats": {k: v - stats_before.get(k, 0) for k, v in stats().items()},
+            # cache sizes and places this run used: outside the config, they never change an output
+            "model_runtime_options": getattr(self.model, "runtime_config", dict)(),
             "config_key": plan.key,
             "config": plan.config,
         }

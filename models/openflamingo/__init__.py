@@ -94,6 +94,7 @@ class OpenFlamingo(Model):
 
     Options = OpenFlamingoOptions
     template_style = "openflamingo"
+    runtime_options = frozenset({"feature_cache_mb", "feature_cache_size", "feature_cache_dir"})
     media_token = MEDIA_TOKEN
     end_of_chunk = END_OF_CHUNK
 
