@@ -89,6 +89,18 @@ def tiny_idefics_dir(tmp_path_factory) -> Path:
     return build_tiny_idefics(tmp_path_factory.mktemp("tiny_idefics"))
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a module's tiny models: faster than two on a shared machine
+    (use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def synthetic_openflamingo(tmp_path_factory):
     """A tiny random-weight OpenFlamingo written in the published layout (its ``--model-arg``

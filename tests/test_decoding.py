@@ -26,13 +26,7 @@ from tasks.vqa import VQA_TEMPLATES  # noqa: E402
 N_CASES = 48
 WORDS = ["red", "blue", "circle", "cat", "dog", "bench", "two", "yes", "shape", "color"]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

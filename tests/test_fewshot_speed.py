@@ -29,13 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 MEDIA = 7  # the media token id in the module-level tests
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def random_batch(seed: int = 0):
