@@ -5,9 +5,11 @@ Builds a random-weight OpenFlamingo-architecture model from a config
 heads), writes VQAv2-layout data (official file names and schemas, random images), and runs
 the harness's own Runner on 0-, 4- and 32-shot cells (batch 8, 3 beams, 5 new tokens) with
 
-- old: masked cross-attention, Hugging Face expanding the prompt to the beams before the
-  prefill, an item-count feature cache (``xattn=masked prefill_once=false feature_cache_size=1024``);
-- new: the defaults (per-image cross-attention, one prefill per query, byte-budget cache).
+- old: masked cross-attention, Hugging Face's generate expanding the prompt to the beams before the
+  prefill, an item-count feature cache (``xattn=masked prefill_once=false beam_search=hf
+  feature_cache_size=1024``);
+- new: the defaults (per-image cross-attention, one prefill per query, the built-in beam search
+  of models/decoding.py, byte-budget cache).
 
 Per shot count and thread count it prints the per-query time of both paths and the ratio,
 the vision encodes per query in a second seed (the first filled the cache), the
@@ -19,6 +21,8 @@ paths are compared query by query. The last line is the speed-up at the largest 
 
     python benchmarks/fewshot_speed.py [--queries 8] [--support 64] [--shots 0 4 32] [--threads 1 2]
 
+Like ``run_eval.py run``, it first lets malloc keep freed memory for reuse
+(harness/evaluation/allocator.py; ``HARNESS_MALLOC=system`` to compare without).
 Absolute times on a shared machine are noisy; the ratios are measured side by side.
 """
 
@@ -36,7 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-OLD = {"xattn": "masked", "prefill_once": "false", "feature_cache_size": "1024"}
+OLD = {"xattn": "masked", "prefill_once": "false", "beam_search": "hf", "feature_cache_size": "1024"}
 WORDS = ["red", "blue", "green", "yes", "no", "circle", "two", "cat", "dog", "bench"]
 
 
@@ -70,7 +74,8 @@ def write_vqav2(root: Path, n_support: int, n_queries: int, seed: int = 0) -> Pa
 
 class ForwardClock:
     """Seconds spent inside the model's forward passes: LM calls, the prefill (its LM call and
-    the expansion of its cache to the beams) and vision encodes; nested calls count once."""
+    the expansion of its cache to the beams) and vision encodes; nested calls count once.
+    Everything else is outside: tokenization, the search's bookkeeping and beam reorders, the runner."""
 
     def __init__(self, model):
         self.seconds = 0.0
@@ -161,11 +166,13 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING)
 
     from harness.registry import get_task_class, load_builtins
+    from harness.evaluation.allocator import retain_freed_memory
     from harness.evaluation.runner import CellSpec, Runner
     from models.openflamingo import OpenFlamingo
     from models.openflamingo.synthetic import write_synthetic
 
     load_builtins()
+    retain_freed_memory()  # as `run_eval.py run` does before building models (both paths get it)
     tmp = Path(tempfile.mkdtemp(prefix="fewshot_speed_"))
     opts = write_synthetic(tmp / "model")
     write_vqav2(tmp / "data", args.support, args.queries)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Sequence
 
 from harness import __version__
+from harness.evaluation.allocator import retain_freed_memory
 from harness.evaluation.distributed import discover, set_threads, start_group
 from harness.errors import HarnessError
 from harness.options import describe_options, parse_key_values
@@ -135,6 +136,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if launch.kind == "torchrun" and not launch.is_main:
         logging.getLogger("harness").setLevel(logging.WARNING)  # rank 0 reports for all
     set_threads(args.threads, launch)
+    retain_freed_memory()  # before any model allocates: batches reuse freed memory (see allocator.py)
     model_options = check_model_options(model_list, _targeted(args.model_arg, "--model-arg", model_list))
     tasks = build_tasks(task_list, _flag_task_args(args, task_list) + list(args.task_arg or []), args.data_dir)
     for task in tasks:

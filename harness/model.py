@@ -50,6 +50,10 @@ class Model:
     #: text after each demonstration's end-of-chunk: None = the task template's separator; a string
     #: overrides it (a checkpoint trained on another rendering keeps it, e.g. the bundled flamingo).
     demo_separator: ClassVar[str | None] = None
+    #: options that only size or place a cache (they never change an output): recorded with each
+    #: cell's metrics, but not part of its identity, so changing one resumes a cell instead of
+    #: refusing it as another configuration.
+    runtime_options: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, options: Mapping[str, Any] | None = None):
         self.name = self.registry_name or type(self).__name__
@@ -76,10 +80,17 @@ class Model:
         return f"{self.name}"
 
     def config(self) -> dict[str, Any]:
-        out = {"name": self.name, "fingerprint": self.fingerprint, "options": dataclasses.asdict(self.options)}
+        """The model's part of a cell's identity: name, weights fingerprint, options (but the
+        ``runtime_options``)."""
+        options = {k: v for k, v in dataclasses.asdict(self.options).items() if k not in self.runtime_options}
+        out = {"name": self.name, "fingerprint": self.fingerprint, "options": options}
         if self.demo_separator is not None:
             out["demo_separator"] = self.demo_separator
         return out
+
+    def runtime_config(self) -> dict[str, Any]:
+        """The ``runtime_options`` as set (recorded for information, outside the identity)."""
+        return {k: v for k, v in dataclasses.asdict(self.options).items() if k in self.runtime_options}
 
     def separator_for(self, prompt: Prompt) -> str:
         """The text this model puts after each demonstration's end-of-chunk marker."""

@@ -134,6 +134,7 @@ class HF(Model):
 
     Options = HFOptions
     template_style = "flamingo"
+    runtime_options = frozenset({"cache_mb"})
 
     def __init__(self, options=None):
         super().__init__(options)

@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny random IDEFICS saved to disk, and VQA data in the official schemas."""
+"""Shared fixtures: a tiny random IDEFICS and a tiny random OpenFlamingo saved to disk, and VQA
+data in the official schemas."""
 
 from __future__ import annotations
 
@@ -86,6 +87,39 @@ def build_tiny_idefics(directory: Path, seed: int = 0) -> Path:
 @pytest.fixture(scope="session")
 def tiny_idefics_dir(tmp_path_factory) -> Path:
     return build_tiny_idefics(tmp_path_factory.mktemp("tiny_idefics"))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a module's tiny models: faster than two on a shared machine
+    (use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def synthetic_openflamingo(tmp_path_factory):
+    """A tiny random-weight OpenFlamingo written in the published layout (its ``--model-arg``
+    options) and 14 random 32x32 images."""
+    import numpy as np
+    from PIL import Image as PILImage
+
+    from harness.types import Image
+    from models.openflamingo.synthetic import SyntheticConfig, write_synthetic
+
+    root = tmp_path_factory.mktemp("synthetic_of")
+    opts = write_synthetic(root / "model", SyntheticConfig(vision_width=64, lm_hidden=64, lm_layers=2,
+                                                           perceiver_depth=1, cross_attn_every_n_layers=1))
+    images = []
+    for i in range(14):
+        path = root / f"img{i}.png"
+        PILImage.fromarray(np.random.RandomState(i).randint(0, 256, (32, 32, 3), dtype=np.uint8)).save(path)
+        images.append(Image(str(path)))
+    return opts, images
 
 
 def write_vqa_fixture(root: Path, task: str = "vqav2", n_train: int = 12, n_val: int = 6,

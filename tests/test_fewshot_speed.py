@@ -21,7 +21,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from harness.evaluation.prompts import PromptBuilder  # noqa: E402
-from harness.types import Example, GenerationConfig, Image  # noqa: E402
+from harness.types import Example, GenerationConfig  # noqa: E402
 from models.crossattn import media_rows_for  # noqa: E402
 from tasks.vqa import VQA_TEMPLATES  # noqa: E402
 
@@ -29,13 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 MEDIA = 7  # the media token id in the module-level tests
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def random_batch(seed: int = 0):
@@ -128,23 +122,6 @@ def test_flamingo_model_logits_and_beams_equal_masked():
 # ---- OpenFlamingo: old path vs new path, whole model ----------------------------------------
 
 
-@pytest.fixture(scope="module")
-def synthetic(tmp_path_factory):
-    from PIL import Image as PILImage
-
-    from models.openflamingo.synthetic import SyntheticConfig, write_synthetic
-
-    root = tmp_path_factory.mktemp("synthetic_of")
-    opts = write_synthetic(root / "model", SyntheticConfig(vision_width=64, lm_hidden=64, lm_layers=2,
-                                                           perceiver_depth=1, cross_attn_every_n_layers=1))
-    images = []
-    for i in range(14):
-        path = root / f"img{i}.png"
-        PILImage.fromarray(np.random.RandomState(i).randint(0, 256, (32, 32, 3), dtype=np.uint8)).save(path)
-        images.append(Image(str(path)))
-    return opts, images
-
-
 def of_prompts(images, n: int):
     """n prompts with 0, 1, 2, 4 shots in turn (a batch mixes lengths: left padding, zero-padded media)."""
     ex = [Example(id=str(i), media=(im,), fields={"question": f"What color is the shape {i}?"}, answers=("red",),
@@ -158,13 +135,14 @@ def of_prompts(images, n: int):
     return out
 
 
-def test_openflamingo_old_and_new_paths_agree(synthetic):
+def test_openflamingo_old_and_new_paths_agree(synthetic_openflamingo):
     from models.openflamingo import OpenFlamingo
     from harness.types import LoglikelihoodRequest
 
-    opts, images = synthetic
+    opts, images = synthetic_openflamingo
     new = OpenFlamingo(opts)
-    old = OpenFlamingo({**opts, "xattn": "masked", "prefill_once": "false", "feature_cache_size": "1024"})
+    old = OpenFlamingo({**opts, "xattn": "masked", "prefill_once": "false", "beam_search": "hf",
+                        "feature_cache_size": "1024"})
     prompts = of_prompts(images, 8)
     for beams in (1, 3):
         cfg = GenerationConfig(max_new_tokens=5, num_beams=beams)
@@ -188,14 +166,14 @@ def test_openflamingo_old_and_new_paths_agree(synthetic):
     assert np.abs(a - b).max() <= 1e-4 and len(set(np.round(a, 3))) > 8
 
 
-def test_new_path_prefills_each_prompt_once(synthetic):
+def test_new_path_prefills_each_prompt_once(synthetic_openflamingo):
     """With 3 beams the prompt goes through the LM at batch size B (not 3B); decode steps see 3B rows of one token."""
     from models.openflamingo import OpenFlamingo
 
-    opts, images = synthetic
+    opts, images = synthetic_openflamingo
     calls = []
     for prefill_once in (True, False):
-        model = OpenFlamingo({**opts, "prefill_once": prefill_once})
+        model = OpenFlamingo({**opts, "prefill_once": prefill_once, "beam_search": "builtin" if prefill_once else "hf"})
         seen = []
         hook = model.net.lm.get_input_embeddings().register_forward_pre_hook(lambda m, a: seen.append(tuple(a[0].shape)))
         model.generate_batch(of_prompts(images, 2), GenerationConfig(max_new_tokens=3, num_beams=3))
@@ -209,10 +187,10 @@ def test_new_path_prefills_each_prompt_once(synthetic):
 # ---- the vision-feature cache ------------------------------------------------------------------
 
 
-def test_feature_cache_byte_budget_disk_and_counters(synthetic, tmp_path):
+def test_feature_cache_byte_budget_disk_and_counters(synthetic_openflamingo, tmp_path):
     from models.openflamingo import OpenFlamingo
 
-    opts, images = synthetic
+    opts, images = synthetic_openflamingo
     item = 64 * 64 * 4  # 64 latents x width 64, fp32
     small = OpenFlamingo({**opts, "feature_cache_mb": str(2.5 * item / 2**20), "feature_cache_dir": str(tmp_path)})
     first = small.encode_media(images[:3])
@@ -240,14 +218,14 @@ def test_bad_cache_budget_is_a_clear_error_before_loading(tmp_path):
         Flamingo({"feature_cache_mb": "-1", "path": str(tmp_path)})
 
 
-def test_runner_records_cache_counters_in_metrics(synthetic, tmp_path):
+def test_runner_records_cache_counters_in_metrics(synthetic_openflamingo, tmp_path):
     from conftest import write_vqa_fixture
 
     from harness.registry import get_task_class, load_builtins
     from harness.evaluation.runner import CellSpec, Runner
     from models.openflamingo import OpenFlamingo
 
-    opts, _ = synthetic
+    opts, _ = synthetic_openflamingo
     write_vqa_fixture(tmp_path / "data", "vqav2", n_train=9, n_val=4)
     load_builtins()
     task = get_task_class("vqav2")(str(tmp_path / "data"), {"max_new_tokens": "2", "num_beams": "1"})
@@ -263,13 +241,13 @@ def test_runner_records_cache_counters_in_metrics(synthetic, tmp_path):
     assert third["feature_cache_hits"] + third["vision_encodes"] == 4 * 9 and third["vision_encodes"] <= 1
 
 
-def test_idefics_one_prefill_equals_hugging_face_beams(synthetic, tiny_idefics_dir):
+def test_idefics_one_prefill_equals_hugging_face_beams(synthetic_openflamingo, tiny_idefics_dir):
     """IDEFICS: prefilling once and expanding the cache gives Hugging Face's own predictions
     (greedy and 3 beams, batch 8 and 1), with the prompt run at batch B, not B x beams."""
     from harness.types import GenerateRequest
     from models.idefics import Idefics
 
-    _, images = synthetic
+    _, images = synthetic_openflamingo
     ex = [Example(id=str(i), media=(im,), fields={"question": f"what color is the shape {i}?"}, answers=("red",),
                   target="red") for i, im in enumerate(images)]
     builder = PromptBuilder(VQA_TEMPLATES["flamingo"])

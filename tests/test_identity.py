@@ -265,3 +265,32 @@ def test_changed_weights_are_never_reported_as_already_complete(tmp_path, capsys
     assert main(replay) == 2
     err = capsys.readouterr().err
     assert "holds results of another configuration" in err and "model.fingerprint: predictions-" in err
+
+
+def test_cache_size_options_resume_a_cell_instead_of_refusing_it(tmp_path, capsys):
+    """feature_cache_mb / feature_cache_dir only size and place a cache: a rerun that changes them
+    resumes the interrupted cell (same identity) and records them; an option that can change the
+    outputs (xattn) is still another configuration."""
+    out = tmp_path / "res"
+    base = ["run", "--model", "flamingo", "--tasks", "easyvqa", "--shots", "2", "--seeds", "0", "--limit", "8",
+            "--batch-size", "4", "--output", str(out), "-q"]
+    assert main(base + ["--model-arg", "feature_cache_mb=64"]) == 0
+    c = cell(out, "flamingo", "easyvqa", 2, 0)
+    first = json.loads((c / "metrics.json").read_text())
+    assert first["model_runtime_options"]["feature_cache_mb"] == 64
+    assert "feature_cache_mb" not in first["config"]["model"]["options"]
+    # interrupted after its first batch: no metrics, half the journal
+    (c / "metrics.json").unlink()
+    lines = (c / "predictions.jsonl").read_text().splitlines()
+    (c / "predictions.jsonl").write_text("\n".join(lines[:4]) + "\n")
+    capsys.readouterr()
+    assert main(base + ["--model-arg", "feature_cache_mb=16", "--model-arg", f"feature_cache_dir={tmp_path / 'f'}"]) == 0
+    second = json.loads((c / "metrics.json").read_text())
+    assert second["config_key"] == first["config_key"] and second["n"] == 8
+    assert second["parts"][-1]["samples"] == 4  # only the missing half was computed
+    assert second["model_runtime_options"] == {"feature_cache_mb": 16, "feature_cache": None,
+                                               "feature_cache_dir": str(tmp_path / "f")}
+    assert [json.loads(x)["raw_output"] for x in (c / "predictions.jsonl").read_text().splitlines()] == \
+        [r["raw_output"] for r in map(json.loads, lines)]
+    assert main(base + ["--model-arg", "xattn=masked"]) == 2
+    assert "holds results of another configuration" in capsys.readouterr().err

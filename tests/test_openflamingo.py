@@ -33,14 +33,7 @@ QUESTIONS = [("What color is the shape?", "red"), ("Is there a circle in the ima
              ("What color is the cat?", "black"), ("Is there a dog?", "no"), ("What is on the bench?", "a cat"),
              ("What color is the dog?", "brown")]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The models are tiny: one intra-op thread is faster than two on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

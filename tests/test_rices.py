@@ -199,3 +199,32 @@ def test_sample_draws_a_seeded_subset_per_seed(vqa_root, tmp_path):
     proc = run_cli("run", "--model", "demo-majority", "--tasks", "vqav2", "--data-dir", str(vqa_root),
                    "--sample", "0", "--output", str(out), check=False)
     assert proc.returncode == 2 and "--sample must be positive" in proc.stderr
+
+
+def test_a_sweep_plans_each_cell_once_and_loads_rices_features_once_per_task(clip_dirs, vqa_root, tmp_path,
+                                                                            monkeypatch):
+    """The conflict check and the run share each cell's plan, and cells with the same queries share
+    the RICES sampler: a 2-shot-counts x 2-seeds sweep plans 4 cells and reads the features once."""
+    from harness.cli import main
+    from harness.evaluation import rices, runner
+
+    calls = {"plan": 0, "features": 0}
+    plan, features = runner.Runner.plan, rices.media_features
+
+    def counted_plan(self, *a, **k):
+        calls["plan"] += 1
+        return plan(self, *a, **k)
+
+    def counted_features(*a, **k):
+        calls["features"] += 1
+        return features(*a, **k)
+
+    monkeypatch.setattr(runner.Runner, "plan", counted_plan)
+    monkeypatch.setattr(rices, "media_features", counted_features)
+    args = ["run", "--model", "demo-majority", "--tasks", "vqav2", "--data-dir", str(vqa_root), "--shots", "1", "2",
+            "--seeds", "0", "1", "--limit", "4", "--task-arg", "sampler=rices", "--task-arg",
+            f"rices_encoder={clip_dirs[0]}", "--task-arg", f"rices_cache={tmp_path / 'cache'}",
+            "--output", str(tmp_path / "out"), "-q"]
+    assert main(args) == 0
+    assert calls == {"plan": 4, "features": 2}  # support and query features, once
+    assert len(list((tmp_path / "out").rglob("metrics.json"))) == 4

@@ -16,7 +16,7 @@ from harness.errors import HarnessError, SampleError
 from harness.model import Model, config_hash
 from harness.evaluation.prompts import PromptBuilder
 from harness.evaluation.ranking import continuation_for, demo_orders, rank
-from harness.evaluation.sampling import build_sampler, rng_for, sampler_config
+from harness.evaluation.sampling import build_sampler, rng_for, sampler_config, sampler_inputs
 from harness.reporting.store import CellLock, Journal, cell_dir, write_json
 from harness.task import Task
 from harness.types import Example, GenerateRequest, GenerationConfig, RankRequest, SampleRecord
@@ -160,6 +160,7 @@ class Runner:
         self.group = group
         self.progress = progress and (group is None or group.is_main)
         self._data_fp: dict[tuple[str, str, int], str] = {}
+        self._samplers: dict[tuple, tuple[Task, Any]] = {}
 
     def plan(self, task: Task, spec: CellSpec) -> CellPlan:
         """The cell's queries, sampler and configuration. ``config`` is the cell's identity:
@@ -167,7 +168,7 @@ class Runner:
         queries = select_queries(task, spec.limit, spec.sample, spec.seed)
         check_media(self.model, queries, task)
         task.check_shots(spec.shots)
-        sampler = build_sampler(task, spec.seed, self.model, queries, self.progress)
+        sampler = self._sampler(task, spec.seed, queries)
         if getattr(task.options, "length_normalization", None) == "tokens":
             self.model.count_tokens("a")  # a model that cannot count tokens fails here, before any sample
         n_demos = spec.shots if spec.shots > 0 else task.zero_shot_demos()
@@ -194,6 +195,14 @@ class Runner:
         return CellPlan(task, spec, queries, sampler, n_demos, template, gen, config, key, directory,
                         Journal(directory, key, config, spec.shard))
 
+    def _sampler(self, task: Task, seed: int, queries: list[Example]):
+        """The cell's sampler, shared by every cell of this runner with the same inputs (a RICES
+        sampler, whose features are the expensive part, serves every shot count and seed of a task)."""
+        key = (id(task), *sampler_inputs(task, seed, queries))
+        if key not in self._samplers:  # the task is kept with it: its id is never reused for another
+            self._samplers[key] = (task, build_sampler(task, seed, self.model, queries, self.progress))
+        return self._samplers[key][1]
+
     def _support_fingerprint(self, task: Task) -> str:
         """Of the whole support split (the pool is a function of it, support_size and the seed),
         computed once per task and split."""
@@ -209,7 +218,10 @@ class Runner:
         If another live process holds the lock: with ``wait`` wait for it (then usually read its
         finished metrics), else return None at once so the caller can come back later. Under
         torchrun each rank locks only its own shard of the cell (see ``_run_rank``)."""
-        plan = self.plan(task, spec)
+        return self.run_plan(self.plan(task, spec), wait)
+
+    def run_plan(self, plan: CellPlan, wait: bool = True) -> dict[str, Any] | None:
+        """:meth:`run_cell` for a cell already planned (a sweep plans every cell once, up front)."""
         if self.group is not None:
             return self._run_rank(plan)
         lock = plan.journal.lock()
@@ -330,6 +342,8 @@ class Runner:
             "wall_time_s": wall,  # this process's part
             # this run's counters (cache hits, vision encodes): outside the config, they vary by run
             "model_stats": {k: v - stats_before.get(k, 0) for k, v in stats().items()},
+            # cache sizes and places this run used: outside the config, they never change an output
+            "model_runtime_options": getattr(self.model, "runtime_config", dict)(),
             "config_key": plan.key,
             "config": plan.config,
         }

@@ -80,6 +80,16 @@ def sampler_config(sampler) -> dict:
     return sampler.config()
 
 
+def sampler_inputs(task, seed: int, queries: Sequence[Example]) -> tuple:
+    """What :func:`build_sampler`'s sampler is a function of, besides the task: RICES is a pure
+    function of the query set (not the seed); the others of the seed (the query set too when
+    they look at it, e.g. class-balanced: both are kept, to be safe)."""
+    query_ids = tuple(q.id for q in queries)
+    if getattr(task.options, "sampler", "random") == "rices":
+        return ("rices", query_ids)
+    return ("seeded", seed, query_ids)
+
+
 def build_sampler(task, seed: int, model, queries: Sequence[Example], progress: bool = True):
     """The sampler a task's options ask for: ``rices`` (see harness.evaluation.rices), else the task's own
     (``Task.demo_sampler``: seeded random, or class-balanced for classification)."""

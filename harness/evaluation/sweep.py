@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from harness.metrics.stats import mean_std
 from harness.evaluation.distributed import Group
 from harness.model import Model
-from harness.evaluation.runner import CellSpec, Runner
+from harness.evaluation.runner import CellPlan, CellSpec, Runner
 from harness.reporting.store import CellConflict, cell_dir as plan_dir, safe_name, write_json
 from harness.task import Task
 
@@ -31,20 +31,24 @@ class SweepSpec:
     overwrite: bool = False
 
 
-def check_conflicts(runners: Sequence[Runner], tasks: Sequence[Task], spec: SweepSpec) -> None:
+def plan_sweep(runners: Sequence[Runner], tasks: Sequence[Task], spec: SweepSpec) -> dict[tuple, CellPlan]:
+    """Every cell's plan, keyed (runner index, task, shots, seed), made once: the conflict check
+    and the run use the same plan (its sampler, RICES features included, is built once)."""
+    return {(i, task.name, shots, seed): runner.plan(task, _cell_spec(spec, shots, seed))
+            for i, runner in enumerate(runners) for task in tasks for shots in _shots(spec, task)
+            for seed in spec.seeds}
+
+
+def check_conflicts(plans: Iterable[CellPlan], spec: SweepSpec) -> None:
     """Refuse, before any cell runs, if a cell folder holds results of another configuration."""
     if spec.overwrite:
         return
     conflicts = []
-    for runner in runners:
-        for task in tasks:
-            for shots in _shots(spec, task):
-                for seed in spec.seeds:
-                    plan = runner.plan(task, _cell_spec(spec, shots, seed))
-                    try:
-                        plan.journal.check_conflict()
-                    except CellConflict as exc:
-                        conflicts.append(str(exc))
+    for plan in plans:
+        try:
+            plan.journal.check_conflict()
+        except CellConflict as exc:
+            conflicts.append(str(exc))
     if conflicts:
         more = f" ({len(conflicts) - 1} more cells likewise)" if len(conflicts) > 1 else ""
         raise CellConflict(conflicts[0] + more)
@@ -75,21 +79,22 @@ def run_sweep(
     ``group`` every rank evaluates its share of every cell and returns the summaries; rank 0 writes them.
     """
     runners = [Runner(model, output, label, progress=progress, group=group) for model, label in models]
-    check_conflicts(runners, tasks, spec)
+    plans = plan_sweep(runners, tasks, spec)
+    check_conflicts(plans.values(), spec)
     summaries = []
-    for runner in runners:
+    for i, runner in enumerate(runners):
         label = runner.label
         grid = [(task, shots, seed) for task in tasks for shots in _shots(spec, task) for seed in spec.seeds]
         results: dict[tuple[str, int, int], dict[str, Any]] = {}
         busy = []
         for task, shots, seed in grid:
-            res = runner.run_cell(task, _cell_spec(spec, shots, seed), wait=False)
+            res = runner.run_plan(plans[i, task.name, shots, seed], wait=False)
             if res is None:
                 busy.append((task, shots, seed))
             else:
                 results[(task.name, shots, seed)] = res
         for task, shots, seed in busy:  # held by another process: wait, then read its metrics
-            results[(task.name, shots, seed)] = runner.run_cell(task, _cell_spec(spec, shots, seed), wait=True)
+            results[(task.name, shots, seed)] = runner.run_plan(plans[i, task.name, shots, seed], wait=True)
 
         per_label = []
         for task in tasks:

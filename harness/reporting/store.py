@@ -12,7 +12,7 @@
 Result identity: a cell's identity is ``config_key``, the hash of its full configuration
 (model fingerprint and options, task and its options and data, sampler, shots, seed,
 limit, generation settings, harness version: the ``config`` dict built in
-``Runner.plan``). A folder holds one identity. A run whose cell folder holds results of
+``Runner.plan``; options that only size a cache are left out, see ``Model.runtime_options``). A folder holds one identity. A run whose cell folder holds results of
 another identity (finished or partial) refuses before computing anything, naming the
 folder and what differs (:func:`config_diff`); ``--overwrite`` deletes the old cell
 instead, or pick another ``--output`` / ``--label``. Nothing is deleted implicitly.

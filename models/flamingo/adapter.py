@@ -57,6 +57,7 @@ class Flamingo(Model):
 
     Options = FlamingoOptions
     template_style = "openflamingo"
+    runtime_options = frozenset({"feature_cache_mb", "feature_cache", "feature_cache_dir"})
     media_kinds = frozenset({"image", "video"})
     # Trained without a separator after <|endofchunk|> (models/flamingo/data.py); keep it at eval.
     demo_separator = ""

@@ -63,7 +63,10 @@ class OpenFlamingoOptions:
     xattn: per_image (each token attends to its own image's latents, keys/values projected once
         per generation) or masked (OpenFlamingo's form; same logits, slower; kept to measure against).
     prefill_once: beam search prefills each prompt once and expands its KV cache to the beams
-        (false: Hugging Face expands the prompt to the beams first, prefilling it once per beam)."""
+        (false: Hugging Face expands the prompt to the beams first, prefilling it once per beam;
+        needs beam_search=hf).
+    beam_search: builtin (models/decoding.py: Hugging Face's search, token for token, with a
+        cheaper cache reorder) or hf (transformers' generate; kept to measure and test against)."""
 
     vision_encoder: str = "ViT-L-14"
     vision_weights: str = ""
@@ -82,6 +85,7 @@ class OpenFlamingoOptions:
     feature_cache_dir: str = ""
     xattn: Literal["per_image", "masked"] = "per_image"
     prefill_once: bool = True
+    beam_search: Literal["builtin", "hf"] = "builtin"
 
 
 @register_model("openflamingo")
@@ -90,6 +94,7 @@ class OpenFlamingo(Model):
 
     Options = OpenFlamingoOptions
     template_style = "openflamingo"
+    runtime_options = frozenset({"feature_cache_mb", "feature_cache_size", "feature_cache_dir"})
     media_token = MEDIA_TOKEN
     end_of_chunk = END_OF_CHUNK
 
@@ -104,6 +109,9 @@ class OpenFlamingo(Model):
             raise HarnessError("model openflamingo: feature_cache_size must be >= 0")
         if o.feature_cache_mb is not None and o.feature_cache_mb < 0:
             raise HarnessError("model openflamingo: feature_cache_mb must be >= 0 (0 turns the cache off)")
+        if not o.prefill_once and o.beam_search != "hf":
+            raise HarnessError("model openflamingo: prefill_once=false is Hugging Face's expansion of the prompt to "
+                               "the beams; it needs beam_search=hf")
         self.net = build(o)
         self.tokenizer = self.net.tokenizer
         params = inspect.signature(self.net.lm.forward).parameters
@@ -161,41 +169,47 @@ class OpenFlamingo(Model):
             tokens = self.net.vision(x)
             return self.net.perceiver(tokens[:, None, None])[:, 0]
 
-    def encode_media(self, media: Sequence[Media]):
-        """Resampled features (N, num_latents, D) of each image, cached by identity: a demo
-        image's features are computed once and reused across every prompt that shows it.
-        Exact: the resampler treats each image independently."""
-        import torch
+    def media_features(self, media: Sequence[Media]) -> list:
+        """Resampled features (num_latents, D) of each image, cached by identity: a demo image's
+        features are computed once and reused across every prompt that shows it. Exact: the
+        resampler treats each image independently."""
 
         def compute(idx: list[int]):
             return list(self.encode_pixels(self.pixels([media[i] for i in idx])))
 
-        result = self._features.get([m.identity for m in media], compute)
-        if not result:
-            return torch.zeros(0, self.net.num_latents, self.net.vis_dim, device=self.net.device, dtype=self.net.dtype)
-        return torch.stack(result)
+        return self._features.get([m.identity for m in media], compute)
+
+    def encode_media(self, media: Sequence[Media]):
+        """:meth:`media_features` stacked: (N, num_latents, D)."""
+        return self.stack_media([self.media_features(media)])[0, : len(media)]
 
     def batch_media(self, prompts: Sequence[Prompt]):
         """(B, T_img, num_latents, D): each prompt's images in order, zero-padded to the most
         images in the batch (padding is never attended: no token follows it)."""
-        feats = [self.encode_media(p.media) for p in prompts]
-        return self.stack_media(feats)
+        return self.stack_media([self.media_features(p.media) for p in prompts])
 
-    def stack_media(self, feats):
-        """Per-prompt features [(T_i, n, D)] -> (B, max(1, max T_i), n, D), zero-padded."""
+    def stack_media(self, feats: Sequence[Sequence]):
+        """Per-prompt feature lists [[(n, D)] * T_i] -> (B, max(1, max T_i), n, D), zero-padded."""
         import torch
 
-        t_max = max(1, max(f.shape[0] for f in feats))
-        out = torch.zeros(len(feats), t_max, self.net.num_latents, self.net.vis_dim, device=self.net.device,
-                          dtype=self.net.dtype)
-        for i, f in enumerate(feats):
-            out[i, : f.shape[0]] = f
+        from models.decoding import intra_op_threads
+
+        t_max = max([1, *map(len, feats)])
+        # copies of cached features: on one thread, no parallel region to wait for on a busy machine
+        with intra_op_threads(1):
+            out = torch.zeros(len(feats), t_max, self.net.num_latents, self.net.vis_dim, device=self.net.device,
+                              dtype=self.net.dtype)
+            for i, f in enumerate(feats):
+                if len(f):
+                    torch.stack(list(f), out=out[i, : len(f)])
         return out
 
     # ---- text -------------------------------------------------------------------
     def _encode_texts(self, texts: Sequence[str]):
-        enc = self.tokenizer(list(texts), padding="longest", return_tensors="pt")
-        return enc["input_ids"].to(self.net.device), enc["attention_mask"].to(self.net.device)
+        from .text import encode_left_padded
+
+        ids, mask = encode_left_padded(self.tokenizer, texts)
+        return ids.to(self.net.device), mask.to(self.net.device)
 
     def _check_media_count(self, prompt: Prompt, ids) -> None:
         n = int((ids == self.net.media_token_id).sum())
@@ -219,20 +233,42 @@ class OpenFlamingo(Model):
 
     def generate_batch(self, prompts: Sequence[Prompt], cfg: GenerationConfig) -> list[str]:
         """Generate for prompts with the same settings; stops at ``<|endofchunk|>``."""
-        import torch
-
         ids, mask = self._encode_texts([self.render_prompt(p) for p in prompts])
         for p, row in zip(prompts, ids):
             self._check_media_count(p, row)
         media = self.batch_media(prompts)
-        per_image = self.options.xattn == "per_image"
-        extra = {}
-        with torch.inference_mode(), self.net.conditioning.conditioned(media, incremental=True, per_image=per_image):
-            if self.options.prefill_once and ids.shape[1] > 1:
-                extra["past_key_values"] = self.prefill(ids[:, :-1], mask[:, :-1], cfg.num_beams)
-            seqs = self.net.lm.generate(input_ids=ids, attention_mask=mask, **extra, **self.generation_kwargs(cfg))
-        texts = self.tokenizer.batch_decode(seqs[:, ids.shape[1]:], skip_special_tokens=True)
+        new = self.generate_ids(ids, mask, media, self.generation_kwargs(cfg))
+        texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
         return [t.split(END_OF_CHUNK)[0] for t in texts]
+
+    def generate_ids(self, ids, mask, media, kwargs: dict):
+        """The new token ids (B, n) that Hugging Face's ``generate(**kwargs)`` gives for the
+        left-padded prompts ``ids``/``mask`` and their media (B, T_img, n, D), by the
+        ``beam_search`` option's route (public: the parity tests drive both with the same kwargs)."""
+        import torch
+
+        from models.decoding import LMDecoder, decode, search_from_hf
+
+        per_image = self.options.xattn == "per_image"
+        beams = kwargs.get("num_beams", 1)
+        with torch.inference_mode(), self.net.conditioning.conditioned(media, incremental=True, per_image=per_image):
+            cache = None
+            if self.options.prefill_once and ids.shape[1] > 1:
+                cache = self.prefill(ids[:, :-1], mask[:, :-1], beams)
+            if self.options.beam_search == "hf":
+                extra = {"past_key_values": cache} if cache is not None else {}
+                return self.net.lm.generate(input_ids=ids, attention_mask=mask, **extra, **kwargs)[:, ids.shape[1]:]
+            search = search_from_hf(self.net.lm, kwargs, "openflamingo")
+            full = mask.repeat_interleave(beams, 0)
+            # generate's inputs for the last prompt token: its position from the mask, no mask without padding
+            positions = None
+            if self._accepts_position_ids:
+                positions = (full.cumsum(-1) - 1).masked_fill(full == 0, 0)[:, -1:]
+            extra = {"logits_to_keep": 1} if self._accepts_logits_to_keep else {}
+            decoder = LMDecoder(self.net.lm, cache, None if bool((mask == 1).all()) else full, positions,
+                                shared=ids.shape[1] - 1 if cache is not None else 0, extra=extra)
+            logits = decoder.step(ids[:, -1].repeat_interleave(beams))
+            return decode(decoder, logits, search).tokens
 
     def prefill(self, ids, mask, num_beams: int):
         """KV cache of ``ids`` (B, L) computed once per prompt, then repeated for ``num_beams`` beams.
