@@ -255,14 +255,16 @@ class Runner:
             log.info("%s: already complete, skipping", plan.directory)
             return finished
         spec = replace(plan.spec, shard=group.shard)
-        plan = replace(plan, spec=spec, journal=Journal(plan.directory, plan.key, plan.config, spec.shard))
-        lock = plan.journal.lock()
+        mine = replace(plan, spec=spec, journal=Journal(plan.directory, plan.key, plan.config, spec.shard))
+        lock = mine.journal.lock()
         lock.acquire(wait=True)
         try:
-            n_computed = self._run(plan)
+            n_computed = self._run(mine)
         finally:
             lock.release()
-        return self._merge_ranks(plan.task, replace(spec, shard=None), start, n_computed)
+        # the merge runs the same plan (queries, sampler, identity) over the whole cell's journal
+        return self._merge_ranks(replace(plan, journal=Journal(plan.directory, plan.key, plan.config)),
+                                 start, n_computed)
 
     def _run(self, plan: CellPlan) -> Any:
         """Compute what the cell still lacks. Unsharded: score it and write metrics.json (returned);
@@ -369,7 +371,7 @@ class Runner:
         n = 1 if task.kind == "generate" else len(task.candidates(q)) * getattr(task.options, "ensemble", 1)
         return len(self.model.render_prompt(prompt)) * n
 
-    def _merge_ranks(self, task: Task, spec: CellSpec, start: float, n_computed: int) -> dict[str, Any]:
+    def _merge_ranks(self, plan: CellPlan, start: float, n_computed: int) -> dict[str, Any]:
         """torchrun: wait for every rank, then rank 0 merges their journals and scores the cell
         as one process would (it computes anything a rank left missing); every rank gets the result."""
         group = self.group
@@ -382,11 +384,10 @@ class Runner:
 
         def merge() -> dict[str, Any]:
             merger = Runner(self.model, self.output, self.label, progress=False)
-            merger._data_fp = self._data_fp  # the support split's fingerprint, already computed by this rank
-            result = merger.run_cell(task, spec)
+            result = merger.run_plan(plan)
             result["wall_time_s"] = round(time.time() - start, 3)
             result["distributed"] = {"world_size": group.world_size, "backend": group.backend, "ranks": ranks}
-            write_json(cell_dir(self.output, self.label, task.name, spec.shots, spec.seed) / "metrics.json", result)
+            write_json(plan.directory / "metrics.json", result)
             return result
 
         return group.from_main(merge)
