@@ -104,7 +104,7 @@ class _Cell:
     bar: Any
     #: torchrun: the cell's shared counter; the ranks claim its batches first come, first served
     queue: WorkQueue | None = None
-    shown: int = 0  # samples of all ranks the bar has counted (torchrun)
+    shown: int = 0  # samples computed by all ranks that the bar has counted (torchrun)
 
     @property
     def text_only(self) -> bool:
@@ -292,7 +292,6 @@ class Runner:
         mine, queue = queries, None
         if spec.shard is not None and self.group is not None:
             # torchrun ranks all saw the same finished samples: they claim what is left batch by batch
-            mine = [q for q in queries if q.id not in done_ids]
             queue = self.group.work_queue(plan.key)
         elif spec.shard is not None:
             # independent shards cannot know what the others finished: each takes a fixed, balanced

@@ -10,10 +10,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 from typing import Any, Callable, Sequence
 
 from harness.errors import DataError, HarnessError
+from harness.evaluation.distributed import resolve_device
 from harness.options import build_options
 from harness.registry import get_model_class
 from harness.evaluation.sampling import RandomSampler
@@ -91,12 +91,11 @@ def check_model_options(names: Sequence[str], options: dict[str, dict[str, str]]
     for name in names:
         opts = parsed[name] = build_options(get_model_class(name).Options, options[name], f"model {name}")
         device = getattr(opts, "device", None)
-        if device == "auto":
-            import torch
-
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        if isinstance(device, str) and device != "cpu":
-            check_device(device, f"model {name} option device")
+        if isinstance(device, str):
+            # checked as this process will use it: 'cuda' is this rank's GPU, 'auto' the CPU without CUDA
+            resolved = resolve_device(device)
+            if resolved != "cpu":
+                check_device(resolved, f"model {name} option device", given=device)
     return parsed
 
 
@@ -125,25 +124,26 @@ def check_prompt_media(names: Sequence[str], options: dict[str, Any], task: Task
             get_model_class(name).check_prompt_images(options[name], n, f"{task.name} at {s} shots")
 
 
-def check_device(device: str, where: str) -> None:
+def check_device(device: str, where: str, given: str | None = None) -> None:
+    """``device`` exists here; messages name the option as ``given`` (before resolve_device)."""
     import torch
 
+    given = device if given is None else given
     try:
         dev = torch.device(device)
     except (RuntimeError, ValueError):
-        raise HarnessError(f"{where}={device!r}: not a device name; use cpu, cuda, cuda:1 or mps") from None
+        raise HarnessError(f"{where}={given!r}: not a device name; use cpu, cuda, cuda:1 or mps") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise HarnessError(f"{where}={device!r}: no CUDA GPU is available here; use device=cpu")
+            raise HarnessError(f"{where}={given!r}: no CUDA GPU is available here; use device=cpu")
         n = torch.cuda.device_count()
         if dev.index is not None and dev.index >= n:
-            raise HarnessError(f"{where}={device!r}: this machine has {n} CUDA device(s)")
-        local_rank = int(os.environ.get("LOCAL_RANK", 0))
-        if dev.index is None and local_rank >= n:  # 'cuda' is cuda:$LOCAL_RANK, one GPU per rank
-            raise HarnessError(
-                f"{where}={device!r}: this is local rank {local_rank} of a launch but this machine has {n} CUDA "
-                f"device(s); start at most {n} process(es) per node (torchrun --nproc_per_node {n})")
+            if given in ("cuda", "auto"):  # resolved to cuda:$LOCAL_RANK: one GPU per rank
+                raise HarnessError(
+                    f"{where}={given!r}: this is local rank {dev.index} of a launch but this machine has {n} "
+                    f"CUDA device(s); start at most {n} process(es) per node (torchrun --nproc_per_node {n})")
+            raise HarnessError(f"{where}={given!r}: this machine has {n} CUDA device(s)")
     elif dev.type == "mps" and not torch.backends.mps.is_available():
-        raise HarnessError(f"{where}={device!r}: MPS is not available here; use device=cpu")
+        raise HarnessError(f"{where}={given!r}: MPS is not available here; use device=cpu")
     elif dev.type not in ("cpu", "cuda", "mps"):
-        raise HarnessError(f"{where}={device!r}: unsupported device type {dev.type!r}; use cpu, cuda or mps")
+        raise HarnessError(f"{where}={given!r}: unsupported device type {dev.type!r}; use cpu, cuda or mps")
