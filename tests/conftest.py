@@ -158,6 +158,27 @@ def write_vqa_fixture(root: Path, task: str = "vqav2", n_train: int = 12, n_val:
     return root
 
 
+def write_my_vqa(data_dir: Path, shade: str | None = None) -> Path:
+    """The data of the plug-in task examples/my_task.py under ``data_dir/my_vqa``: solid red, green
+    and blue 32x32 images (9 train, 6 test), "What colour is the image?" answered by the colour
+    three times, plus once as "<shade> <colour>" when ``shade`` is given."""
+    from PIL import Image
+
+    root = data_dir / "my_vqa"
+    (root / "images").mkdir(parents=True)
+    colours = {"red": (220, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 220)}
+    for split, n in (("train", 9), ("test", 6)):
+        lines = []
+        for i in range(n):
+            name = list(colours)[i % 3]
+            Image.new("RGB", (32, 32), colours[name]).save(root / "images" / f"{split}{i}.png")
+            answers = [name] * 3 + ([f"{shade} {name}"] if shade else [])
+            lines.append(json.dumps({"id": f"{split}{i}", "image": f"images/{split}{i}.png",
+                                     "question": "What colour is the image?", "answers": answers}))
+        (root / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
 @pytest.fixture
 def vqa_root(tmp_path) -> Path:
     root = tmp_path / "data"

@@ -6,10 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from harness.metrics.vqa import vqa_accuracy
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, run_cli, write_my_vqa
 
 
 def cell(out: Path, label: str, task: str, shots: int, seed: int) -> Path:
@@ -179,17 +178,7 @@ def test_compare_tables_and_dataframe(tmp_path):
 
 
 def test_plugin_task_example_runs(tmp_path):
-    root = tmp_path / "data" / "my_vqa"
-    (root / "images").mkdir(parents=True)
-    colours = {"red": (220, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 220)}
-    for split, n in (("train", 9), ("test", 6)):
-        lines = []
-        for i in range(n):
-            name = list(colours)[i % 3]
-            Image.new("RGB", (32, 32), colours[name]).save(root / "images" / f"{split}{i}.png")
-            lines.append(json.dumps({"id": f"{split}{i}", "image": f"images/{split}{i}.png",
-                                     "question": "What colour is the image?", "answers": [name] * 3 + ["dark " + name]}))
-        (root / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    write_my_vqa(tmp_path / "data", shade="dark")
     out = tmp_path / "res"
     proc = run_cli("run", "--include", "examples/my_task.py", "--include", "examples/my_model.py",
                    "--model", "demo-majority,constant", "--model-arg", "constant:answer=red", "--tasks", "my_vqa",

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli, write_my_vqa
 
 SHOTS, SEEDS, LIMIT = ("0", "2"), ("0", "1"), 60
 
@@ -227,19 +227,7 @@ def test_view_cli_and_bad_input(two_models, tmp_path):
 
 def test_viewer_failed_filter_and_unreadable_image(browser, tmp_path):
     """A plug-in task with one unreadable test image, run by the bundled flamingo: that sample fails."""
-    from PIL import Image
-
-    root = tmp_path / "data" / "my_vqa"
-    (root / "images").mkdir(parents=True)
-    colours = {"red": (220, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 220)}
-    for split, n in (("train", 9), ("test", 6)):
-        lines = []
-        for i in range(n):
-            name = list(colours)[i % 3]
-            Image.new("RGB", (32, 32), colours[name]).save(root / "images" / f"{split}{i}.png")
-            lines.append(json.dumps({"id": f"{split}{i}", "image": f"images/{split}{i}.png",
-                                     "question": "What colour is the image?", "answers": [name] * 3}))
-        (root / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    root = write_my_vqa(tmp_path / "data")
     (root / "images" / "test1.png").write_bytes(b"broken")
     out, page = tmp_path / "res", tmp_path / "view.html"
     run_cli("run", "--include", "examples/my_task.py", "--model", "flamingo", "--tasks", "my_vqa", "--data-dir",
