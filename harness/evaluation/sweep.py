@@ -11,7 +11,9 @@ from harness.metrics.stats import mean_std
 from harness.evaluation.distributed import Group
 from harness.model import Model
 from harness.evaluation.runner import CellPlan, CellSpec, Runner
-from harness.reporting.store import CellConflict, cell_dir as plan_dir, safe_name, write_json
+from harness.store.journal import CellConflict
+from harness.store.layout import cell_dir as plan_dir
+from harness.store.results import failure_note as _failure_note, write_label_summary
 from harness.task import Task
 
 log = logging.getLogger(__name__)
@@ -125,20 +127,7 @@ def run_sweep(
                                  for seed, r in zip(spec.seeds, cells) if r.get("n_failed")],
                 })
         if per_label and (group is None or group.is_main):
-            write_json(output / safe_name(label) / "summary.json", per_label)
+            # every finished cell of the label on disk, averaged as compare averages them (not only this run's)
+            write_label_summary(output, label, [t.name for t in tasks])
         summaries.extend(per_label)
     return summaries
-
-
-def _failure_note(directory: Path, res: dict[str, Any]) -> str:
-    """One line about a cell's failed samples: how many, the first error, where all are listed;
-    a demo whose media failed is named once with the number of queries it failed."""
-    failures = res["failures"]
-    demo_counts: dict[str, int] = {}
-    for f in failures:
-        if f.get("role") == "demo":
-            demo_counts[f["media"]] = demo_counts.get(f["media"], 0) + 1
-    demos = "".join(f"; demo media {m} is unreadable and failed all {k} queries that drew it"
-                    for m, k in sorted(demo_counts.items()))
-    return (f"{directory}: {res['n_failed']} of {res['n']} samples failed (counted wrong){demos}; "
-            f"first: {failures[0]['error']}; all are listed under 'failures' in {directory / 'metrics.json'}")

@@ -19,7 +19,9 @@ from typing import Any, Literal, Sequence
 import pandas as pd
 
 from harness.errors import HarnessError
-from harness.reporting.store import config_diff, read_json
+from harness.store.identity import config_diff, environment_diff, setting_key as _setting_key  # noqa: F401
+from harness.store.layout import read_json
+from harness.store.results import read_cells as _read_cells
 from harness.evaluation.suites import add_suite_rows
 
 log = logging.getLogger(__name__)
@@ -36,30 +38,6 @@ def _flatten(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
         elif isinstance(v, (int, float)) and not isinstance(v, bool) and k != "n":
             out[name] = float(v)
     return out
-
-
-def _setting_key(config: dict[str, Any]) -> str:
-    """Identity of a cell's configuration without its seed: cells that may be averaged over seeds."""
-    from harness.model import config_hash
-
-    sampler = {k: v for k, v in (config.get("sampler") or {}).items() if k != "seed"}
-    return config_hash({**config, "seed": None, "sampler": sampler})
-
-
-def _read_cells(src: str | Path):
-    """(file, metrics) of each finished cell under ``src``; a file that is not a harness
-    metrics.json (foreign, corrupt) is skipped with a warning naming it."""
-    for file in ([Path(src)] if Path(src).is_file() else sorted(Path(src).rglob("metrics.json"))):
-        try:
-            m = read_json(file)
-            cfg = m["config"]
-            _ = (cfg["label"], cfg["model"]["name"], cfg["task"]["name"], int(cfg["shots"]), int(cfg["seed"]), int(m["n"]))
-            if not isinstance(m["metrics"], dict):
-                raise TypeError("'metrics' is not an object")
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            log.warning("skipping %s: not a finished harness cell (%s: %s)", file, type(exc).__name__, exc)
-            continue
-        yield file, m
 
 
 def load_results(paths: Sequence[str | Path]) -> pd.DataFrame:
@@ -91,6 +69,7 @@ def load_results(paths: Sequence[str | Path]) -> pd.DataFrame:
                     "n": int(m["n"]),
                     "n_failed": int(m.get("n_failed", 0)),
                     "setting": _setting_key(cfg),
+                    "environment": m.get("environment"),
                     "file": str(file),
                 })
     if not rows:
@@ -102,7 +81,18 @@ def load_results(paths: Sequence[str | Path]) -> pd.DataFrame:
         f"{Path(s).name}/{lab}" if clash[lab] > 1 else lab for s, lab in zip(df["source"], df["label"])
     ]
     _split_settings(df)
+    _note_environments(df)
     return df
+
+
+def _note_environments(df: pd.DataFrame) -> None:
+    """Warn when cells shown side by side were computed by different code (harness revision, or
+    torch/transformers/datasets/pycocoevalcap versions): a difference may come from there."""
+    for task, sub in df.drop_duplicates("file").groupby("task"):
+        diff = environment_diff(list(sub["environment"]))
+        if diff:
+            log.warning("%s: the cells compared were computed with different code versions (%s); differences "
+                        "between them may come from there", task, diff)
 
 
 def _split_settings(df: pd.DataFrame) -> None:
