@@ -86,8 +86,10 @@ def build_models(names: Sequence[str], model_args: list[str] | None, labels: lis
 
 
 def _default_label(name: str, opts: dict[str, str]) -> str:
+    from harness.store.layout import safe_name
+
     path = opts.get("path") or opts.get("checkpoint")
-    return f"{name}@{Path(path).name}" if path else name
+    return safe_name(f"{name}@{Path(path).name}" if path else name)
 
 
 #: run flags that set a task option of the same meaning: flag attribute -> option name.
@@ -128,6 +130,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.info("default sweep: the first %d eval questions of each task (pass --limit N to change)", DEFAULT_LIMIT)
     if len(set(model_list)) != len(model_list):
         raise HarnessError("the same --model is named twice; run it twice with different --output or --label")
+    from harness.store.layout import check_label
+
+    for label in args.label or []:
+        check_label(label)  # one safe path component, before anything loads
     # Validate everything before any model is constructed (see harness.evaluation.validate).
     shots = tuple(args.shots or DEFAULT_SHOTS)
     check_sweep_flags(shots, args.seeds, args.limit, args.batch_size)
@@ -141,7 +147,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     model_options = check_model_options(model_list, _targeted(args.model_arg, "--model-arg", model_list))
     tasks = build_tasks(task_list, _flag_task_args(args, task_list) + list(args.task_arg or []), args.data_dir)
     for task in tasks:
-        check_task(task, expansion.shots.get(task.name, shots), args.limit)
+        check_task(task, expansion.shots.get(task.name, shots), args.limit, args.sample)
         check_prompt_media(model_list, model_options, task, expansion.shots.get(task.name, shots))
     _check_rices_models(tasks, model_list)
     models = build_models(model_list, args.model_arg, args.label)
@@ -411,7 +417,25 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--include", action="append", default=[], metavar="PATH")
     ls.add_argument("-v", "--verbose", action="store_true", help="show each one's options")
     ls.set_defaults(func=cmd_list)
+    # -v anywhere on the line (messages say "-v shows the traceback"): every subcommand takes it too;
+    # SUPPRESS keeps a -v given before the subcommand.
+    for name, parser in sub.choices.items():
+        if name != "list":
+            parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                                help="debug logging (tracebacks of load failures)")
     return p
+
+
+def _fresh_line() -> None:
+    """Close any progress bar still drawn, so an ``error:`` line starts on a line of its own."""
+    from tqdm import tqdm
+
+    bars = list(getattr(tqdm, "_instances", []) or [])
+    for bar in bars:
+        bar.close()
+    if bars:
+        sys.stderr.write("\n")
+        sys.stderr.flush()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -432,15 +456,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             include(path)
         return args.func(args)
     except HarnessError as exc:
+        _fresh_line()
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
         if exc.filename is None:  # not about a path the user can fix
             raise
+        _fresh_line()
         kept = ("; samples already finished are kept in their journals: fix the folder (space, permissions) "
                 "or pick another --output, and rerun the same command to resume") if args.command == "run" else ""
         print(f"error: {exc.filename}: {exc.strerror}{kept}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _fresh_line()
         print("interrupted: finished samples are kept; rerun the same command to resume", file=sys.stderr)
         return 130

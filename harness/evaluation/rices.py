@@ -319,8 +319,10 @@ class RicesSampler:
         self.query_vectors = dict(zip((q.id for q in self.queries), example_features(self.queries, qry)))
         self._ids = np.array([e.id for e in self.pool], dtype=object)
 
-    def check_shots(self, shots: int) -> None:
-        if shots > len(self.pool) - 1 and shots > 0:
+    def check_shots(self, shots: int, queries: Sequence[Example] | None = None) -> None:
+        from harness.evaluation.sampling import max_shots
+
+        if shots > max_shots(self.pool, queries) and shots > 0:
             raise HarnessError(
                 f"task {self.task}: {shots} shots asked for, but the support split has only {len(self.pool)} examples"
             )
@@ -339,7 +341,7 @@ class RicesSampler:
         """The ``shots`` most similar support examples, most similar LAST (next to the query)."""
         if shots == 0:
             return []
-        self.check_shots(shots)
+        self.check_shots(shots, [query])
         top = self.ranking(query)[:shots]
         return [self.pool[i] for i in reversed(top)]
 

@@ -175,7 +175,7 @@ class Runner:
         if getattr(task.options, "length_normalization", None) == "tokens":
             self.model.count_tokens("a")  # a model that cannot count tokens fails here, before any sample
         n_demos = spec.shots if spec.shots > 0 else task.zero_shot_demos()
-        sampler.check_shots(n_demos)
+        sampler.check_shots(n_demos, queries)
         template_name, template = task.template(self.model.template_style)
         gen = task.generation_config()
 

@@ -264,3 +264,17 @@ def _write_cache(path: Path, cache: dict[str, list]) -> None:
         os.replace(tmp, path)
     except OSError as exc:
         log.debug("fingerprint cache %s not written: %s", path, exc)
+
+
+def media_key(media: Any) -> str:
+    """A media item's key for caches that persist between runs: its identity plus, for a local file,
+    (size, mtime_ns), so an image replaced in place is never served stale features. Dataset images
+    (``hfds://<fingerprint>/...``) are keyed by content already."""
+    ident = media.identity
+    if "://" in ident:
+        return ident
+    try:
+        st = os.stat(ident)
+    except OSError:
+        return ident  # unreadable: the load fails and says so
+    return f"{ident}|{st.st_size}:{st.st_mtime_ns}"
