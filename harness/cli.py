@@ -193,7 +193,12 @@ def _names(values: Sequence[str] | None, flag: str) -> list[str]:
 
 
 def _check_rices_models(tasks, model_names: Sequence[str]) -> None:
-    """rices_encoder=model needs models that offer a vision encoder: say so before any model loads."""
+    """rices_encoder=model needs models that offer a vision encoder, and rices_encoder=PATH a vision model
+    folder: say so before any model loads."""
+    from harness.evaluation.rices import validate_encoder
+
+    for path in sorted({t.options.rices_encoder for t in tasks if getattr(t.options, "rices_encoder", None)}):
+        validate_encoder(path)
     if any(getattr(t.options, "rices_encoder", None) == "model" for t in tasks):
         from harness.evaluation.rices import check_model_encoder
 
