@@ -241,7 +241,7 @@ class Runner:
             raise HarnessError("a cell is either sharded by torchrun or by --shard, not both")
 
         def prepare() -> dict[str, Any] | None:
-            if plan.spec.overwrite and plan.journal.existing_config() is not None:
+            if plan.spec.overwrite and plan.journal.replaceable():
                 plan.journal.clear()
             return plan.journal.prepare()
 
@@ -269,7 +269,7 @@ class Runner:
         if finished is not None:
             log.info("%s: already complete, skipping", directory)
             return finished
-        if spec.overwrite and journal.existing_config() is not None:
+        if spec.overwrite and journal.replaceable():
             journal.clear()
         if spec.shard is None:
             self._wait_for_shards(journal)

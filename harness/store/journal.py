@@ -243,9 +243,23 @@ class Journal:
             f"or replace them: --overwrite"
         )
 
+    def replaceable(self) -> bool:
+        """Whether ``--overwrite`` has something to replace: results of another configuration, or a
+        journal that cannot be read without losing records (the cell is then recomputed)."""
+        if self.existing_config() is not None:
+            return True
+        try:
+            if self.path.is_file():
+                read_records(self.path)
+        except DataError as exc:
+            log.warning("%s", exc)
+            return True
+        return False
+
     def clear(self) -> None:
-        """Delete this cell's results of another configuration (``--overwrite``)."""
-        log.warning("--overwrite: deleting the results of another configuration in %s", self.dir)
+        """Delete this cell's results of another configuration, or its unreadable journal (``--overwrite``)."""
+        log.warning("--overwrite: deleting the results of another configuration (or an unreadable journal) in %s",
+                    self.dir)
         for name in (METRICS, JOURNAL_META, PREDICTIONS, PARTS):
             (self.dir / name).unlink(missing_ok=True)
 
