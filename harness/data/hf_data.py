@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import io
+import json
 import logging
 import os
 import re
@@ -228,10 +229,23 @@ def _load_parquet(files: Sequence[str], split: str) -> Any:
         return datasets.load_dataset("parquet", data_files={name: list(files)}, split=name)
     except Exception as exc:  # a garbage or truncated file: pyarrow/datasets raise many kinds
         log.debug("parquet read failed", exc_info=True)
+        if _parquet_rows(files) == 0:
+            raise DataError(f"the parquet file(s) {', '.join(map(str, files[:3]))} of split {split!r} have no rows; "
+                            f"pick a split with data") from None
         first = (str(exc).strip().splitlines() or [""])[0][:200]
         raise DataError(f"cannot read the parquet file(s) {', '.join(map(str, files[:3]))}"
                         f"{' ...' if len(files) > 3 else ''}: {type(exc).__name__}: {first}; "
                         f"is each a complete parquet file?") from None
+
+
+def _parquet_rows(files: Sequence[str]) -> int | None:
+    """Rows in readable parquet files (None if any cannot be read as parquet)."""
+    try:
+        import pyarrow.parquet as pq
+
+        return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    except Exception:
+        return None
 
 
 def _from_parquet_folder(folder: Path, spec_text: str, split: str) -> tuple[Any, dict]:
@@ -246,13 +260,24 @@ def _from_parquet_folder(folder: Path, spec_text: str, split: str) -> tuple[Any,
     return _load_parquet(files, split), {"kind": "parquet", "files": len(files)}
 
 
+def _saved_without_data(path: Path) -> bool:
+    """A save_to_disk folder (or each split of one) whose state lists no data files: an empty dataset."""
+    states = [path / "state.json"] if (path / "state.json").is_file() else sorted(path.glob("*/state.json"))
+    try:
+        return bool(states) and any(not json.loads(s.read_text(encoding="utf-8")).get("_data_files") for s in states)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _open_path(path: Path, spec_text: str, split: str) -> tuple[Any, dict]:
     import datasets
 
     if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
         try:
             loaded = datasets.load_from_disk(str(path))
-        except Exception as exc:  # a damaged save_to_disk folder
+        except Exception as exc:  # a damaged save_to_disk folder, or one saved with no rows
+            if _saved_without_data(path):
+                raise DataError(f"{spec_text}: {path} holds a dataset with no rows; pick a split with data") from None
             first = (str(exc).strip().splitlines() or [""])[0][:200]
             raise DataError(f"{spec_text}: {path} is a damaged save_to_disk folder ({type(exc).__name__}: "
                             f"{first})") from None
