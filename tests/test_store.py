@@ -238,12 +238,24 @@ def test_compare_and_summary_average_the_seeds_of_a_sample_run(tmp_path, capsys)
     assert f"{summary[0]['mean']:.2f} ({summary[0]['std']:.2f}) n=3" in table
 
 
-def test_hf_feature_cache_mb_is_not_identity_and_device_is_resolved():
-    from models.hf import HF
+def test_hf_feature_cache_mb_is_not_identity_and_device_is_resolved(tmp_path, monkeypatch):
+    """A real tiny HF model: device=auto loads (it was passed to .to() as given, which failed as 'could not
+    be loaded'), on this rank's resolved device; feature_cache_mb is recorded outside the identity."""
+    import sys
 
-    assert "feature_cache_mb" in HF.runtime_options and "cache_mb" in HF.runtime_options
-    src = (ROOT / "models" / "hf.py").read_text()
-    assert "model.to(self.device)" in src and "model.to(o.device)" not in src
+    sys.path.insert(0, str(ROOT / "tests"))
+    from hf_tiny import build_tiny_hf
+    from harness.registry import get_model_class, load_builtins
+
+    load_builtins()
+    path = build_tiny_hf("smolvlm", tmp_path / "smolvlm")
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    hf = get_model_class("hf")
+    a = hf({"path": str(path), "device": "auto", "feature_cache_mb": "64"})
+    assert str(a.model.device) == a.device == "cpu"
+    b = hf({"path": str(path), "device": "auto", "feature_cache_mb": "0"})
+    assert a.config() == b.config() and a.runtime_config()["feature_cache_mb"] == 64.0
+    assert "feature_cache_mb" not in a.config()["options"] and "cache_mb" not in a.config()["options"]
 
 
 # ---- 4. results never adopted, narrowed or misplaced ---------------------------------------------
