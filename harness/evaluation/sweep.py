@@ -7,13 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from harness.metrics.stats import mean_std
 from harness.evaluation.distributed import Group
 from harness.model import Model
 from harness.evaluation.runner import CellPlan, CellSpec, Runner
 from harness.store.journal import CellConflict
 from harness.store.layout import cell_dir as plan_dir
-from harness.store.results import failure_note as _failure_note, write_label_summary
+from harness.store.results import summary_row, write_label_summary
 from harness.task import Task
 
 log = logging.getLogger(__name__)
@@ -108,24 +107,8 @@ def run_sweep(
                              res["primary_metric"], res["metrics"][res["primary_metric"]], res["n"])
                 if not cells:
                     continue
-                values = [r["metrics"][r["primary_metric"]] for r in cells]
-                mean, std = mean_std(values)
-                per_label.append({
-                    "label": label,
-                    "task": task.name,
-                    "metric": cells[0]["primary_metric"],
-                    "shots": shots,
-                    "seeds": list(spec.seeds),
-                    "per_seed": values,
-                    "mean": mean,
-                    "std": std,
-                    "n": cells[0]["n"],
-                    "n_failed": [r["n_failed"] for r in cells],
-                    "wall_time_s": sum(r.get("wall_time_s", 0.0) for r in cells),
-                    "compute_time_s": sum(r.get("compute_time_s", r.get("wall_time_s", 0.0)) for r in cells),
-                    "failures": [_failure_note(plan_dir(output, label, task.name, shots, seed), r)
-                                 for seed, r in zip(spec.seeds, cells) if r.get("n_failed")],
-                })
+                per_label.append(summary_row(label, task.name, shots, [
+                    (seed, plan_dir(output, label, task.name, shots, seed), r) for seed, r in zip(spec.seeds, cells)]))
         if per_label and (group is None or group.is_main):
             # every finished cell of the label on disk, averaged as compare averages them (not only this run's)
             write_label_summary(output, label, [t.name for t in tasks])
