@@ -292,7 +292,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
         df = tidy(args.results, metrics=args.metrics, ci=args.spread == "ci")
         text.append(latex_table(df, spread=args.spread, bold_best=args.bold_best, caption=args.caption,
-                                label=args.tex_label))
+                                label=args.tex_label, fit=args.tex_fit))
     elif fmt == "markdown":
         text.append(render(compare(args.results, metrics=args.metrics), "markdown"))
         text.append(f"\n{TABLE_NOTE}\n")
@@ -488,6 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what LaTeX cells show after the mean and the plots' band: std over seeds (default), the "
                         "95%% interval over queries, or nothing")
     c.add_argument("--bold-best", action="store_true", help="LaTeX: bold the best mean of each row at each shot count")
+    c.add_argument("--tex-fit", action="store_true",
+                   help="LaTeX: scale the table to the text width (\\resizebox; needs \\usepackage{graphicx})")
     c.add_argument("--caption", help="LaTeX: the caption (default: what the cells are, the seeds and n)")
     c.add_argument("--tex-label", default="tab:fewshot", metavar="LABEL", help="LaTeX: the \\label (default tab:fewshot)")
     c.add_argument("--plot", metavar="FILE", help="also write metric-vs-shots plots: FILE.png, .pdf or .svg "

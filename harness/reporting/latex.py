@@ -20,6 +20,8 @@ import pandas as pd
 from harness.errors import HarnessError
 
 Spread = Literal["std", "ci", "none"]
+#: more number columns than this make a two-column-wide ``table*``
+WIDE_COLUMNS = 6
 SPREADS = ("std", "ci", "none")
 
 _SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
@@ -36,11 +38,14 @@ def escape(text: str) -> str:
 
 
 def latex_table(df: pd.DataFrame, spread: Spread = "std", bold_best: bool = False, caption: str | None = None,
-                label: str = "tab:fewshot", digits: int = 2) -> str:
+                label: str = "tab:fewshot", digits: int = 2, wide: bool | None = None, fit: bool = False) -> str:
     r"""A ``table`` environment from :func:`harness.reporting.tidy.tidy`'s rows: one row per task and
-    metric, one column group per checkpoint with a column per shot count; ``bold_best`` sets in bold
-    the highest mean of each row at each shot count (ties all bold). ``caption`` replaces the
-    generated description, which names the spread, the seeds and ``n``."""
+    metric (one stub column ``task (metric)`` when every task has one metric), one column group per
+    checkpoint with a column per shot count; ``bold_best`` sets in bold the highest mean of each row
+    at each shot count (ties all bold). ``caption`` replaces the generated description, which names
+    the spread, the seeds and ``n``. ``wide``: a ``table*`` spanning both columns of a two-column
+    paper (default: when there are more than :data:`WIDE_COLUMNS` number columns). ``fit`` scales the
+    tabular to the text width (``\resizebox``, needs ``\usepackage{graphicx}``)."""
     if spread not in SPREADS:
         raise HarnessError(f"spread {spread!r}: one of {', '.join(SPREADS)}")
     if df.empty:
@@ -74,24 +79,29 @@ def latex_table(df: pd.DataFrame, spread: Spread = "std", bold_best: bool = Fals
             text += rf"{{\scriptsize\,[{fmt(r.ci_low)}, {fmt(r.ci_high)}]}}"
         return text
 
-    spec = "ll" + "".join("r" * len(shots[ck]) for ck in checkpoints)
-    top, rules, start = [r"\multicolumn{2}{l}{}"], [], 3
+    one_metric = len({t for t, _ in rows}) == len(rows)
+    stub = 1 if one_metric else 2
+    spec = "l" * stub + "".join("r" * len(shots[ck]) for ck in checkpoints)
+    top, rules, start = [r"\multicolumn{%d}{l}{}" % stub if stub > 1 else ""], [], stub + 1
     for ck in checkpoints:
         k = len(shots[ck])
         top.append(rf"\multicolumn{{{k}}}{{c}}{{{escape(ck)}}}")
         rules.append(rf"\cmidrule(lr){{{start}-{start + k - 1}}}")
         start += k
+    env = "table*" if (len(columns) > WIDE_COLUMNS if wide is None else wide) else "table"
     lines = [
-        "% needs \\usepackage{booktabs}",
-        r"\begin{table}[t]",
+        "% needs \\usepackage{booktabs}" + (" and \\usepackage{graphicx}" if fit else ""),
+        rf"\begin{{{env}}}[t]",
         r"\centering",
+        r"\setlength{\tabcolsep}{4pt}",
         rf"\caption{{{escape(caption) if caption else _caption(df, spread, bold_best)}}}",
         rf"\label{{{label}}}",
+        *([r"\resizebox{\textwidth}{!}{%"] if fit else []),
         rf"\begin{{tabular}}{{{spec}}}",
         r"\toprule",
         " & ".join(top) + r" \\",
         " ".join(rules),
-        " & ".join(["Task", "Metric"] + [str(s) for _, s in columns]) + r" \\",
+        " & ".join((["Task"] if one_metric else ["Task", "Metric"]) + [str(s) for _, s in columns]) + r" \\",
         r"\midrule",
     ]
     suite_started = False
@@ -100,8 +110,9 @@ def latex_table(df: pd.DataFrame, spread: Spread = "std", bold_best: bool = Fals
             lines.append(r"\midrule")
             suite_started = True
         cells = [cell(task, metric, ck, s) for ck, s in columns]
-        lines.append(" & ".join([escape(task), escape(metric)] + cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+        stub_cells = [f"{escape(task)} ({escape(metric)})"] if one_metric else [escape(task), escape(metric)]
+        lines.append(" & ".join(stub_cells + cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}" + ("}" if fit else ""), rf"\end{{{env}}}"]
     return "\n".join(lines) + "\n"
 
 
