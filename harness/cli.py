@@ -250,7 +250,7 @@ def format_metrics(metrics: dict) -> str:
     def num(v) -> str:
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             return str(v)
-        return str(v) if isinstance(v, int) else f"{v:.2f}"
+        return str(v) if isinstance(v, int) else f"{v:.2f}" if abs(v) >= 1 else f"{v:.4f}"  # CIDEr ~0.8
 
     def walk(d: dict, depth: int) -> None:
         for k, v in d.items():
