@@ -261,3 +261,23 @@ def test_plot_per_task_and_grid_layouts(tmp_path):
         plot_tidy(df, tmp_path / "f.jpg")
     with pytest.raises(HarnessError, match="does not exist"):
         plot_tidy(df, tmp_path / "missing" / "f.png")
+
+
+def test_latex_breakdowns_suite_rows_and_missing_cells(tmp_path):
+    from harness.reporting.latex import latex_table
+
+    rows = [{"task": "vqav2", "metric": m, "checkpoint": ck, "shots": s, "mean": v + s, "std": 0.5, "ci_low": math.nan,
+             "ci_high": math.nan, "n": 5000, "seeds": 3, "failed": 0, "primary": m == "accuracy"}
+            for m, v in (("accuracy", 50.0), ("accuracy.yes/no", 70.0)) for ck in ("A", "B") for s in (0, 4)
+            if not (ck == "B" and s == 4 and m != "accuracy")]
+    rows.append({"task": "suite openflamingo", "metric": "mean of 8: ...", "checkpoint": "A", "shots": 0,
+                 "mean": 40.0, "std": math.nan, "ci_low": math.nan, "ci_high": math.nan, "n": 80000, "seeds": 1,
+                 "failed": 3, "primary": True})
+    tex = latex_table(pd.DataFrame(rows), spread="ci")
+    lines = tex.splitlines()
+    assert "Task & Metric & 0 & 4 & 0 & 4 \\\\" in lines  # two metrics of a task: a Metric column
+    assert "vqav2 & accuracy.yes/no & 70.00 & 74.00 & 70.00 & -- \\\\" in lines  # no interval: the mean alone
+    assert lines[lines.index("suite openflamingo & mean of 8: ... & 40.00 & -- & -- & -- \\\\") - 1] == "\\midrule"
+    assert "$n=5000$" in tex and "failed" not in tex  # a suite row repeats its tasks' failures: not counted again
+    log, _ = _compile(tex, tmp_path)
+    assert "Overfull" not in log
