@@ -6,7 +6,7 @@ Your data: ``<data root>/my_vqa/{train,test}.jsonl``, one object per line::
 
 (``image`` relative to ``<data root>/my_vqa/``). Run it like a built-in task::
 
-    python run_eval.py run --include examples/my_task.py --tasks my_vqa --data-dir DATA \
+    harness run --include examples/my_task.py --tasks my_vqa --data-dir DATA \
         --model idefics --model-arg path=/models/idefics-9b --shots 0 4
 
 Everything else comes from the harness: demo sampling, prompts (both template styles),

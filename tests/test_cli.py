@@ -163,9 +163,10 @@ def test_compare_tables_and_dataframe(tmp_path):
     assert "A/demo-majority 0-shot" in header and "B/demo-majority 4-shot" in header
     assert md.splitlines()[2].startswith("| easyvqa | accuracy |") and "n=40" in md
     csv = run_cli("compare", str(a), str(b), "--format", "csv").stdout
-    assert csv.splitlines()[0].startswith("task,metric,")
+    assert csv.splitlines()[0].startswith("task,metric,checkpoint,shots,mean,std,ci_low,ci_high,n,seeds,")
+    assert len(csv.splitlines()) == 1 + 4  # tidy: one row per checkpoint x shots
     latex = run_cli("compare", str(a), str(b), "--format", "latex", "--plot", str(tmp_path / "p.png")).stdout
-    assert latex.startswith("\\begin{tabular}") and (tmp_path / "p.png").stat().st_size > 1000
+    assert latex.startswith("% needs \\usepackage{booktabs}") and (tmp_path / "p.png").stat().st_size > 1000
 
     from harness.reporting.report import compare, load_results
     cells = load_results([a, b])

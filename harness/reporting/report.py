@@ -162,7 +162,10 @@ def _cell(r: Any) -> str:
 
 
 def render(table: pd.DataFrame, fmt: Format = "markdown") -> str:
-    """Render a :func:`compare` table as markdown, CSV or LaTeX (no extra packages needed)."""
+    """Render a :func:`compare` table of strings as markdown, CSV or LaTeX (a plain booktabs tabular).
+
+    For numbers (a paper's LaTeX table, a tidy CSV/Parquet) use :func:`harness.reporting.tidy.tidy`
+    with :func:`harness.reporting.latex.latex_table` or :func:`harness.reporting.tidy.write_tidy`."""
     headers = ["task", "metric"] + [f"{ck} {shots}-shot" for ck, shots in table.columns]
     rows = [[str(task), str(metric)] + ["" if pd.isna(v) else str(v) for v in vals]
             for (task, metric), vals in zip(table.index, table.to_numpy())]
@@ -184,42 +187,15 @@ def render_rows(headers: Sequence[str], rows: Sequence[Sequence[str]], fmt: Form
         lines += ["| " + " | ".join(r) + " |" for r in rows]
         return "\n".join(lines) + "\n"
     if fmt == "latex":
-        def esc(s: str) -> str:
-            for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#")):
-                s = s.replace(a, b)
-            return s
-        lines = [r"\begin{tabular}{ll" + "r" * (len(headers) - 2) + "}", r"\toprule",
-                 " & ".join(esc(h) for h in headers) + r" \\", r"\midrule"]
-        lines += [" & ".join(esc(c) for c in r) + r" \\" for r in rows]
-        lines += [r"\bottomrule", r"\end{tabular}"]
-        return "\n".join(lines) + "\n"
+        from harness.reporting.latex import latex_rows
+
+        return latex_rows(headers, rows)
     raise HarnessError(f"unknown table format {fmt!r}: markdown, csv or latex")
 
 
 def plot(paths: Sequence[str | Path], out: str | Path) -> Path:
-    """Metric vs shots, one line per checkpoint and one panel per task (PNG)."""
-    import matplotlib
+    """Metric vs shots, one line per checkpoint and one panel per task, at ``out`` (PNG, PDF or SVG by
+    its suffix); :mod:`harness.reporting.plots` has the options (band, layout, more formats)."""
+    from harness.reporting.plots import plot as plot_paths
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out = Path(out)
-    if not out.parent.is_dir():
-        raise HarnessError(f"--plot {out}: folder {out.parent} does not exist; create it or pick another path")
-    summary = summarize(load_results(paths))
-    summary = summary[summary["primary"]]
-    tasks = sorted(summary["task"].unique())
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.2), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
-        sub = summary[summary["task"] == task]
-        for ck, grp in sub.groupby("checkpoint"):
-            grp = grp.sort_values("shots")
-            ax.errorbar(grp["shots"], grp["mean"], yerr=grp["std"], marker="o", capsize=3, label=ck)
-        ax.set_title(task)
-        ax.set_xlabel("shots")
-        ax.set_ylabel(sub["metric"].iloc[0])
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return plot_paths(paths, out)[0]
