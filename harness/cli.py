@@ -15,6 +15,7 @@ run the same command line.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import inspect
 import json
@@ -572,10 +573,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    logging.basicConfig(
-        level=logging.DEBUG if getattr(args, "verbose", False) and args.command != "list" else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    with _logging_to_stderr(logging.DEBUG if getattr(args, "verbose", False) and args.command != "list"
+                            else logging.INFO):
+        return _dispatch(args)
+
+
+@contextlib.contextmanager
+def _logging_to_stderr(level: int):
+    """Log to this call's ``sys.stderr`` for the length of one command, then put the root logger back:
+    ``main`` can run many times in one process (tests, notebooks) without handlers piling up."""
+    root = logging.getLogger()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(level)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run the parsed command, turning the user's mistakes into one ``error:`` line and exit status 2."""
     try:
         load_builtins()
         for path in getattr(args, "include", []) or []:
