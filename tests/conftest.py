@@ -62,6 +62,8 @@ def _run_in_process(args: list[str], cwd: Path | None, env: dict | None) -> subp
     saved_modules = set(sys.modules)
     saved_env = dict(os.environ)
     saved_cwd = os.getcwd()
+    saved_argv = sys.argv
+    sys.argv = [str(ROOT / "run_eval.py"), *args]  # the program name printed in hints, as a real run has it
     out, err = io.StringIO(), io.StringIO()
     os.environ.update({"TOKENIZERS_PARALLELISM": "false", **(env or {})})
     os.chdir(cwd or ROOT)
@@ -75,6 +77,7 @@ def _run_in_process(args: list[str], cwd: Path | None, env: dict | None) -> subp
                 traceback.print_exc()
                 code = 1
     finally:
+        sys.argv = saved_argv
         os.chdir(saved_cwd)
         os.environ.clear()
         os.environ.update(saved_env)
