@@ -1,11 +1,15 @@
-"""The command line: run, merge, score, compare, list.
+"""The command line: run, merge, score, compare, view, list.
 
-    python run_eval.py run --model NAME [--model-arg k=v ...] --tasks vqav2,okvqa --shots 0 4 32 --seeds 0 1 2
-    python run_eval.py score --task vqav2 --predictions preds.json [--split val] [--json]
-    python run_eval.py compare results/A results/B [--format markdown|csv|latex] [--plot out.png] [--baseline A]
-    python run_eval.py view results/A results/B [--output report.html]
-    python run_eval.py merge results            # finish `run --shard K/N` runs
-    python run_eval.py list tasks|models
+    harness run --model NAME [--model-arg k=v ...] --tasks vqav2,okvqa --shots 0 4 32 --seeds 0 1 2
+    harness score --task vqav2 --predictions preds.json [--split val] [--json]
+    harness compare results/A results/B [--format markdown|csv|parquet|latex] [--plot fig.png] [--baseline A]
+    harness view results/A results/B [--output report.html]
+    harness merge results            # finish `run --shard K/N` runs
+    harness list tasks|models
+
+``harness`` is the console script ``scripts/setup.sh`` installs into ``.venv`` (``source
+.venv/bin/activate`` once, or call ``.venv/bin/harness``); ``./run_eval.py`` and ``python -m harness``
+run the same command line.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import gc
 import inspect
 import json
 import logging
+import shlex
 import sys
 import textwrap
 import time
@@ -26,6 +31,8 @@ from harness.evaluation.allocator import retain_freed_memory
 from harness.evaluation.distributed import discover, set_threads, start_group
 from harness.errors import HarnessError
 from harness.options import describe_options, parse_key_values
+from harness.peer_flags import peer_flag_hint
+from harness.program import program
 from harness.registry import get_model_class, get_task_class, include, load_builtins, model_names, task_names
 from harness.evaluation.validate import check_model_options, check_prompt_media, check_sweep_flags, check_task
 
@@ -86,8 +93,10 @@ def build_models(names: Sequence[str], model_args: list[str] | None, labels: lis
 
 
 def _default_label(name: str, opts: dict[str, str]) -> str:
+    from harness.store.layout import safe_name
+
     path = opts.get("path") or opts.get("checkpoint")
-    return f"{name}@{Path(path).name}" if path else name
+    return safe_name(f"{name}@{Path(path).name}" if path else name)
 
 
 #: run flags that set a task option of the same meaning: flag attribute -> option name.
@@ -128,6 +137,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.info("default sweep: the first %d eval questions of each task (pass --limit N to change)", DEFAULT_LIMIT)
     if len(set(model_list)) != len(model_list):
         raise HarnessError("the same --model is named twice; run it twice with different --output or --label")
+    from harness.store.layout import check_label
+
+    for label in args.label or []:
+        check_label(label)  # one safe path component, before anything loads
     # Validate everything before any model is constructed (see harness.evaluation.validate).
     shots = tuple(args.shots or DEFAULT_SHOTS)
     check_sweep_flags(shots, args.seeds, args.limit, args.batch_size)
@@ -141,7 +154,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     model_options = check_model_options(model_list, _targeted(args.model_arg, "--model-arg", model_list))
     tasks = build_tasks(task_list, _flag_task_args(args, task_list) + list(args.task_arg or []), args.data_dir)
     for task in tasks:
-        check_task(task, expansion.shots.get(task.name, shots), args.limit)
+        check_task(task, expansion.shots.get(task.name, shots), args.limit, args.sample)
         check_prompt_media(model_list, model_options, task, expansion.shots.get(task.name, shots))
     _check_rices_models(tasks, model_list)
     models = build_models(model_list, args.model_arg, args.label)
@@ -163,8 +176,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not launch.is_main and launch.kind == "torchrun":
         return 0  # rank 0 prints the table
     if spec.shard:
-        print(f"shard {args.shard} done in {time.time() - t0:.1f}s; when every shard is done, run the same "
-              f"command without --shard to merge them and compute the metrics")
+        data = f" --data-dir {shlex.quote(args.data_dir)}" if args.data_dir else ""
+        print(f"shard {args.shard} done in {time.time() - t0:.1f}s; when every shard is done, merge them and "
+              f"compute the metrics: {program()} merge {shlex.quote(str(output))}{data} (or rerun this command "
+              "without --shard)")
         return 0
     table = summary_table(summaries)
     print(render(table, "markdown"), end="")
@@ -173,8 +188,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     for s in summaries:  # failed samples are counted wrong: never let them pass unseen
         for note in s.get("failures", []):
             log.warning("%s", note)
-    data = f" --data-dir {args.data_dir}" if args.data_dir else ""
-    print(f"browse the samples: python run_eval.py view {output}{data} --output {output}/report.html")
+    data = f" --data-dir {shlex.quote(args.data_dir)}" if args.data_dir else ""
+    out = shlex.quote(str(output))
+    print(f"browse the samples: {program()} view {out}{data} --output {shlex.quote(f'{output}/report.html')}")
     return 0
 
 
@@ -187,7 +203,12 @@ def _names(values: Sequence[str] | None, flag: str) -> list[str]:
 
 
 def _check_rices_models(tasks, model_names: Sequence[str]) -> None:
-    """rices_encoder=model needs models that offer a vision encoder: say so before any model loads."""
+    """rices_encoder=model needs models that offer a vision encoder, and rices_encoder=PATH a vision model
+    folder: say so before any model loads."""
+    from harness.evaluation.rices import validate_encoder
+
+    for path in sorted({t.options.rices_encoder for t in tasks if getattr(t.options, "rices_encoder", None)}):
+        validate_encoder(path)
     if any(getattr(t.options, "rices_encoder", None) == "model" for t in tasks):
         from harness.evaluation.rices import check_model_encoder
 
@@ -228,31 +249,119 @@ def cmd_score(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(metrics))
     else:
-        for k, v in metrics.items():
-            print(f"{k}: {v}")
+        print(format_metrics(metrics), end="")
     return 0
 
 
-def cmd_compare(args: argparse.Namespace) -> int:
-    from harness.reporting.report import TABLE_NOTE, compare, plot, render
+def format_metrics(metrics: dict) -> str:
+    """``score``'s metrics as an aligned two-column table: numbers to 2 decimals, a metric's
+    ``<name>_ci95`` beside it, breakdowns (e.g. per answer type) indented under their metric."""
+    rows: list[tuple[str, str]] = []
 
-    table = compare(args.results, metrics=args.metrics)
-    if not (args.baseline and args.format == "csv"):  # CSV: one table per output, the paired one has both means
-        print(render(table, args.format), end="")
-    if args.format == "markdown":
-        print(f"\n{TABLE_NOTE}")
+    def num(v) -> str:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return str(v)
+        return str(v) if isinstance(v, int) else f"{v:.2f}" if abs(v) >= 1 else f"{v:.4f}"  # CIDEr ~0.8
+
+    def walk(d: dict, depth: int) -> None:
+        for k, v in d.items():
+            if str(k).endswith("_ci95") and str(k)[:-5] in d:
+                continue  # shown beside its metric
+            name = "  " * depth + str(k)
+            if isinstance(v, dict):
+                rows.append((name, ""))
+                walk(v, depth + 1)
+                continue
+            if isinstance(v, (list, tuple)):
+                text = "[" + ", ".join(num(x) for x in v) + "]"
+            else:
+                text = num(v)
+            ci = d.get(f"{k}_ci95")
+            if isinstance(ci, (list, tuple)) and len(ci) == 2:
+                text += f"  (95% CI {num(ci[0])}-{num(ci[1])})"
+            rows.append((name, text))
+
+    walk(metrics, 0)
+    width = max(len(r[0]) for r in rows) if rows else 0
+    return "".join(f"{name:<{width}}  {text}".rstrip() + "\n" for name, text in rows)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from harness.reporting.report import TABLE_NOTE, compare, render
+
+    fmt = args.format or _format_of(args.output)
+    if fmt == "parquet" and not args.output:
+        raise HarnessError("--format parquet writes a file: add --output FILE.parquet")
+    text = []
+    if fmt in ("csv", "parquet") and not args.baseline:
+        from harness.reporting.tidy import tidy
+
+        return _emit_table(tidy(args.results, metrics=args.metrics), fmt, args.output, args)
+    if fmt == "latex":
+        from harness.reporting.latex import latex_table
+        from harness.reporting.tidy import tidy
+
+        df = tidy(args.results, metrics=args.metrics, ci=args.spread == "ci")
+        text.append(latex_table(df, spread=args.spread, bold_best=args.bold_best, caption=args.caption,
+                                label=args.tex_label, fit=args.tex_fit))
+    elif fmt == "markdown":
+        text.append(render(compare(args.results, metrics=args.metrics), "markdown"))
+        text.append(f"\n{TABLE_NOTE}\n")
     if args.baseline:
         from harness.reporting.paired import paired_compare, render_paired
 
         paired = paired_compare(args.results, args.baseline, seed=args.bootstrap_seed)
-        if args.format == "markdown":
-            print(f"\nPaired differences vs {paired['baseline'].iloc[0]} (95% paired bootstrap CI over queries, "
-                  f"sign-flip permutation p, * = significant after Holm over the {paired['p'].notna().sum()} "
-                  "tested rows; see docs/statistics.md)\n")
-        print(render_paired(paired, args.format), end="")
-    if args.plot:
-        log.info("wrote %s", plot(args.results, args.plot))
+        if fmt in ("csv", "parquet"):  # one table per file: the paired one, which has both means
+            return _emit_table(paired, fmt, args.output, args)
+        if fmt == "markdown":
+            text.append(f"\nPaired differences vs {paired['baseline'].iloc[0]} (95% paired bootstrap CI over queries, "
+                        f"sign-flip permutation p, * = significant after Holm over the {paired['p'].notna().sum()} "
+                        "tested rows; see docs/statistics.md)\n\n")
+        text.append(render_paired(paired, fmt))
+    _emit_text("".join(text), args.output)
+    _plot(args)
     return 0
+
+
+def _format_of(output: str | None) -> str:
+    """--format from --output's suffix when not given: .csv, .parquet, .tex, else markdown."""
+    suffix = Path(output).suffix.lower() if output else ""
+    return {".csv": "csv", ".parquet": "parquet", ".tex": "latex"}.get(suffix, "markdown")
+
+
+def _emit_table(df, fmt: str, output: str | None, args: argparse.Namespace) -> int:
+    if output:
+        _check_folder(output, "--output")
+        df.to_parquet(output, index=False) if fmt == "parquet" else df.to_csv(output, index=False)
+        log.info("wrote %s (%d rows)", output, len(df))
+    else:
+        print(df.to_csv(index=False), end="")
+    _plot(args)
+    return 0
+
+
+def _emit_text(text: str, output: str | None) -> None:
+    if output:
+        _check_folder(output, "--output")
+        Path(output).write_text(text, encoding="utf-8")
+        log.info("wrote %s", output)
+    else:
+        print(text, end="")
+
+
+def _check_folder(path: str, flag: str) -> None:
+    if not Path(path).parent.is_dir():
+        raise HarnessError(f"{flag} {path}: folder {Path(path).parent} does not exist; create it or pick another path")
+
+
+def _plot(args: argparse.Namespace) -> None:
+    if not args.plot:
+        return
+    from harness.reporting.plots import plot
+
+    formats = _split_names([args.plot_formats]) if args.plot_formats else []
+    for f in plot(args.results, args.plot, band=args.spread, layout=args.plot_layout, formats=formats):
+        log.info("wrote %s", f)
 
 
 def cmd_view(args: argparse.Namespace) -> int:
@@ -296,7 +405,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 # ---- parser --------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="run_eval.py",
+        prog=program(),
         description="Few-shot evaluation of Flamingo-style vision-language models.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__,
@@ -306,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command")
 
     def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--include", action="append", default=[], metavar="PATH",
+        sp.add_argument("--include", "--include_path", action="append", default=[], metavar="PATH",
                         help="a .py file or folder of plug-in tasks/models to register (repeatable)")
         sp.add_argument("--data-dir", help="data root; each task reads <root>/<task>/ (default: $HARNESS_DATA)")
         sp.add_argument("--task-arg", action="append", metavar="[TASK:]KEY=VALUE",
@@ -331,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--sample", type=int, metavar="N",
                    help="evaluate a random subset of N eval examples, a different one per seed "
                         "(OpenFlamingo's --num_samples); after --limit if both are given")
-    r.add_argument("--batch-size", type=int, default=8)
+    r.add_argument("--batch-size", "--batch_size", type=int, default=8)
     r.add_argument("--output", default="results", help="results folder (default: results/); reruns resume")
     r.add_argument("--shard", metavar="K/N|slurm",
                    help="evaluate only shard K of N (balanced by prompt length; one of N independent processes, "
@@ -377,10 +486,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compare", help="compare result folders in one table")
     c.add_argument("results", nargs="+", help="results folders (or metrics.json files)")
-    c.add_argument("--format", choices=["markdown", "csv", "latex"], default="markdown")
+    c.add_argument("--format", choices=["markdown", "csv", "parquet", "latex"],
+                   help="markdown (default): mean (std) n=N cells; csv/parquet: a tidy long table, one row per task x "
+                        "metric x checkpoint x shots with numeric columns (mean, std, ci_low, ci_high, n, seeds, "
+                        "failed, config_key, ...); latex: a booktabs table for a paper (default: from --output's "
+                        "suffix .csv/.parquet/.tex)")
+    c.add_argument("-o", "--output", metavar="FILE", help="write the table to FILE instead of printing it "
+                   "(needed for parquet)")
     c.add_argument("--metrics", choices=["primary", "all"], default="primary",
                    help="only each task's main metric, or breakdowns too")
-    c.add_argument("--plot", metavar="PNG", help="also write metric-vs-shots plots")
+    c.add_argument("--spread", choices=["std", "ci", "none"], default="std",
+                   help="what LaTeX cells show after the mean and the plots' band: std over seeds (default), the "
+                        "95%% interval over queries, or nothing")
+    c.add_argument("--bold-best", action="store_true", help="LaTeX: bold the best mean of each row at each shot count")
+    c.add_argument("--tex-fit", action="store_true",
+                   help="LaTeX: scale the table to the text width (\\resizebox; needs \\usepackage{graphicx})")
+    c.add_argument("--caption", help="LaTeX: the caption (default: what the cells are, the seeds and n)")
+    c.add_argument("--tex-label", default="tab:fewshot", metavar="LABEL", help="LaTeX: the \\label (default tab:fewshot)")
+    c.add_argument("--plot", metavar="FILE", help="also write metric-vs-shots plots: FILE.png, .pdf or .svg "
+                   "(log2 shots axis, a band for --spread, legend below, sized for a paper column)")
+    c.add_argument("--plot-formats", metavar="F1,F2", help="the same figure in more formats beside --plot, e.g. pdf,svg")
+    c.add_argument("--plot-layout", choices=["grid", "per-task"], default="grid",
+                   help="one figure with a panel per task (default), or FILE_<task>.png per task")
     c.add_argument("--baseline", metavar="LABEL|FOLDER",
                    help="add each other checkpoint's paired difference from this one (a checkpoint as the "
                         "table names it, or its results folder): 95%% interval, p-value, Holm-marked rows "
@@ -411,13 +538,36 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--include", action="append", default=[], metavar="PATH")
     ls.add_argument("-v", "--verbose", action="store_true", help="show each one's options")
     ls.set_defaults(func=cmd_list)
+    # -v anywhere on the line (messages say "-v shows the traceback"): every subcommand takes it too;
+    # SUPPRESS keeps a -v given before the subcommand.
+    for name, parser in sub.choices.items():
+        if name != "list":
+            parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                                help="debug logging (tracebacks of load failures)")
     return p
+
+
+def _fresh_line() -> None:
+    """Close any progress bar still drawn, so an ``error:`` line starts on a line of its own."""
+    from tqdm import tqdm
+
+    bars = list(getattr(tqdm, "_instances", []) or [])
+    for bar in bars:
+        bar.close()
+    if bars:
+        sys.stderr.write("\n")
+        sys.stderr.flush()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; exit status 0 on success, 2 on bad input (one ``error:`` line),
     130 on Ctrl-C. With no subcommand it prints the help and exits 0."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    hint = peer_flag_hint(argv)
+    if hint:
+        print(f"{parser.prog}: error: {hint}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
@@ -432,15 +582,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             include(path)
         return args.func(args)
     except HarnessError as exc:
+        _fresh_line()
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
         if exc.filename is None:  # not about a path the user can fix
             raise
+        _fresh_line()
         kept = ("; samples already finished are kept in their journals: fix the folder (space, permissions) "
                 "or pick another --output, and rerun the same command to resume") if args.command == "run" else ""
         print(f"error: {exc.filename}: {exc.strerror}{kept}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _fresh_line()
         print("interrupted: finished samples are kept; rerun the same command to resume", file=sys.stderr)
         return 130

@@ -98,6 +98,9 @@ class Task:
     #: how ``hf:`` sources are read (harness.data.hf_data.Columns: field -> default column, e.g. the lmms-lab
     #: schema); a task that sets it implements ``example_from_row``. None: files only.
     hf_columns: ClassVar[hf_data.Columns | None] = None
+    #: bump it when outputs or scoring change (post-processing, a metric): it is part of every cell's
+    #: identity, so a rerun computes new cells instead of printing "already complete" with old numbers.
+    version: ClassVar[int] = 1
 
     def __init__(self, data_dir: str | Path | None = None, options: Mapping[str, Any] | None = None):
         self.name = self.registry_name or type(self).__name__
@@ -313,6 +316,7 @@ class Task:
         """Everything about the task that changes its numbers, recorded in results."""
         return {
             "name": self.name,
+            "version": self.version,
             "kind": self.kind,
             "options": dataclasses.asdict(self.options),
             "support_split": self.support_split,

@@ -69,6 +69,15 @@ class HFOptions:
     cache_mb: int = 512
     feature_cache_mb: float | None = None
 
+    def __post_init__(self) -> None:
+        if self.cache_mb < 0:
+            raise HarnessError(f"model hf: cache_mb={self.cache_mb}: must be >= 0 (0 disables the cache)")
+        if self.feature_cache_mb is not None and self.feature_cache_mb < 0:
+            raise HarnessError(f"model hf: feature_cache_mb={self.feature_cache_mb}: must be >= 0 (0 disables it)")
+        if self.system and self.prompt_format == "plain":
+            raise HarnessError("model hf: system=... is a chat-format system prompt, and prompt_format=plain has no "
+                               "place for it; drop system, or use prompt_format=chat")
+
 
 # ---- family hooks ----------------------------------------------------------------------------
 def _longest_edge(image_processor: Any, n: int) -> dict[str, Any]:
@@ -135,7 +144,8 @@ class HF(Model):
 
     Options = HFOptions
     template_style = "flamingo"
-    runtime_options = frozenset({"cache_mb"})
+    # cache bounds never change an output (README): outside the identity
+    runtime_options = frozenset({"cache_mb", "feature_cache_mb"})
 
     def __init__(self, options=None, *, model=None, processor=None):
         super().__init__(options)
@@ -251,7 +261,11 @@ class HF(Model):
         has_template = bool(getattr(self.processor, "chat_template", None) or self.tokenizer.chat_template)
         fmt = self.options.prompt_format
         if fmt == "auto":
-            return "chat" if has_template else "plain"
+            fmt = "chat" if has_template else "plain"
+            if fmt == "plain" and self.options.system:
+                raise HarnessError(f"{self.where}: system=... needs the chat format, and its processor has no chat "
+                                   f"template (prompt_format=auto chose plain); drop system")
+            return fmt
         if fmt == "chat" and not has_template:
             raise HarnessError(f"{self.where}: prompt_format=chat needs a chat template, and its processor has none; "
                                f"use prompt_format=plain")
@@ -290,7 +304,7 @@ class HF(Model):
             raise HarnessError(f"{self.where}: no auto class loads {self.hf_config.model_type} "
                                f"({'; '.join(errors)}); check transformers' version or trust_remote_code")
         if not o.device_map:
-            model.to(o.device)
+            model.to(self.device)  # this rank's device: cuda -> cuda:$LOCAL_RANK, auto -> cuda or cpu
         return model.eval()
 
     def _stop_token_ids(self) -> list[int]:

@@ -154,7 +154,7 @@ class VizWiz(VQATask):
     def score(self, prediction: str, example: Example) -> float:
         if self.options.normalization == "vizwiz":
             return vizwiz_accuracy(prediction, example.answers)
-        return vqa_accuracy(prediction, example.answers, self.options.normalization)
+        return vqa_accuracy(prediction, example.answers, self.options.normalization, self.options.non_ten_answers)
 
     def aggregate(self, records: Sequence[SampleRecord]) -> dict[str, Any]:
         out = super().aggregate(records)

@@ -107,14 +107,14 @@ def test_fingerprint_changes_with_one_weight_in_the_middle(tmp_path, monkeypatch
     from safetensors.numpy import load_file, save_file
     import numpy as np
 
-    import harness.model
+    import harness.store.identity
     from harness.model import checkpoint_fingerprint
 
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
     (tmp_path / "fresh.bin").write_bytes(b"x")
     checkpoint_fingerprint(tmp_path / "fresh.bin")
     assert not (tmp_path / "cache" / "fingerprints.json").exists()  # just written: too fresh to trust its stamp
-    monkeypatch.setattr(harness.model, "_RACY_S", 0.0)  # here: cache every digest
+    monkeypatch.setattr(harness.store.identity, "_RACY_S", 0.0)  # here: cache every digest
     ck = tmp_path / "ck"
     ck.mkdir()
     rng = np.random.default_rng(0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from typing import Union
 
@@ -15,11 +16,17 @@ from harness.types import Image
 def load_image(item: Union[str, Image]) -> PILImage.Image:
     """Open an image as RGB: a file path, an ``Image``, or a dataset-row image (``DatasetImage`` or its
     ``hfds://`` identity). Cached: demo images recur across thousands of prompts."""
-    return _load(item if isinstance(item, str) else item.path)
+    path = item if isinstance(item, str) else item.path
+    try:  # keyed by (path, size, mtime) too: a file replaced in place is decoded again
+        st = os.stat(path)
+        stamp = (st.st_size, st.st_mtime_ns)
+    except (OSError, ValueError):
+        stamp = None
+    return _load(path, stamp)
 
 
 @lru_cache(maxsize=256)
-def _load(path: str) -> PILImage.Image:
+def _load(path: str, stamp: tuple[int, int] | None = None) -> PILImage.Image:
     from harness.data import hf_data
 
     if hf_data.is_row_image(path):

@@ -26,7 +26,7 @@ class ClassBalancedSampler(RandomSampler):
     def demos(self, query: Example, shots: int) -> list[Example]:
         if shots == 0:
             return []
-        self.check_shots(shots)
+        self.check_shots(shots, [query])
         by_class: dict[str, list[Example]] = defaultdict(list)
         for ex in self.pool:
             if ex.id != query.id:

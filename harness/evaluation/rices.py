@@ -95,7 +95,11 @@ class HFVisionEncoder:
         except (OSError, ValueError) as exc:
             raise HarnessError(f"rices_encoder {self.path}: cannot load its image processor ({exc}); the folder "
                                f"needs a preprocessor_config.json (save one with the model's image processor)") from None
-        self.model = AutoModel.from_pretrained(str(self.path)).to(self.device).eval()
+        try:
+            self.model = AutoModel.from_pretrained(str(self.path)).to(self.device).eval()
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise HarnessError(f"rices_encoder {self.path}: its weights cannot be loaded ({type(exc).__name__}: "
+                               f"{(str(exc).splitlines() or [''])[0][:200]})") from None
 
     def embed(self, media: Sequence[Media]) -> np.ndarray:
         import torch
@@ -175,6 +179,36 @@ def check_encoder_path(value: str) -> None:
         )
 
 
+def validate_encoder(value: str) -> None:
+    """Everything about an ``rices_encoder=PATH`` folder that can be checked without loading its
+    weights, before any model loads: a readable config of a model that takes images (a text model
+    with an image-processor config is refused), and an image processor that loads."""
+    check_encoder_path(value)
+    if value == OWN_ENCODER:
+        return
+    import inspect
+
+    from transformers import AutoConfig, AutoImageProcessor, AutoModel
+
+    where = f"rices_encoder {value!r}"
+    try:
+        config = AutoConfig.from_pretrained(value)
+    except Exception as exc:  # unreadable JSON, unknown model_type...
+        raise HarnessError(f"{where}: its config.json cannot be read ({type(exc).__name__}: "
+                           f"{(str(exc).splitlines() or [''])[0][:200]})") from None
+    cls = AutoModel._model_mapping.get(type(config), None) if hasattr(AutoModel, "_model_mapping") else None
+    takes_pixels = cls is not None and (hasattr(cls, "get_image_features")
+                                        or "pixel_values" in inspect.signature(cls.forward).parameters)
+    if not takes_pixels:
+        raise HarnessError(f"{where}: a {config.model_type or 'model'} folder, not a vision model (its model takes no "
+                           f"images); give a vision model such as CLIP or SigLIP, or rices_encoder={OWN_ENCODER}")
+    try:
+        AutoImageProcessor.from_pretrained(value)
+    except Exception as exc:
+        raise HarnessError(f"{where}: cannot load its image processor ({type(exc).__name__}); the folder needs a "
+                           f"preprocessor_config.json (save one with the model's image processor)") from None
+
+
 def check_model_encoder(model_cls: type, name: str) -> None:
     """Fail early if a model class offers no vision encoder for ``rices_encoder=model``."""
     from harness.model import Model
@@ -232,15 +266,22 @@ def media_features(encoder: Encoder, task: str, split: str, media: Sequence[Medi
     digest = hashlib.sha256(material.encode()).hexdigest()[:20]
     path = Path(cache_dir) / f"{safe_name(task)}-{safe_name(split)}-{digest}.npy"
     index = {i: n for n, i in enumerate(ids)}
+    checksum = path.with_name(path.name + ".sha256")
     if path.is_file():
         try:
             matrix = np.load(path)
+            stored = checksum.read_text(encoding="ascii").strip() if checksum.is_file() else None
         except (OSError, ValueError) as exc:
             log.warning("%s: unreadable (%s); recomputing", path, exc)
         else:
-            if matrix.ndim == 2 and matrix.shape[0] == len(ids):
+            if not (matrix.ndim == 2 and matrix.shape[0] == len(ids)):
+                log.warning("%s: shape %s for %d media items; recomputing", path, matrix.shape, len(ids))
+            elif stored != _matrix_digest(matrix):
+                # overwritten with other values of the same shape (or by an older harness): never trusted
+                log.warning("%s: %s; recomputing", path, "no checksum beside it" if stored is None
+                            else "its values do not match their checksum (the file was changed)")
+            else:
                 return MediaFeatures(index, matrix, path, True)
-            log.warning("%s: shape %s for %d media items; recomputing", path, matrix.shape, len(ids))
     if batch_size < 1:
         raise HarnessError(f"rices_batch_size must be >= 1, got {batch_size}")
     rows: list[np.ndarray | None] = []
@@ -261,9 +302,19 @@ def media_features(encoder: Encoder, task: str, split: str, media: Sequence[Medi
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
         np.save(f, matrix)
-    os.replace(tmp, path)  # atomic: a killed run never leaves half a feature file
+    ctmp = checksum.with_name(checksum.name + f".{os.getpid()}.tmp")
+    ctmp.write_text(_matrix_digest(matrix) + "\n", encoding="ascii")
+    os.replace(ctmp, checksum)
+    os.replace(tmp, path)  # atomic: a killed run never leaves half a feature file (a mismatch recomputes)
     log.info("RICES: wrote %d %s/%s features to %s", len(ids), task, split, path)
     return MediaFeatures(index, matrix, path, False)
+
+
+def _matrix_digest(matrix: np.ndarray) -> str:
+    """sha256 of a feature matrix's dtype, shape and bytes (written beside its .npy, checked on load)."""
+    h = hashlib.sha256(f"{matrix.dtype}|{matrix.shape}|".encode())
+    h.update(np.ascontiguousarray(matrix).tobytes())
+    return h.hexdigest()
 
 
 def _embed_batch(encoder: Encoder, batch: list[Media]) -> list[np.ndarray | None]:
@@ -319,8 +370,10 @@ class RicesSampler:
         self.query_vectors = dict(zip((q.id for q in self.queries), example_features(self.queries, qry)))
         self._ids = np.array([e.id for e in self.pool], dtype=object)
 
-    def check_shots(self, shots: int) -> None:
-        if shots > len(self.pool) - 1 and shots > 0:
+    def check_shots(self, shots: int, queries: Sequence[Example] | None = None) -> None:
+        from harness.evaluation.sampling import max_shots
+
+        if shots > max_shots(self.pool, queries) and shots > 0:
             raise HarnessError(
                 f"task {self.task}: {shots} shots asked for, but the support split has only {len(self.pool)} examples"
             )
@@ -339,7 +392,7 @@ class RicesSampler:
         """The ``shots`` most similar support examples, most similar LAST (next to the query)."""
         if shots == 0:
             return []
-        self.check_shots(shots)
+        self.check_shots(shots, [query])
         top = self.ranking(query)[:shots]
         return [self.pool[i] for i in reversed(top)]
 

@@ -51,19 +51,23 @@ class RandomSampler:
             idx = rng_for("support", self.seed, self.task).choice(n, size=self.support_size, replace=False)
             self.pool = [self.support[i] for i in sorted(idx)]
 
-    def check_shots(self, shots: int) -> None:
-        # One pool member may be the query itself and is then excluded.
-        if shots > len(self.pool) - 1 and shots > 0:
+    def check_shots(self, shots: int, queries: Sequence[Example] | None = None) -> None:
+        """Refuse more shots than the pool holds. A query in the pool is never its own demo, so then
+        one fewer; ``queries`` (None: assume they overlap) disjoint from the pool can use all of it."""
+        limit = max_shots(self.pool, queries)
+        if shots > limit and shots > 0:
+            overlap = limit < len(self.pool)
             raise HarnessError(
                 f"task {self.task}: {shots} shots asked for, but the support set has only {len(self.pool)} "
-                f"examples; use fewer shots or a larger support set (task option support_size)"
+                f"examples{' (a query in it is never its own demo: at most ' + str(limit) + ')' if overlap else ''}; "
+                f"use fewer shots or a larger support set (task option support_size)"
             )
 
     def demos(self, query: Example, shots: int) -> list[Example]:
         """``shots`` distinct demos for ``query``; the most recently drawn is placed last."""
         if shots == 0:
             return []
-        self.check_shots(shots)
+        self.check_shots(shots, [query])
         rng = rng_for("demos", self.seed, self.task, query.id, shots)
         # Draw one spare so the query can be dropped if drawn, without a second draw.
         picks = rng.choice(len(self.pool), size=min(shots + 1, len(self.pool)), replace=False)
@@ -73,6 +77,15 @@ class RandomSampler:
 
     def config(self) -> dict:
         return {"name": self.name, "support_size": len(self.pool), "seed": self.seed}
+
+
+def max_shots(pool: Sequence[Example], queries: Sequence[Example] | None = None) -> int:
+    """The most demos a query can get from ``pool``: all of it, less one when a query may be in it."""
+    if queries is not None:
+        ids = {e.id for e in pool}
+        if not any(q.id in ids for q in queries):
+            return len(pool)
+    return len(pool) - 1
 
 
 def sampler_config(sampler) -> dict:

@@ -33,7 +33,8 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from harness.errors import HarnessError
+from harness.errors import DataError, HarnessError
+from harness.store.journal import read_records
 from harness.evaluation.prompts import PromptTemplate
 from harness.types import Example, Media
 
@@ -200,8 +201,10 @@ def build_data(paths: Sequence[str | Path], data_dir: str | None = None, thumb_s
         preds = Path(r.file).parent / "predictions.jsonl"
         records = []
         if preds.is_file():
-            with open(preds, encoding="utf-8") as f:
-                records = [json.loads(line) for line in f if line.strip()]
+            try:
+                records = [rec.to_json() for rec in read_records(preds, torn_tail_ok=False)]
+            except DataError as exc:
+                notes.append(f"{exc}; cell {r.checkpoint} {r.task} {r.shots}-shot seed {r.seed} shows no samples")
         else:
             notes.append(f"{preds}: missing; cell {r.checkpoint} {r.task} {r.shots}-shot seed {r.seed} has no samples")
         for rec in records:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Sequence
 
+from harness.store.identity import media_key
 from harness.errors import HarnessError, MediaError
 from harness.data.video import load_video_frames, selection_of
 from harness.data.media import load_image
@@ -39,7 +40,7 @@ class FlamingoOptions:
     device: cpu, cuda (this rank's GPU), auto, cuda:1 ...
     feature_cache_mb: memory budget (MiB) of the cache of visual tokens per media item (default: a
     quarter of physical memory, at most 8 GiB; 0: off). feature_cache: optional cap on cached items.
-    feature_cache_dir: folder where visual tokens also persist, keyed by (checkpoint, media identity).
+    feature_cache_dir: folder where visual tokens also persist, keyed by (checkpoint, media path, its size and mtime).
     video_frames: frames sampled (uniformly) from a video given as a folder of frame images
     (video files follow the task's --frames/--fps selection).
     xattn: per_image (each token attends to its own media item's tokens) or masked (same logits, slower)."""
@@ -140,7 +141,8 @@ class Flamingo(Model):
         for m in media:
             if m.kind not in ("image", "video"):
                 raise MediaError(f"{m.identity}: model flamingo does not take media of kind {m.kind!r}")
-        keys = [f"{m.kind}:{m.identity}" + (f"|{selection_of(m)!r}" if isinstance(m, Video) else "") for m in media]
+        # (path, size, mtime) keys: an image replaced in place is encoded again, never read stale from disk
+        keys = [f"{m.kind}:{media_key(m)}" + (f"|{selection_of(m)!r}" if isinstance(m, Video) else "") for m in media]
 
         def compute(idx: list[int]) -> list:
             out: dict[int, object] = {}
