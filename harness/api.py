@@ -131,7 +131,7 @@ def results_of(output: Path, label: str, tasks, spec) -> pd.DataFrame:
     """The tidy rows (as load_results) of exactly the cells of this sweep under ``output``."""
     from harness.evaluation.sweep import _shots
     from harness.reporting.report import load_results
-    from harness.reporting.store import cell_dir
+    from harness.store.layout import cell_dir
 
     files = {str(cell_dir(output, label, t.name, s, seed) / "metrics.json")
              for t in tasks for s in _shots(spec, t) for seed in spec.seeds}

@@ -187,7 +187,7 @@ class HF(Model):
         if self._native_video:
             self.media_kinds = frozenset({"image", "video"})
         if model is not None:
-            from harness.inmemory import state_dict_digest
+            from harness.store.identity import state_dict_digest
 
             self._fingerprint = "state-" + state_dict_digest(model, self.hf_config.to_json_string())
         else:

@@ -79,7 +79,7 @@ class Flamingo(Model):
             if not isinstance(module, FlamingoModel):
                 raise HarnessError(f"Flamingo.from_module: expected a models.flamingo.model.FlamingoModel, "
                                    f"got {type(module).__name__}")
-            from harness.inmemory import state_dict_digest
+            from harness.store.identity import state_dict_digest
 
             self.model = module.eval()
             self._fingerprint = "state-" + state_dict_digest(module, module.cfg.to_dict())
