@@ -17,6 +17,7 @@ instance, e.g. one around a model in memory::
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -40,6 +41,66 @@ def _items(args: Mapping[str, Any] | Sequence[str] | None) -> list[str]:
     if isinstance(args, Mapping):
         return [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in args.items()]
     return list(args)
+
+
+@dataclass
+class Request:
+    """A checked evaluation request: its tasks (built, their data read) and sweep, no model yet."""
+
+    tasks: list
+    spec: Any
+    model_items: list[str]
+    label: str | None
+
+
+def check_request(model: str | Model, tasks: str | Sequence[str], shots: Sequence[int] | None, seeds: Sequence[int],
+                  limit: int | None, *, model_args=None, task_args=None, label: str | None = None,
+                  data_dir: str | None = None, batch_size: int = 8, sample: int | None = None,
+                  overwrite: bool = False) -> Request:
+    """Every check :func:`evaluate` makes before a model loads (``watch`` makes them once, up front):
+    names, shots, seeds, options, labels, the tasks' data and prompt sizes. Raises HarnessError."""
+    from harness.cli import DEFAULT_SHOTS, _targeted, build_tasks
+    from harness.evaluation.suites import expand
+    from harness.evaluation.sweep import SweepSpec
+    from harness.evaluation.validate import (check_model_options, check_prompt_media, check_sweep_flags,
+                                             check_task, max_images_per_prompt)
+    from harness.registry import load_builtins, task_names
+    from harness.store.layout import check_label
+
+    load_builtins()
+    task_list = _names(tasks)
+    if not task_list:
+        raise HarnessError("evaluate: no task given (tasks='easyvqa' or a list of names)")
+    expansion = expand(task_list, list(shots) if shots is not None else None, tuple(DEFAULT_SHOTS), task_names())
+    shots = tuple(shots if shots is not None else DEFAULT_SHOTS)
+    check_sweep_flags(shots, list(seeds), limit, batch_size)
+    if sample is not None and sample <= 0:
+        raise HarnessError(f"evaluate: sample must be positive, got {sample}")
+    if label is not None:
+        check_label(label)
+    items: list[str] = []
+    if isinstance(model, Model):
+        if model_args:
+            raise HarnessError("evaluate: model_args apply to a model name; an adapter instance has its options")
+        label = check_label(label or f"{model.name}@memory")
+    elif isinstance(model, str):
+        items = _items(model_args)
+        options = check_model_options([model], _targeted(items, "model_args", [model]))
+    else:
+        raise HarnessError(f"evaluate: model must be a registered name or a harness Model adapter, "
+                           f"got {type(model).__name__} (wrap a module: Flamingo.from_module, HF.from_objects)")
+    tasks_built = build_tasks(list(expansion.tasks), _items(task_args), data_dir)
+    for task in tasks_built:
+        task_shots = expansion.shots.get(task.name, shots)
+        check_task(task, task_shots, limit, sample)
+        if isinstance(model, Model):
+            for s in task_shots:
+                type(model).check_prompt_images(model.options, max_images_per_prompt(task, s), f"{task.name} at {s} shots")
+        else:
+            check_prompt_media([model], options, task, task_shots)
+    spec = SweepSpec(shots, tuple(seeds), limit, batch_size, task_shots=expansion.shots, sample=sample,
+                     overwrite=overwrite)
+    return Request(tasks_built, spec, items, label)
 
 
 def evaluate(
@@ -72,59 +133,46 @@ def evaluate(
     harness.loggers), each cell's metrics logged with ``step``. Bad input raises
     :class:`harness.errors.HarnessError` before any model loads.
     """
-    from harness.cli import DEFAULT_SHOTS, _default_label, _targeted, build_models, build_tasks
-    from harness.evaluation.suites import expand
-    from harness.evaluation.sweep import SweepSpec, run_sweep
-    from harness.evaluation.validate import (check_model_options, check_prompt_media, check_sweep_flags,
-                                             check_task, max_images_per_prompt)
+    from harness.evaluation.sweep import run_sweep
     from harness.loggers import make_loggers
-    from harness.registry import load_builtins, task_names
 
-    load_builtins()
-    task_list = _names(tasks)
-    if not task_list:
-        raise HarnessError("evaluate: no task given (tasks='easyvqa' or a list of names)")
-    expansion = expand(task_list, list(shots) if shots is not None else None, tuple(DEFAULT_SHOTS), task_names())
-    shots = tuple(shots if shots is not None else DEFAULT_SHOTS)
-    check_sweep_flags(shots, list(seeds), limit, batch_size)
-    if sample is not None and sample <= 0:
-        raise HarnessError(f"evaluate: sample must be positive, got {sample}")
     # an unknown or missing logger fails before any work; Logger instances given are the caller's to close
     owned = not (isinstance(log_to, (list, tuple)) and log_to and not isinstance(log_to[0], str))
     loggers = make_loggers(log_to, Path(output))
-    tasks_built = build_tasks(list(expansion.tasks), _items(task_args), data_dir)
+    req = check_request(model, tasks, shots, seeds, limit, model_args=model_args, task_args=task_args, label=label,
+                        data_dir=data_dir, batch_size=batch_size, sample=sample, overwrite=overwrite)
     if isinstance(model, Model):
-        if model_args:
-            raise HarnessError("evaluate: model_args apply to a model name; an adapter instance has its options")
-        for task in tasks_built:
-            task_shots = expansion.shots.get(task.name, shots)
-            check_task(task, task_shots, limit)
-            for s in task_shots:
-                type(model).check_prompt_images(model.options, max_images_per_prompt(task, s), f"{task.name} at {s} shots")
-        models = [(model, label or f"{model.name}@memory")]
-    elif isinstance(model, str):
-        items = _items(model_args)
-        options = check_model_options([model], _targeted(items, "model_args", [model]))
-        for task in tasks_built:
-            check_task(task, expansion.shots.get(task.name, shots), limit)
-            check_prompt_media([model], options, task, expansion.shots.get(task.name, shots))
-        models = build_models([model], items, [label] if label else None)
+        models = [(model, req.label)]
     else:
-        raise HarnessError(f"evaluate: model must be a registered name or a harness Model adapter, "
-                           f"got {type(model).__name__} (wrap a module: Flamingo.from_module, HF.from_objects)")
-    spec = SweepSpec(shots, tuple(seeds), limit, batch_size, task_shots=expansion.shots, sample=sample,
-                     overwrite=overwrite)
+        from harness.cli import build_models
+
+        models = build_models([model], req.model_items, [label] if label else None)
+    tasks_built, spec = req.tasks, req.spec
     output = Path(output)
-    run_sweep(models, tasks_built, spec, output, progress=progress)
-    label = models[0][1]
-    cells = results_of(output, label, tasks_built, spec)
-    for logger in loggers:
-        logger.log_cells(cells, step=step, config={"label": label, "model": models[0][0].config(),
-                                                   "tasks": [t.name for t in tasks_built], "shots": list(shots),
-                                                   "seeds": list(seeds), "limit": limit, "output": str(output)})
+    try:
+        run_sweep(models, tasks_built, spec, output, progress=progress)
+        cells = log_sweep(loggers, output, models, tasks_built, spec, step)[models[0][1]]
+    finally:
         if owned:
-            logger.close()
+            for logger in loggers:
+                logger.close()
     return cells
+
+
+def log_sweep(loggers, output: Path, models, tasks, spec, step: int | None) -> dict[str, pd.DataFrame]:
+    """Each model's cells of this sweep (label -> tidy rows), sent to ``loggers`` with ``step`` and the
+    configuration (``run --log-to``, the API's ``log_to``, ``watch``)."""
+    from harness.loggers import log_evaluation
+
+    out = {}
+    for model, label in models:
+        cells = out[label] = results_of(output, label, tasks, spec)
+        if loggers:
+            config = {"label": label, "model": model.config(), "tasks": [t.name for t in tasks],
+                      "shots": list(spec.shots), "seeds": list(spec.seeds), "limit": spec.limit,
+                      "sample": spec.sample, "output": str(output), "step": step}
+            log_evaluation(loggers, cells, step, config)
+    return out
 
 
 def results_of(output: Path, label: str, tasks, spec) -> pd.DataFrame:

@@ -10,8 +10,8 @@ Each logs every evaluated cell's metrics (``<label>/<task>/<shots>shot/<metric>`
   configuration of each evaluation is a JSON artifact ``harness/step-N.json``.
 - ``tensorboard``: event files in ``<output>/tensorboard`` (``tensorboard --logdir``), config as text.
 
-The packages are pinned in requirements-loggers.txt (scripts/setup.sh installs them); a logger whose
-package is missing is refused, naming the file, before anything is evaluated.
+The packages are pinned in requirements.txt (optional for the harness itself: a logger whose package
+is missing is refused, naming the fix, before anything is evaluated).
 """
 
 from __future__ import annotations
@@ -74,8 +74,12 @@ class WandbLogger(Logger):
             if self.run is None:
                 d = self.output / "wandb"
                 d.mkdir(parents=True, exist_ok=True)
-                self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "harness"), dir=str(self.output),
-                                      name=config.get("label"), config={"harness": _jsonable(config)})
+                try:
+                    self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "harness"), dir=str(self.output),
+                                          name=config.get("label"), config={"harness": _jsonable(config)})
+                except wandb.errors.UsageError as exc:  # not logged in, no tty: say how, not a traceback
+                    raise HarnessError(f"--log-to wandb: {exc}; run `wandb login`, or set WANDB_MODE=offline to "
+                                       f"write the run under {d} (`wandb sync` uploads it later)") from None
                 self.owned = True
         if not self.owned or step is not None:
             self.run.config.update({"harness": _jsonable(config)}, allow_val_change=True)
@@ -162,7 +166,7 @@ def logger_names(value: str | Sequence[str] | None) -> list[str]:
             raise HarnessError(f"--log-to {n!r}: unknown logger; choose from {', '.join(LOGGERS)}")
         if importlib.util.find_spec(PACKAGES[n]) is None:
             raise HarnessError(f"--log-to {n}: the {PACKAGES[n]} package is not installed; "
-                               f"pip install -r requirements-loggers.txt (pinned versions)")
+                               f"pip install the version pinned in requirements.txt (pip install -r requirements.txt)")
     if len(set(names)) != len(names):
         raise HarnessError(f"--log-to {','.join(names)}: a logger is named twice")
     return names
@@ -177,3 +181,10 @@ def make_loggers(value: str | Sequence[Any] | None, output: Path) -> list[Logger
 
 def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
+
+
+def log_evaluation(loggers: Sequence[Logger], cells: pd.DataFrame, step: int | None, config: dict[str, Any]) -> None:
+    """Send one evaluation's cells (one label) and its configuration to every logger."""
+    for logger in loggers:
+        logger.log_cells(cells, step=step, config=config)
+        log.debug("logged %d metrics of %s to %s at step %s", len(cells), config.get("label"), logger.name, step)

@@ -141,6 +141,7 @@ def _parse_processor_args(text: str) -> dict[str, Any]:
 @register_model("hf")
 class HF(Model):
     """Any Hugging Face vision-language model (AutoModelForImageTextToText) from a local directory."""
+    checkpoint_option = "path"  # what `watch` sets to each checkpoint folder
 
     Options = HFOptions
     template_style = "flamingo"

@@ -67,3 +67,20 @@ def write_json(path: Path, obj: Any) -> None:
 def read_json(path: Path) -> Any:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+# ---- evaluations along a training run: <output>/step-<N>/<label>/... ------------------------------
+#: the folder of one training step's results (harness.training, ``watch``); ``compare --series`` reads it
+STEP_PREFIX = "step-"
+
+
+def step_dir(output: Path, step: int) -> Path:
+    return Path(output) / f"{STEP_PREFIX}{int(step)}"
+
+
+def step_of(path: str | Path) -> int | None:
+    """The training step of a results path: its innermost ``step-<N>`` folder, else None."""
+    for part in reversed(Path(path).parts):
+        if part.startswith(STEP_PREFIX) and part[len(STEP_PREFIX):].isdigit():
+            return int(part[len(STEP_PREFIX):])
+    return None

@@ -57,6 +57,7 @@ class FlamingoOptions:
 @register_model("flamingo")
 class Flamingo(Model):
     """Reference Flamingo (Perceiver Resampler + GATED XATTN-DENSE); default: bundled easy-VQA checkpoint."""
+    checkpoint_option = "path"  # what `watch` sets to each checkpoint folder
 
     Options = FlamingoOptions
     template_style = "openflamingo"
