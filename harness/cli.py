@@ -370,6 +370,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     fmt = args.format or _format_of(args.output)
     if fmt == "parquet" and not args.output:
         raise HarnessError("--format parquet writes a file: add --output FILE.parquet")
+    if args.series:
+        return _compare_series(args, fmt)
     text = []
     if fmt in ("csv", "parquet") and not args.baseline:
         from harness.reporting.tidy import tidy
@@ -401,20 +403,46 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare_series(args: argparse.Namespace, fmt: str) -> int:
+    """compare --series: rows = checkpoints by step, columns = task x shots; --plot: metric vs step."""
+    from harness.reporting.report import TABLE_NOTE
+    from harness.reporting.series import render_series, series, series_table
+
+    if args.baseline:
+        raise HarnessError("--series with --baseline: compare two checkpoints' folders (step-N/...) without --series")
+    if fmt == "latex":
+        raise HarnessError("--series prints markdown, csv or parquet (the tidy table with run and step columns)")
+    if args.spread == "ci" and args.plot:
+        raise HarnessError("--series plots the spread over seeds: --spread std or none")
+    df = series(args.results, metrics=args.metrics, ci=fmt in ("csv", "parquet"))
+    if fmt in ("csv", "parquet"):
+        _emit_table(df, fmt, args.output, None)  # the series plot below, not compare's
+    else:
+        _emit_text(render_series(series_table(df)) + f"\n{TABLE_NOTE}\n", args.output)
+    if args.plot:
+        from harness.reporting.plots import plot_series
+
+        formats = _split_names([args.plot_formats]) if args.plot_formats else []
+        for f in plot_series(df, args.plot, band=args.spread, formats=formats):
+            log.info("wrote %s", f)
+    return 0
+
+
 def _format_of(output: str | None) -> str:
     """--format from --output's suffix when not given: .csv, .parquet, .tex, else markdown."""
     suffix = Path(output).suffix.lower() if output else ""
     return {".csv": "csv", ".parquet": "parquet", ".tex": "latex"}.get(suffix, "markdown")
 
 
-def _emit_table(df, fmt: str, output: str | None, args: argparse.Namespace) -> int:
+def _emit_table(df, fmt: str, output: str | None, args: argparse.Namespace | None) -> int:
     if output:
         _check_folder(output, "--output")
         df.to_parquet(output, index=False) if fmt == "parquet" else df.to_csv(output, index=False)
         log.info("wrote %s (%d rows)", output, len(df))
     else:
         print(df.to_csv(index=False), end="")
-    _plot(args)
+    if args is not None:
+        _plot(args)
     return 0
 
 
@@ -620,6 +648,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--plot-formats", metavar="F1,F2", help="the same figure in more formats beside --plot, e.g. pdf,svg")
     c.add_argument("--plot-layout", choices=["grid", "per-task"], default="grid",
                    help="one figure with a panel per task (default), or FILE_<task>.png per task")
+    c.add_argument("--series", action="store_true",
+                   help="a training run's checkpoints over time (results in step-N folders, from harness.training or "
+                        "`watch`): rows = checkpoints by step, columns = task x shots; with --plot, each metric vs "
+                        "step, one line per shot count, a band of ±1 std over seeds")
     c.add_argument("--baseline", metavar="LABEL|FOLDER",
                    help="add each other checkpoint's paired difference from this one (a checkpoint as the "
                         "table names it, or its results folder): 95%% interval, p-value, Holm-marked rows "

@@ -78,9 +78,14 @@ def step_dir(output: Path, step: int) -> Path:
     return Path(output) / f"{STEP_PREFIX}{int(step)}"
 
 
-def step_of(path: str | Path) -> int | None:
-    """The training step of a results path: its innermost ``step-<N>`` folder, else None."""
-    for part in reversed(Path(path).parts):
-        if part.startswith(STEP_PREFIX) and part[len(STEP_PREFIX):].isdigit():
-            return int(part[len(STEP_PREFIX):])
+def step_of(cell_file: str | Path) -> int | None:
+    """The training step of a cell (its metrics.json or folder): the name of the folder above its
+    label, ``<output>/step-<N>/<label>/<task>/<cell>/``, when that is ``step-<N>``; else None."""
+    p = Path(cell_file)
+    folder = p.parent if p.suffix == ".json" else p
+    if len(folder.parts) < 4:
+        return None
+    name = folder.parents[2].name
+    if name.startswith(STEP_PREFIX) and name[len(STEP_PREFIX):].isdigit():
+        return int(name[len(STEP_PREFIX):])
     return None
