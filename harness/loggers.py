@@ -102,19 +102,27 @@ class MLflowLogger(Logger):
     def log_cells(self, cells, step, config):
         import mlflow
 
-        if self.run_id is None:
-            if not os.environ.get("MLFLOW_TRACKING_URI") and mlflow.active_run() is None:
-                store = (self.output / "mlruns").resolve()
-                store.mkdir(parents=True, exist_ok=True)
-                mlflow.set_tracking_uri(store.as_uri())
-            active = mlflow.active_run()
-            if active is None:
-                active = mlflow.start_run(run_name=config.get("label"))
-                self.owned = True
-            self.run_id = active.info.run_id
-        values = {_mlflow_key(f"eval/{k}"): v for k, v in metric_values(cells).items()}
-        mlflow.log_metrics(values, step=step or 0)
-        mlflow.log_dict(_jsonable(config), f"harness/step-{step if step is not None else 0}.json")
+        try:
+            if self.run_id is None:
+                if not os.environ.get("MLFLOW_TRACKING_URI") and mlflow.active_run() is None:
+                    store = (self.output / "mlruns").resolve()
+                    store.parent.mkdir(parents=True, exist_ok=True)  # the store makes its own folder
+                    # MLflow 3 keeps the file store in maintenance mode behind this opt-in; it is the
+                    # one local store that needs no database (MLFLOW_TRACKING_URI picks another)
+                    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+                    mlflow.set_tracking_uri(store.as_uri())
+                active = mlflow.active_run()
+                if active is None:
+                    active = mlflow.start_run(run_name=config.get("label"))
+                    self.owned = True
+                self.run_id = active.info.run_id
+            values = {_mlflow_key(f"eval/{k}"): v for k, v in metric_values(cells).items()}
+            mlflow.log_metrics(values, step=step or 0, run_id=self.run_id)
+            mlflow.log_dict(_jsonable(config), f"harness/step-{step if step is not None else 0}.json", run_id=self.run_id)
+        except mlflow.exceptions.MlflowException as exc:
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise HarnessError(f"--log-to mlflow: {first} (tracking URI {mlflow.get_tracking_uri()}); the results are "
+                               f"saved: rerun the same command to log them (finished cells are not recomputed)") from None
 
     def close(self):
         import mlflow
