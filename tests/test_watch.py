@@ -21,16 +21,19 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 GRID = ["--model", "flamingo", "--tasks", "easyvqa", "--shots", "0", "2", "--seeds", "0", "1", "--limit", "4", "-q"]
 
 
-def _checkpoint(directory, nudge: float):
-    """The bundled flamingo checkpoint with its first weight moved by ``nudge`` (another identity)."""
+def _checkpoint(directory, noise: float):
+    """The bundled flamingo checkpoint with seeded noise of relative size ``noise`` on every weight
+    (another identity, and other answers as the noise grows)."""
     import torch
 
     from models.flamingo.adapter import BUNDLED_CHECKPOINT
     from models.flamingo.model import FlamingoModel
 
     m = FlamingoModel.load(BUNDLED_CHECKPOINT)
+    g = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        next(m.parameters()).view(-1)[0] += nudge
+        for p in m.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * noise * p.float().std(correction=0))
     m.save(directory)
     return directory
 
@@ -42,7 +45,7 @@ def run_dir(tmp_path, monkeypatch):
     ckpts.mkdir()
     staged = tmp_path / "staged"
     staged.mkdir()
-    for step, nudge in ((100, 0.0), (200, 0.5), (300, 1.0)):
+    for step, nudge in ((100, 0.0), (200, 0.3), (300, 0.6)):
         _checkpoint(staged / f"checkpoint-{step}", nudge)
     old = time.time() - 120  # written a while ago: settled
     for p in staged.rglob("*"):
@@ -118,6 +121,12 @@ def test_watch_evaluates_each_checkpoint_once_including_one_added_while_it_runs(
     lines = [line for line in table.splitlines() if line.startswith("| flamingo@run")]
     assert [line.split("|")[2].strip() for line in lines] == ["100", "200", "300"]
     assert "easyvqa 0-shot | easyvqa 2-shot" in table
+    # the viewer's series view: the same table and the metric-vs-step plot
+    assert main(["view", str(out), "--output", str(tmp_path / "report.html")]) == 0
+    page = (tmp_path / "report.html").read_text()
+    assert "Series: checkpoints by training step" in page and "alt='metric vs training step'" in page
+    for line in lines:
+        assert line.split("|")[3].strip() in page  # the 0-shot cell text of each step
 
 
 def test_watch_leaves_a_checkpoint_being_written(run_dir, tmp_path, capsys):
