@@ -259,7 +259,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
         raise HarnessError(f"watch --model {model}: this model has no checkpoint option to set to each folder; "
                            f"use a model that loads checkpoints (see `list models`)")
     items = list(args.model_arg or [])
-    if any(i.split(":", 1)[-1].split("=", 1)[0] == option for i in items):
+    if any(i.split("=", 1)[0].split(":")[-1].strip() == option for i in items):
         raise HarnessError(f"watch: --model-arg {option}=... is set to each checkpoint folder by watch; leave it out")
     label = check_label(args.label or safe_name(f"{model}@{root.resolve().name}"))
     task_list = _names(args.tasks, "--tasks")
@@ -301,9 +301,10 @@ def cmd_watch(args: argparse.Namespace) -> int:
         for logger in loggers:
             logger.close()
     out = shlex.quote(str(output))
-    print(f"{total} checkpoint(s) evaluated; results under {output}/step-N/{label}/; "
+    failed = f"; {len(watcher.failed)} failed (above), retried when they change" if watcher.failed else ""
+    print(f"{total} checkpoint(s) evaluated{failed}; results under {output}/step-N/{label}/; "
           f"the series: {program()} compare {out} --series")
-    return 0
+    return 1 if watcher.failed else 0
 
 
 def cmd_merge(args: argparse.Namespace) -> int:

@@ -3,7 +3,8 @@
 Each logs every evaluated cell's metrics (``<label>/<task>/<shots>shot/<metric>`` per seed and
 ``.../mean`` over seeds) with the training step, and the run's configuration:
 
-- ``wandb``: into the active run if there is one (e.g. the Trainer's), else a new run in
+- ``wandb``: into the active run if there is one (e.g. the Trainer's; the step is then logged as
+  ``harness/step``, the eval metrics' x-axis, since that run keeps its own step), else a new run in
   ``<output>/wandb``; ``WANDB_MODE=offline`` writes it locally (``wandb sync`` uploads later).
 - ``mlflow``: into the active run, else a new run; tracking URI ``$MLFLOW_TRACKING_URI``, else a
   local file store ``<output>/mlruns`` (``mlflow ui --backend-store-uri <output>/mlruns``). The
@@ -83,7 +84,15 @@ class WandbLogger(Logger):
                 self.owned = True
         if not self.owned or step is not None:
             self.run.config.update({"harness": _jsonable(config)}, allow_val_change=True)
-        self.run.log({f"eval/{k}": v for k, v in metric_values(cells).items()}, step=step)
+        values = {f"eval/{k}": v for k, v in metric_values(cells).items()}
+        if self.owned:
+            self.run.log(values, step=step)
+        else:
+            # Another's run (the Trainer's) advances its own step; a step below it would be dropped, so
+            # the evaluation's step goes in as harness/step, the x-axis of the eval/ metrics.
+            self.run.define_metric("harness/step")
+            self.run.define_metric("eval/*", step_metric="harness/step")
+            self.run.log({**values, "harness/step": step if step is not None else 0})
 
     def close(self):
         if self.owned and self.run is not None:

@@ -152,3 +152,24 @@ def test_log_to_refusals_come_before_any_work(offline, capsys):
     with pytest.raises(HarnessError, match="comet"):
         harness.evaluate("demo-majority", tasks="easyvqa", shots=[0], seeds=[0], limit=3, output=out, log_to="comet")
     assert not out.exists()
+
+
+def test_wandb_joins_an_active_run_with_the_step_as_harness_step(offline):
+    import wandb
+
+    run = wandb.init(project="mine", dir=str(offline), name="my-training")
+    try:
+        for i in range(5):  # the training loop's own logging advances the run's step past 2
+            run.log({"train/loss": 1.0 / (i + 1)})
+        harness.evaluate("demo-majority", tasks="easyvqa", shots=[0], seeds=[0], limit=4, output=offline / "step-2",
+                         log_to="wandb", step=2)
+        assert wandb.run is run  # the caller's run, left open
+    finally:
+        run.finish()
+    (run_file,) = offline.glob("wandb/offline-run-*/run-*.wandb")
+    rows = [{(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in r.history.item}
+            for r in wandb_records(run_file) if r.WhichOneof("record_type") == "history"]
+    evals = [row for row in rows if "eval/demo-majority/easyvqa/0shot/accuracy/mean" in row]
+    assert len(evals) == 1 and evals[0]["harness/step"] == 2  # kept, not dropped as an old step
+    assert len([row for row in rows if "train/loss" in row]) == 5
+    assert not (offline / "step-2" / "wandb").exists()  # no run of its own

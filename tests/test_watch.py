@@ -138,6 +138,26 @@ def test_watch_leaves_a_checkpoint_being_written(run_dir, tmp_path, capsys):
     assert _evaluated(capsys.readouterr().out) == [] and not out.exists()
 
 
+def test_a_broken_checkpoint_is_reported_and_the_others_go_on(run_dir, tmp_path, capsys, caplog):
+    ckpts, staged = run_dir
+    shutil.copytree(staged / "checkpoint-100", ckpts / "checkpoint-100")
+    shutil.copytree(staged / "checkpoint-200", ckpts / "checkpoint-200")
+    (ckpts / "checkpoint-200" / "model.safetensors").write_bytes(b"truncated")
+    old = time.time() - 120
+    os.utime(ckpts / "checkpoint-200" / "model.safetensors", (old, old))
+    out = tmp_path / "out"
+    assert main(["watch", str(ckpts), *GRID, "--output", str(out), "--once", "--settle", "0"]) == 1
+    printed = capsys.readouterr().out
+    assert _evaluated(printed) == [100] and "1 failed" in printed
+    assert "step 200" in caplog.text and "checkpoint-200" in caplog.text and "could not be loaded" in caplog.text
+    assert not (out / "step-200" / "flamingo@run" / "watch.json").exists()
+    # repaired: evaluated on the next look; the finished one is not redone
+    shutil.rmtree(ckpts / "checkpoint-200")
+    shutil.copytree(staged / "checkpoint-200", ckpts / "checkpoint-200")
+    assert main(["watch", str(ckpts), *GRID, "--output", str(out), "--once", "--settle", "0"]) == 0
+    assert _evaluated(capsys.readouterr().out) == [200]
+
+
 @pytest.mark.parametrize("name, step", [("checkpoint-500", 500), ("step_20", 20), ("global_step7", 7),
                                         ("iter_0000300", 300), ("tmp-checkpoint-5", None), ("runs", None),
                                         (".hidden3", None)])

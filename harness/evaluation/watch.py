@@ -11,6 +11,8 @@ and a finished checkpoint leaves ``<output>/step-<N>/<label>/watch.json`` record
 (the request and the checkpoint's fingerprint), so a restarted ``watch`` skips it without loading
 the model. A checkpoint rewritten in place (another fingerprint) or a changed request is evaluated
 again (its cells then follow the store's rules: another configuration is refused unless --overwrite).
+A checkpoint that fails (a broken folder, a refused cell) is reported and skipped until it changes;
+the others go on.
 """
 
 from __future__ import annotations
@@ -68,6 +70,9 @@ class Watcher:
     label: str
     settle: float = 30.0
     done: set[Path] = field(default_factory=set)
+    #: checkpoints whose evaluation failed (a broken or incomplete folder): folder -> its fingerprint;
+    #: skipped until the folder changes, so a long watch goes on with the next checkpoints
+    failed: dict[Path, str] = field(default_factory=dict)
     _unnamed: set[str] = field(default_factory=set)
 
     def pending(self) -> list[tuple[int, Path]]:
@@ -92,6 +97,10 @@ class Watcher:
         for step, folder in sorted(found.items()):
             if folder in self.done or not _settled(folder, self.settle):
                 continue
+            if folder in self.failed:
+                if checkpoint_fingerprint(folder) == self.failed[folder]:
+                    continue
+                del self.failed[folder]
             if self._finished_before(step, folder):
                 log.info("watch: step %d (%s) already evaluated; skipping", step, folder.name)
                 self.done.add(folder)
@@ -117,7 +126,12 @@ class Watcher:
         for step, folder in self.pending():
             fingerprint = checkpoint_fingerprint(folder)
             log.info("watch: evaluating step %d (%s)", step, folder)
-            self.evaluate(step, folder)
+            try:
+                self.evaluate(step, folder)
+            except HarnessError as exc:
+                log.error("watch: step %d (%s) failed: %s; skipped until the folder changes", step, folder, exc)
+                self.failed[folder] = fingerprint
+                continue
             if checkpoint_fingerprint(folder) != fingerprint:
                 log.warning("watch: %s changed while it was evaluated; it will be evaluated again", folder)
                 continue
