@@ -91,3 +91,36 @@ def test_bad_input_is_one_clear_error(tmp_path, kwargs, message):
     with pytest.raises(HarnessError, match=message):
         harness.evaluate(output=tmp_path, limit=3, **{"seeds": [0], **kwargs})
     assert not any(tmp_path.rglob("metrics.json"))
+
+
+def test_in_memory_hf_model_equals_hf_by_path(tmp_path, monkeypatch):
+    """A transformers model and its processor in memory (as a Trainer holds them), through the
+    training helper's adapter (HF.from_objects): the same predictions as `hf` on the saved folder."""
+    import sys
+
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from tests.conftest import ROOT
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from hf_tiny import build_tiny_hf
+    from harness.training import evaluate_step
+
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    path = build_tiny_hf("smolvlm", tmp_path / "smolvlm")
+    model = AutoModelForImageTextToText.from_pretrained(path)
+    processor = AutoProcessor.from_pretrained(path)
+    image_processor = processor.image_processor
+    model.train()
+    grid = dict(tasks="easyvqa", shots=[0, 2], seeds=[0], limit=3)
+    df = evaluate_step(model, 3, tmp_path / "mem", processor=processor, label="tiny", **grid)
+    assert model.training and processor.image_processor is image_processor  # handed back as given
+    by_path = harness.evaluate("hf", model_args={"path": str(path)}, label="tiny", output=tmp_path / "disk", **grid)
+    key = ["task", "metric", "shots", "seed"]
+    assert df.sort_values(key)[key + ["value", "n"]].reset_index(drop=True).equals(
+        by_path.sort_values(key)[key + ["value", "n"]].reset_index(drop=True))
+    assert _predictions(tmp_path / "mem" / "step-3", "tiny") == _predictions(tmp_path / "disk", "tiny")
+    cfg = json.loads(next((tmp_path / "mem").rglob("metrics.json")).read_text())["config"]["model"]
+    assert cfg["fingerprint"].startswith("hf-smolvlm-state-") and cfg["options"]["path"] == "in-memory"
+    with pytest.raises(HarnessError, match="processor"):
+        evaluate_step(model, 4, tmp_path / "mem", **grid)
