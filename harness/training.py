@@ -62,8 +62,10 @@ def evaluate_step(model: Any, step: int, output: str | Path, *, processor: Any =
                   shots: Sequence[int] = (0,), seeds: Sequence[int] = (0,), limit: int | None = 100,
                   label: str | None = None, log_to: Any = None, **kwargs: Any) -> pd.DataFrame:
     """Evaluate ``model`` as it is now; results in ``<output>/step-<step>/``; metrics logged with
-    ``step`` (``log_to``: names or Logger instances, see harness.loggers). Returns the tidy cells
-    (with a ``step`` column). Other keyword arguments go to :func:`harness.api.evaluate`."""
+    ``step`` (``log_to``: names or Logger instances, see harness.loggers; names make new loggers at
+    each call, which join an active W&B / MLflow run: without one, build them once with
+    ``make_loggers`` and pass them, so every step goes to one run). Returns the tidy cells (with a
+    ``step`` column). Other keyword arguments go to :func:`harness.api.evaluate`."""
     from harness.api import evaluate
     from harness.store.layout import step_dir
 
