@@ -16,6 +16,14 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _builtins():
+    """The tests are a composition root like the command line: the built-in tasks and models exist."""
+    from harness import plugins
+
+    plugins.load_builtins()
+
+
 IMPORT_TIME_VARS = ("HF_", "HUGGINGFACE_", "TRANSFORMERS_", "HARNESS_FRAME_CACHE_")
 CHILD_TIMEOUT = 1200  # seconds: a hung child fails the test instead of blocking CI
 
@@ -53,10 +61,10 @@ def _run_in_process(args: list[str], cwd: Path | None, env: dict | None) -> subp
     import io
     import traceback
 
-    from harness import cli, registry
-    from harness.evaluation import suites
+    from harness import cli, plugins, registry
+    from harness import suites
 
-    registry.load_builtins()
+    plugins.load_builtins()
     tables = [registry._TASKS, registry._MODELS, suites._SUITES]
     saved_tables = [dict(t) for t in tables]
     saved_modules = set(sys.modules)

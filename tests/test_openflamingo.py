@@ -24,7 +24,7 @@ import openflamingo_reference as ref  # noqa: E402
 torch = pytest.importorskip("torch")
 
 from harness.errors import HarnessError, MediaError  # noqa: E402
-from harness.evaluation.prompts import PromptBuilder  # noqa: E402
+from harness.prompts import PromptBuilder  # noqa: E402
 from harness.types import Chunk, Example, GenerationConfig, Image, LoglikelihoodRequest, Prompt, Video  # noqa: E402
 from tasks.vqa import VQA_TEMPLATES  # noqa: E402
 

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from harness.errors import HarnessError
-from harness.evaluation.sampling import RandomSampler
+from harness.sampling import RandomSampler
 from harness.types import Example
 from tests.conftest import run_cli
 

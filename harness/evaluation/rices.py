@@ -39,7 +39,8 @@ import numpy as np
 from tqdm import tqdm
 
 from harness.errors import HarnessError, MediaError
-from harness.reporting.store import safe_name
+from harness.sampling import OWN_ENCODER, check_encoder_path  # noqa: F401 (re-exported)
+from harness.store.layout import safe_name
 from harness.types import Example, Media
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,6 @@ log = logging.getLogger(__name__)
 #: Bump when the way features are computed changes, so old cache files are not reused.
 FEATURE_VERSION = 1
 #: ``rices_encoder`` value that means "the evaluated model's own encoder".
-OWN_ENCODER = "model"
 
 
 class Encoder(Protocol):
@@ -164,19 +164,6 @@ class ModelEncoder:
                 t = torch.as_tensor(f).float()
                 rows.append(t.reshape(-1, t.shape[-1]).mean(0).cpu().numpy())
         return np.stack(rows).astype(np.float32)
-
-
-def check_encoder_path(value: str) -> None:
-    """Fail early (before any model loads) if ``rices_encoder`` names no model folder."""
-    if value == OWN_ENCODER:
-        return
-    p = Path(value)
-    if not (p / "config.json").is_file():
-        raise HarnessError(
-            f"rices_encoder {value!r}: not a Hugging Face model folder (no config.json there); give the local path "
-            f"of a vision model (e.g. a CLIP checkpoint with its preprocessor_config.json), or "
-            f"rices_encoder={OWN_ENCODER} to use the evaluated model's own vision encoder"
-        )
 
 
 def validate_encoder(value: str) -> None:
@@ -371,7 +358,7 @@ class RicesSampler:
         self._ids = np.array([e.id for e in self.pool], dtype=object)
 
     def check_shots(self, shots: int, queries: Sequence[Example] | None = None) -> None:
-        from harness.evaluation.sampling import max_shots
+        from harness.sampling import max_shots
 
         if shots > max_shots(self.pool, queries) and shots > 0:
             raise HarnessError(
@@ -399,3 +386,14 @@ class RicesSampler:
     def config(self) -> dict[str, Any]:
         return {"name": "rices", "encoder": self.encoder.describe(), "support_size": len(self.pool),
                 "support_split": self.support_split, "feature_version": FEATURE_VERSION}
+
+
+def build_sampler(task, seed: int, model, queries: Sequence[Example], progress: bool = True):
+    """The sampler a task's options ask for: ``rices`` (:class:`RicesSampler`), else the task's own
+    (``Task.demo_sampler``: seeded random, or class-balanced for classification)."""
+    o = task.options
+    if getattr(o, "sampler", "random") != "rices":
+        return task.demo_sampler(seed)  # random, or the task's own (class-balanced for classification)
+    encoder = make_encoder(o.rices_encoder, model)
+    return RicesSampler(task.name, task.support_examples(), queries, encoder, task.support_split, task.eval_split,
+                        Path(o.rices_cache) if o.rices_cache else default_cache_dir(), o.rices_batch_size, progress)
