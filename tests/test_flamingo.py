@@ -262,7 +262,8 @@ def test_bundled_checkpoint_answers_easyvqa_test_questions(tmp_path):
 
 
 def test_listing_models_does_not_import_torch():
-    code = ("import sys; from harness.registry import model_names; names = model_names(); "
+    code = ("import sys; from harness.plugins import load_builtins; from harness.registry import model_names; "
+            "load_builtins(); names = model_names(); "
             "assert 'flamingo' in names, names; assert 'torch' not in sys.modules; print('ok')")
     proc = subprocess.run([PY, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert proc.stdout.strip() == "ok", proc.stderr[-2000:]

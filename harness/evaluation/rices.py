@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, Sequence
@@ -38,6 +37,7 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from harness.cache import atomic_write, cache_root, file_stamp
 from harness.errors import HarnessError, MediaError
 from harness.sampling import OWN_ENCODER, check_encoder_path  # noqa: F401 (re-exported)
 from harness.store.layout import safe_name
@@ -63,8 +63,7 @@ class Encoder(Protocol):
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("HARNESS_CACHE")
-    return (Path(base) if base else Path.home() / ".cache" / "harness") / "rices"
+    return cache_root() / "rices"
 
 
 # ---- encoders -------------------------------------------------------------------
@@ -221,11 +220,9 @@ def _identity_key(m: Media) -> list:
     selection = getattr(m, "selection", None)
     if selection is not None:
         key.append(repr(selection))
-    try:
-        st = os.stat(m.identity)
-        key += [st.st_size, st.st_mtime_ns]
-    except (OSError, ValueError, TypeError):
-        pass  # not a file (e.g. a dataset row): its identity alone
+    stamp = file_stamp(m.identity)
+    if stamp is not None:  # not a file (e.g. a dataset row): its identity alone
+        key += list(stamp)
     return key
 
 
@@ -285,14 +282,10 @@ def media_features(encoder: Encoder, task: str, split: str, media: Sequence[Medi
     matrix = np.stack([r if r is not None else np.zeros(dim, np.float32) for r in rows])
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
     matrix = (matrix / np.where(norms > 0, norms, 1.0)).astype(np.float32)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
+    with atomic_write(checksum) as f:
+        f.write(_matrix_digest(matrix) + "\n")
+    with atomic_write(path, "wb") as f:  # a killed run never leaves half a feature file (a mismatch recomputes)
         np.save(f, matrix)
-    ctmp = checksum.with_name(checksum.name + f".{os.getpid()}.tmp")
-    ctmp.write_text(_matrix_digest(matrix) + "\n", encoding="ascii")
-    os.replace(ctmp, checksum)
-    os.replace(tmp, path)  # atomic: a killed run never leaves half a feature file (a mismatch recomputes)
     log.info("RICES: wrote %d %s/%s features to %s", len(ids), task, split, path)
     return MediaFeatures(index, matrix, path, False)
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import subprocess
 import time
 from dataclasses import asdict
@@ -25,6 +24,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
 
+from harness.cache import atomic_write, cache_root, stamped
 from harness.errors import HarnessError
 
 log = logging.getLogger(__name__)
@@ -190,9 +190,7 @@ def environment_diff(envs: Sequence[dict[str, Any] | None]) -> str | None:
 
 
 # ---- fingerprints of files and checkpoints ----------------------------------------------
-def cache_dir() -> Path:
-    """Where the harness keeps small caches between runs: ``$HARNESS_CACHE`` or ``~/.cache/harness``."""
-    return Path(os.environ.get("HARNESS_CACHE") or Path.home() / ".cache" / "harness")
+cache_dir = cache_root  # where the fingerprint cache lives (harness.cache owns the rule)
 
 
 #: A digest is cached only for files not modified in the last few seconds: file timestamps are
@@ -278,10 +276,8 @@ def _read_cache(path: Path) -> dict[str, list]:
 def _write_cache(path: Path, cache: dict[str, list]) -> None:
     """Best effort (a read-only home only costs rehashing); atomic, so concurrent runs never tear it."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(cache), encoding="utf-8")
-        os.replace(tmp, path)
+        with atomic_write(path) as f:
+            f.write(json.dumps(cache))
     except OSError as exc:
         log.debug("fingerprint cache %s not written: %s", path, exc)
 
@@ -290,11 +286,4 @@ def media_key(media: Any) -> str:
     """A media item's key for caches that persist between runs: its identity plus, for a local file,
     (size, mtime_ns), so an image replaced in place is never served stale features. Dataset images
     (``hfds://<fingerprint>/...``) are keyed by content already."""
-    ident = media.identity
-    if "://" in ident:
-        return ident
-    try:
-        st = os.stat(ident)
-    except OSError:
-        return ident  # unreadable: the load fails and says so
-    return f"{ident}|{st.st_size}:{st.st_mtime_ns}"
+    return stamped(media.identity)
