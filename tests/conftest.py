@@ -115,6 +115,24 @@ def _run_in_process(args: list[str], cwd: Path | None, env: dict | None) -> subp
     return subprocess.CompletedProcess(["run_eval.py", *args], code, out.getvalue(), err.getvalue())
 
 
+#: a quick run on the bundled easy-VQA data, for bad-input cases to add one thing to
+EASY = ["run", "--model", "demo-majority", "--tasks", "easyvqa", "--limit", "4", "-q"]
+
+
+def cli_error(capsys, *args: str) -> str:
+    """Run the CLI in this process, assert exit status 2 and one ``error:`` line without a traceback;
+    return the line."""
+    from harness.cli import main
+
+    capsys.readouterr()
+    assert main(list(args)) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
 def build_tiny_idefics(directory: Path, seed: int = 0) -> Path:
     """Save a tiny random-weight IDEFICS and its processor (locally trained tokenizer) to ``directory``.
 
