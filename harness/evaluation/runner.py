@@ -172,6 +172,7 @@ class Runner:
         queries = select_queries(task, spec.limit, spec.sample, spec.seed)
         check_media(self.model, queries, task)
         task.check_shots(spec.shots)
+        getattr(self.model, "check_task", lambda t: None)(task)  # before any request (a duck-typed plug-in may lack it)
         sampler = self._sampler(task, spec.seed, queries)
         if getattr(task.options, "length_normalization", None) == "tokens":
             self.model.count_tokens("a")  # a model that cannot count tokens fails here, before any sample
