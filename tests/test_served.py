@@ -44,14 +44,15 @@ def _free_port() -> int:
 class Server:
     """``transformers serve DIR`` as a subprocess that can be killed and started again on its port."""
 
-    def __init__(self, model_dir: Path, hub: Path, log: Path):
+    def __init__(self, model_dir: Path, hub: Path, log: Path, extra: list[str] | None = None):
         self.model_dir, self.hub, self.log, self.port = model_dir, hub, log, _free_port()
+        self.extra = list(extra or [])
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(self.hub), "OMP_NUM_THREADS": "1"}
         self.proc = subprocess.Popen([str(SERVE), "serve", str(self.model_dir), "--port", str(self.port),
-                                      "--host", "127.0.0.1", "--device", "cpu"],
+                                      "--host", "127.0.0.1", "--device", "cpu", *self.extra],
                                      stdout=self.log.open("a"), stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True)
         deadline = time.time() + 120
@@ -253,6 +254,19 @@ def test_greedy_answers_equal_hf_on_the_same_checkpoint(proxy, model_dir, tmp_pa
         served, hf = _records(tmp_path / "served", shots), _records(tmp_path / "hf", shots)
         assert served.keys() == hf.keys()
         assert {q: r["raw_output"] for q, r in served.items()} == {q: r["raw_output"] for q, r in hf.items()}
+        assert any(r["raw_output"] for r in hf.values())  # parity on text, not on empty answers
+
+
+def test_interleaved_format_is_one_user_message_with_images_in_order(proxy, tmp_path, capsys):
+    rc, err = _run(capsys, proxy, tmp_path / "out", "--shots", "2", "--limit", "2",
+                   "--model-arg", "prompt_format=interleaved")
+    assert rc == 0, err
+    for r in _records(tmp_path / "out", 2).values():
+        (msg,) = json.loads(r["prompt"])
+        kinds = [p["type"] for p in msg["content"]]
+        assert kinds == ["image_url", "text"] * 3  # each chunk: its image, then its text
+        files = [Path(p["image_url"]["url"]).read_bytes() for p in msg["content"] if p["type"] == "image_url"]
+        assert any(_all_images(b) == files and len(b["messages"]) == 1 for b in proxy.chats())
 
 
 def _strip(records: dict[str, dict]) -> dict[str, tuple]:
