@@ -97,6 +97,12 @@ class ServedOptions:
                                f"set; export it with the API key, or drop api_key_env for a server without one")
 
 
+class Answer(str):
+    """A generated answer with the server's token usage for it (the runner records it per sample)."""
+
+    usage: dict[str, int] = {}
+
+
 class ServerDown(HarnessError):
     """The server stopped answering (after every retry): the run stops; rerun to resume."""
 
@@ -374,6 +380,7 @@ class Served(Model):
         return asyncio.run(main())
 
     def generate(self, requests: Sequence[GenerateRequest]) -> list[str | SampleError]:
+        """Each prompt's greedy answer (an :class:`Answer`, carrying the server's token usage)."""
         bodies, errors = [], {}
         for i, r in enumerate(requests):
             try:
@@ -391,8 +398,10 @@ class Served(Model):
             if isinstance(a, SampleError):
                 out.append(a)
                 continue
-            text = (a.get("choices") or [{}])[0].get("message", {}).get("content") or ""
-            out.append(text.strip())
+            text = Answer(((a.get("choices") or [{}])[0].get("message", {}).get("content") or "").strip())
+            u = a.get("usage") or {}
+            text.usage = {k: int(u[k]) for k in ("prompt_tokens", "completion_tokens") if u.get(k) is not None}
+            out.append(text)
         return out
 
     # ---- close-ended scoring (servers with prompt_logprobs) --------------------------------

@@ -224,8 +224,12 @@ def test_zero_and_two_shots_send_demo_images_in_order_as_original_bytes(proxy, t
             assert len(set(demo_files)) == len(demo_files) == (0 if shots == 0 else 2)
             assert body["temperature"] == 0 and body["model"] == _model_name[0]
     m = _metrics(tmp_path / "out", 2)
-    assert m["model_stats"]["requests"] == 3 and m["model_stats"]["prompt_tokens"] > 0
-    assert m["model_stats"]["completion_tokens"] > 0
+    records = _records(tmp_path / "out", 2).values()
+    # token usage per sample, and the cell's sum in model_stats
+    assert all(r["usage"]["prompt_tokens"] > 0 and r["usage"]["completion_tokens"] > 0 for r in records)
+    assert m["model_stats"]["requests"] == 3
+    assert m["model_stats"]["prompt_tokens"] == sum(r["usage"]["prompt_tokens"] for r in records)
+    assert m["model_stats"]["completion_tokens"] == sum(r["usage"]["completion_tokens"] for r in records)
     model = m["config"]["model"]
     assert model["base_url"] == proxy.url and model["served_model"] == _model_name[0]
     assert "api_key_env" not in model["options"] and model["fingerprint"].startswith("served-")

@@ -443,6 +443,10 @@ class Runner:
         )
         if isinstance(out, SampleError):
             return SampleRecord(raw_output="", prediction="", score=0.0, error=str(out), **common)
+        usage = getattr(out, "usage", None)  # a served model's tokens for this sample (models/served.py)
+        if usage:
+            common["fields"] = {**common["fields"], "usage": usage}
+        out = str(out)
         prediction = task.postprocess(out, q)
         return SampleRecord(raw_output=out, prediction=prediction, score=task.score(prediction, q), **common)
 
