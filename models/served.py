@@ -188,15 +188,29 @@ class Served(Model):
         # 'created' is the time of the request on some servers (vLLM): not part of what the model is
         return {k: v for k, v in entry.items() if k != "created"}
 
-    def _probe_images(self) -> None:
+    def _probe_images(self, n: int = 1) -> None:
+        """One request with ``n`` tiny images: the model is served and takes that many in a prompt."""
         url = "data:image/png;base64," + base64.b64encode(_PROBE_PNG).decode()
+        parts = [{"type": "image_url", "image_url": {"url": url}}] * n
         body = {"model": self.options.model, "max_tokens": 1, "temperature": 0,
-                "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
-                                                          {"type": "text", "text": "What color is this?"}]}]}
+                "messages": [{"role": "user", "content": parts + [{"type": "text", "text": "What color is this?"}]}]}
         r = self._sync("POST", "/chat/completions", body)
-        if r.status_code != 200:
+        if r.status_code != 200 and n == 1:
             raise HarnessError(f"{self.where}: the probe request with one image failed (HTTP {r.status_code}: "
                                f"{r.text[:200]!r}); the model is not served, or it does not take images")
+        if r.status_code != 200:
+            raise HarnessError(f"{self.where}: a probe request with {n} images (the most one prompt of this cell "
+                               f"holds) failed (HTTP {r.status_code}: {r.text[:200]!r}); use fewer shots, or raise "
+                               f"the server's limit (vLLM: --limit-mm-per-prompt)")
+        self._probed_images = max(getattr(self, "_probed_images", 0), n)
+
+    def _check_image_count(self, bodies: list[dict]) -> None:
+        """Before a batch goes out: probe once for each new largest image count (what a server allows
+        per prompt is not in /v1/models)."""
+        n = max((sum(isinstance(c, dict) and c.get("type") == "image_url" for m in b["messages"]
+                     if isinstance(m["content"], list) for c in m["content"]) for b in bodies), default=0)
+        if n > self._probed_images:
+            self._probe_images(n)
 
     def _probe_prompt_logprobs(self) -> bool:
         """Whether the server returns the prompt's token log-probabilities (vLLM's ``prompt_logprobs``),
@@ -391,6 +405,7 @@ class Served(Model):
             bodies.append({"model": self.options.model, "messages": msgs, "max_tokens": r.config.max_new_tokens,
                            "temperature": 0, "n": 1})
         todo = [i for i in range(len(requests)) if i not in errors]
+        self._check_image_count([bodies[i] for i in todo])
         answers = dict(zip(todo, self._run_all([bodies[i] for i in todo])))
         out: list[str | SampleError] = []
         for i in range(len(requests)):
@@ -420,6 +435,7 @@ class Served(Model):
             bodies.append({**common, "messages": full, "add_generation_prompt": False,
                            "continue_final_message": True})
             spans.append(len(bodies) - 2)
+        self._check_image_count(bodies)
         answers = self._run_all(bodies)
         out: list[float | SampleError] = []
         for i in spans:

@@ -125,7 +125,7 @@ class Proxy:
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
     def chats(self) -> list[dict]:
-        """Recorded run requests (not the adapter's pre-run probes, which have max_tokens=1)."""
+        """Recorded run requests (not the adapter's probes, which have max_tokens=1)."""
         return [b for b in self.bodies if b.get("max_tokens") != 1]
 
     def reset(self) -> None:
@@ -201,6 +201,10 @@ def test_zero_and_two_shots_send_demo_images_in_order_as_original_bytes(proxy, t
     assert rc == 0, err
     sent = proxy.chats()
     assert len(sent) == 6
+    # the probes: one image (pre-run), then the most a prompt holds (2 demos + the query) before those go out
+    probes = [len(_all_images(b)) for b in proxy.bodies if b["max_tokens"] == 1 and len(b["messages"]) == 1
+              and isinstance(b["messages"][0]["content"], list)]
+    assert probes == [1, 3]
     for shots in (0, 2):
         for r in _records(tmp_path / "out", shots).values():
             msgs = json.loads(r["prompt"])  # the messages as sent, each image named by its path
@@ -305,9 +309,9 @@ def test_429_and_500_are_retried(proxy, tmp_path, capsys):
     proxy.reset()
 
     def arm(n):
-        # posts 1 and 2 are the pre-run probes; once the first run request is through, the next
-        # requests get 429, 500 and 503 before the server sees them
-        if n == 3:
+        # once the first run request is through (after the probes), the next requests get 429,
+        # 500 and 503 before the server sees them
+        if len(proxy.chats()) == 1:
             with proxy.lock:
                 proxy.faults.extend([429, 500, 503])
             proxy.on_post = None
@@ -330,7 +334,7 @@ def test_server_killed_mid_run_then_restarted_resumes_with_nothing_lost(served, 
     proxy.reset()
 
     def kill(n):
-        if n == 2 + 4 + 1:  # 2 probes, two batches of two: the third batch finds the server gone
+        if len(proxy.chats()) == 4 + 1:  # two batches of two done: the third batch finds the server gone
             server.stop()
 
     proxy.on_post = kill
