@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import gc
 import inspect
 import json
@@ -36,6 +37,7 @@ from harness.errors import HarnessError
 from harness.options import describe_options, parse_key_values
 from harness.peer_flags import peer_flag_hint
 from harness.program import program
+from harness.evaluation.deferred import load_or_defer
 from harness.registry import get_model_class, get_task_class, model_names, task_names
 from harness.plugins import include, load_builtins
 from harness.evaluation.validate import check_model_options, check_prompt_media, check_sweep_flags, check_task
@@ -72,7 +74,8 @@ def build_tasks(names: Sequence[str], task_args: list[str] | None, data_dir: str
     return [get_task_class(n)(data_dir, opts[n]) for n in names]
 
 
-def build_models(names: Sequence[str], model_args: list[str] | None, labels: list[str] | None):
+def build_models(names: Sequence[str], model_args: list[str] | None, labels: list[str] | None,
+                 defer: bool = False):
     opts = _targeted(model_args, "--model-arg", names)
     labels = list(labels or [])
     if labels and len(labels) != len(names):
@@ -80,20 +83,27 @@ def build_models(names: Sequence[str], model_args: list[str] | None, labels: lis
     out = []
     for i, n in enumerate(names):
         cls = get_model_class(n)
-        log.info("loading model %s", n)
-        try:
-            model = cls(opts[n])
-        except (HarnessError, KeyboardInterrupt):
-            raise
-        except Exception as exc:  # a broken checkpoint (corrupt weights, missing tokenizer files...)
-            log.debug("model %s failed to load", n, exc_info=True)
-            given = ", ".join(f"{k}={v}" for k, v in opts[n].items()) or "default options"
-            first = (str(exc).strip().splitlines() or [""])[0][:300]
-            raise HarnessError(f"model {n} ({given}) could not be loaded: {type(exc).__name__}: {first}. "
-                               f"Is the checkpoint complete and readable? (-v shows the traceback)") from None
+        # a finished rerun needs only the models' identities: a model whose identity is known from an
+        # earlier load loads when a cell needs it (harness.evaluation.deferred)
+        model = load_or_defer(cls, opts[n], functools.partial(_load_model, cls, n, opts[n])) if defer \
+            else _load_model(cls, n, opts[n])
         label = labels[i] if labels else _default_label(n, opts[n])
         out.append((model, label))
     return out
+
+
+def _load_model(cls: type, name: str, options: dict[str, str]):
+    log.info("loading model %s", name)
+    try:
+        return cls(options)
+    except (HarnessError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # a broken checkpoint (corrupt weights, missing tokenizer files...)
+        log.debug("model %s failed to load", name, exc_info=True)
+        given = ", ".join(f"{k}={v}" for k, v in options.items()) or "default options"
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise HarnessError(f"model {name} ({given}) could not be loaded: {type(exc).__name__}: {first}. "
+                           f"Is the checkpoint complete and readable? (-v shows the traceback)") from None
 
 
 def _default_label(name: str, opts: dict[str, str]) -> str:
@@ -167,7 +177,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         check_task(task, expansion.shots.get(task.name, shots), args.limit, args.sample)
         check_prompt_media(model_list, model_options, task, expansion.shots.get(task.name, shots))
     _check_rices_models(tasks, model_list)
-    models = build_models(model_list, args.model_arg, args.label)
+    models = build_models(model_list, args.model_arg, args.label, defer=not args.overwrite)
     # The models and the data live for the whole run: keep the cyclic GC from walking them again
     # at every collection (a torchrun merge spent 0.2 s in such passes reading 1,000 records).
     gc.freeze()
