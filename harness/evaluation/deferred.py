@@ -22,17 +22,19 @@ from harness.store.identity import known_model_config, preload_key, remember_mod
 
 log = logging.getLogger(__name__)
 
-#: what a deferred model answers from its class or options, without loading
-_CHEAP = frozenset({"template_style", "media_kinds", "media_token", "end_of_chunk", "demo_separator",
-                    "runtime_options", "version", "checkpoint_option", "Options", "registry_name"})
+#: what a deferred model answers from the class, without loading
+_CLASS = frozenset({"runtime_options", "version", "checkpoint_option", "Options", "registry_name"})
+#: what planning reads of a model and an adapter may set when it loads (an ``hf`` model takes video
+#: only when its processor does): recorded with the identity and answered from that record
+TRAITS = ("template_style", "media_kinds", "media_token", "end_of_chunk", "demo_separator")
 
 
 class DeferredModel:
     """Stands for ``cls(raw_options)`` until something beyond its identity is needed."""
 
     def __init__(self, cls: type[Model], raw_options: dict[str, Any], config: dict[str, Any],
-                 load: Callable[[], Model]):
-        self._cls, self._config, self._load = cls, config, load
+                 traits: dict[str, Any], load: Callable[[], Model]):
+        self._cls, self._config, self._traits, self._load = cls, config, traits, load
         self._model: Model | None = None
         self.name = cls.registry_name or cls.__name__  # type: ignore[attr-defined]
         self.options = build_options(cls.Options, dict(raw_options), f"model {self.name}")
@@ -68,7 +70,10 @@ class DeferredModel:
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
             raise AttributeError(name)
-        if name in _CHEAP:
+        if self._model is None and name in self._traits:
+            value = self._traits[name]
+            return frozenset(value) if name == "media_kinds" else value
+        if name in _CLASS:
             return getattr(self._cls, name)
         return getattr(self.model(), name)
 
@@ -83,8 +88,10 @@ def load_or_defer(cls: type[Model], raw_options: dict[str, Any], load: Callable[
     except Exception as exc:  # an option naming an unreadable file: load and let the adapter say so
         log.debug("model %s: no identity before loading (%s)", name, exc)
         return load()
-    known = known_model_config(key)
-    if known is not None:
+    record = known_model_config(key)
+    known = record.get("config") if record else None
+    traits = record.get("traits") if record else None
+    if isinstance(known, dict) and isinstance(traits, dict):
         log.info("model %s: identity known from an earlier load; its weights load only if a cell needs them", name)
 
         def load_and_check() -> Model:
@@ -94,10 +101,12 @@ def load_or_defer(cls: type[Model], raw_options: dict[str, Any], load: Callable[
                                    f"(entry {key} of $HARNESS_CACHE/model_configs.json); delete that file and rerun")
             return model
 
-        return DeferredModel(cls, raw_options, known, load_and_check)
+        return DeferredModel(cls, raw_options, known, traits, load_and_check)
     model = load()
     try:
-        remember_model_config(key, _plain(model.config()))
+        traits = {t: sorted(v) if isinstance(v, frozenset) else v
+                  for t in TRAITS if (v := getattr(model, t, None)) is not None or hasattr(model, t)}
+        remember_model_config(key, _plain({"config": model.config(), "traits": traits}))
     except Exception as exc:  # a config that is not JSON: it is simply never deferred
         log.debug("model %s: config not remembered (%s)", name, exc)
     return model

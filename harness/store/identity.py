@@ -309,13 +309,14 @@ def _model_configs_file() -> Path:
 
 
 def known_model_config(key: str) -> dict[str, Any] | None:
-    """The config a model with this :func:`preload_key` had when it last loaded, or None."""
+    """What was recorded of a model with this :func:`preload_key` when it last loaded, or None."""
     found = _read_cache(_model_configs_file()).get(key)
     return found if isinstance(found, dict) else None
 
 
 def remember_model_config(key: str, config: dict[str, Any], keep: int = 256) -> None:
-    """Record a loaded model's config under its :func:`preload_key` (best effort; the newest ``keep``)."""
+    """Record a loaded model's config (and what planning reads of it) under its :func:`preload_key`
+    (best effort; the newest ``keep``)."""
     path = _model_configs_file()
     cache = _read_cache(path)
     if cache.get(key) == config:
