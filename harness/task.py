@@ -283,6 +283,12 @@ class Task:
 
         return RandomSampler(self.name, self.support_examples(), seed, self.options.support_size)
 
+    def choose(self, candidates: Sequence[str], scores: Mapping[str, float]) -> str:
+        """Close-ended tasks: the predicted candidate from the ranking scores. Default: the highest,
+        ties to the first in candidate order (``torch.max``/``argmax``, as NExT-QA's and most
+        reference code); a task whose reference picks otherwise overrides it (ImageNet: ``torch.topk``)."""
+        return max(candidates, key=lambda c: scores[c])
+
     def ranking_fields(self, example: Example, logprobs: Mapping[str, float], scores: Mapping[str, float],
                        normalization: str) -> dict[str, Any]:
         """Close-ended tasks: what a record keeps of the candidates' scores (default: all of them;

@@ -5,8 +5,8 @@ ground-truth answers, as the official task gives them) and the round's question.
 ``answer_options`` are ranked by the model's log-likelihood after the prompt (the reference
 ``flamingo`` computes the prompt once per round, not 100 times: models/flamingo/scoring.py).
 Metrics as the official evaluation: NDCG on the rounds with dense annotations (primary, as
-Flamingo reports), MRR, R@1/5/10 and mean rank of the ground-truth answer
-(harness/metrics/visdial.py).
+Flamingo reports), MRR, R@1/5/10 and mean rank of the ground-truth answer over every round
+(harness/metrics/visdial.py); equal scores are ranked as its ``scores_to_ranks`` (torch's sort).
 """
 
 from __future__ import annotations
@@ -45,12 +45,13 @@ VISDIAL_TEMPLATES = {
 
 @dataclass(frozen=True)
 class VisDialOptions(TaskOptions, RankingOptions):
-    """VisDial options. ``rounds``: ``dense`` evaluates the rounds with dense relevance annotations
-    (one per dialogue; NDCG is defined on them; 2,064 in val), ``all`` every round with a ground truth
-    (MRR/R@k on all 20,640 val rounds, NDCG still on the dense ones). ``image_dir``: override the
+    """VisDial options. ``rounds``: ``all`` (default, as the official val evaluation) evaluates every
+    round with a ground truth: MRR/R@k on all 20,640 val rounds, NDCG on the 2,064 with dense
+    relevance annotations; ``dense`` only the densely annotated rounds (10x cheaper; MRR/R@k then
+    come from those rounds alone and are not the official ones). ``image_dir``: override the
     folder of the split's images (file names as in the layout)."""
 
-    rounds: Literal["dense", "all"] = "dense"
+    rounds: Literal["dense", "all"] = "all"
     image_dir: str | None = None
 
 
@@ -73,6 +74,8 @@ class VisDial(Task):
     default_template = "openflamingo"
     default_support_split, default_eval_split = "train", "val"
     primary_metric = "ndcg"
+    #: 2: every round evaluated by default (MRR/R@k as the official val evaluation), ties as torch.sort.
+    version = 2
 
     def _image(self, split: str, image_id: int) -> str:
         if self.options.image_dir:

@@ -457,7 +457,8 @@ class Runner:
                                 fields=task.record_fields(q), **common)
         per_order = [[float(o) for o in outs[i : i + len(cands)]] for i in range(0, len(outs), len(cands))]
         counts = [self.model.count_tokens(c) for c in conts] if norm == "tokens" else None
-        prediction, logprobs, scores = rank(cands, conts, per_order, norm, counts)
+        _, logprobs, scores = rank(cands, conts, per_order, norm, counts)
+        prediction = task.choose(cands, scores)  # ties as the task's reference breaks them
         fields = {**task.record_fields(q), **task.ranking_fields(q, logprobs, scores, norm), "n_orders": len(prompts)}
         return SampleRecord(raw_output=prediction, prediction=prediction, score=task.score(prediction, q),
                             fields=fields, **common)
