@@ -113,6 +113,18 @@ def _flag_task_args(args: argparse.Namespace, names: Sequence[str]) -> list[str]
     return out
 
 
+def _protocol_task_args(protocol: str | None, suite_protocols, names: Sequence[str]) -> list[str]:
+    """``--protocol NAME`` for every task, else each suite's own preset for its tasks, as
+    ``task:protocol=NAME`` items (before the flags and --task-arg, which win over the preset)."""
+    from harness.evaluation.protocols import get_protocol
+
+    if protocol is not None:
+        if protocol != "none":
+            get_protocol(protocol)  # an unknown name fails here, naming the presets
+        return [f"{n}:protocol={protocol}" for n in names]
+    return [f"{n}:protocol={suite_protocols[n]}" for n in names if n in suite_protocols]
+
+
 # ---- subcommands ---------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
     from harness.reporting.report import TABLE_NOTE, render, summary_table
@@ -139,7 +151,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     set_threads(args.threads, launch)
     retain_freed_memory()  # before any model allocates: batches reuse freed memory (see allocator.py)
     model_options = check_model_options(model_list, _targeted(args.model_arg, "--model-arg", model_list))
-    tasks = build_tasks(task_list, _flag_task_args(args, task_list) + list(args.task_arg or []), args.data_dir)
+    tasks = build_tasks(task_list, _protocol_task_args(args.protocol, expansion.protocols, task_list)
+                        + _flag_task_args(args, task_list) + list(args.task_arg or []), args.data_dir)
     for task in tasks:
         check_task(task, expansion.shots.get(task.name, shots), args.limit)
         check_prompt_media(model_list, model_options, task, expansion.shots.get(task.name, shots))
@@ -267,6 +280,15 @@ def cmd_view(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     load_builtins()
+    if args.what == "protocols":
+        from harness.evaluation.protocols import PROTOCOLS
+
+        for p in sorted(PROTOCOLS.values(), key=lambda p: p.name):
+            print(f"{p.name:16s} {p.description}\n{'':17s}source: {p.source}")
+            if args.verbose:
+                for rule in p.rules:
+                    print(f"{'':18s}{rule.match}: {', '.join(f'{k}={v}' for k, v in rule.options.items())}")
+        return 0
     names, lookup = (task_names(), get_task_class) if args.what == "tasks" else (model_names(), get_model_class)
     for n in names:
         cls = lookup(n)
@@ -286,7 +308,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         for suite in suites():
             missing = [t for t in suite.tasks if t not in names]
             note = f"; not yet registered: {', '.join(missing)}" if missing else ""
-            print(f"{suite.name:16s} {len(suite.tasks)} tasks, shots {' '.join(map(str, suite.shots))}: "
+            preset = f", protocol {suite.protocol}" if suite.protocol else ""
+            print(f"{suite.name:16s} {len(suite.tasks)} tasks, shots {' '.join(map(str, suite.shots))}{preset}: "
                   f"{suite.description}{note}")
             if args.verbose:
                 print(f"{'':18s}{', '.join(suite.tasks)}")
@@ -350,6 +373,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--max-frames", type=int, help="video tasks: cap on frames with --fps (default: --frames)")
     r.add_argument("--ensemble", type=int, metavar="P",
                    help="close-ended tasks: average log-likelihoods over P demo orders (Flamingo: 6)")
+    r.add_argument("--protocol", metavar="NAME",
+                   help="a published protocol's preset for every task: flamingo, openflamingo, idefics (templates, "
+                        "demo selection, decoding, ensembling, video frames; recorded in the config; explicit "
+                        "options win; `none`: no preset, even for a suite's tasks). Default: a suite's tasks get "
+                        "their paper's preset, other tasks none. See docs/protocols.md")
     common(r)
     r.set_defaults(func=cmd_run)
 
@@ -406,8 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="plug-in tasks the results used (to find their images)")
     v.set_defaults(func=cmd_view)
 
-    ls = sub.add_parser("list", help="list registered tasks or models (plug-ins included)")
-    ls.add_argument("what", choices=["tasks", "models"])
+    ls = sub.add_parser("list", help="list registered tasks, models (plug-ins included) or protocol presets")
+    ls.add_argument("what", choices=["tasks", "models", "protocols"])
     ls.add_argument("--include", action="append", default=[], metavar="PATH")
     ls.add_argument("-v", "--verbose", action="store_true", help="show each one's options")
     ls.set_defaults(func=cmd_list)

@@ -43,6 +43,9 @@ class TaskOptions:
                            data root) or ``hf:PATH_OR_ID[@SPLIT]`` (a Hugging Face dataset: save_to_disk
                            folder, parquet folder/glob, or an id in the local cache; see docs/data.md).
     columns:               for ``hf:`` sources, ``field:column,...`` overriding the task's column mapping.
+    protocol:              a published protocol's preset (``flamingo``, ``openflamingo``, ``idefics``:
+                           harness.evaluation.protocols, docs/protocols.md) setting the options above that
+                           it fixes; options given explicitly win. ``run --protocol NAME`` sets it for every task.
     """
 
     template: str | None = None
@@ -60,6 +63,7 @@ class TaskOptions:
     eval_source: str = hf_data.FILES
     support_source: str = hf_data.FILES
     columns: str | None = None
+    protocol: str | None = None
 
     def __post_init__(self) -> None:
         if self.sampler == "rices":
@@ -101,7 +105,12 @@ class Task:
 
     def __init__(self, data_dir: str | Path | None = None, options: Mapping[str, Any] | None = None):
         self.name = self.registry_name or type(self).__name__
-        self.options = build_options(self.Options, dict(options or {}), f"task {self.name}")
+        given = dict(options or {})
+        if given.get("protocol") not in (None, "", "none"):  # a preset's options, under the explicit ones
+            from harness.evaluation.protocols import preset_options
+
+            given = {**preset_options(str(given["protocol"]), type(self), given), **given}
+        self.options = build_options(self.Options, given, f"task {self.name}")
         self._data_dir = Path(data_dir) if data_dir else None
         self._cache: dict[str, list[Example]] = {}
         self._datasets_read: dict[str, dict[str, Any]] = {}  # "location@split" -> what load_source read
@@ -317,10 +326,13 @@ class Task:
 
     def config(self) -> dict[str, Any]:
         """Everything about the task that changes its numbers, recorded in results."""
+        options = dataclasses.asdict(self.options)
+        if options.get("protocol") is None:  # no preset: the configuration reads as before presets existed
+            options.pop("protocol", None)
         return {
             "name": self.name,
             "kind": self.kind,
-            "options": dataclasses.asdict(self.options),
+            "options": options,
             "support_split": self.support_split,
             "eval_split": self.eval_split,
             "sources": self.source_config(),

@@ -39,11 +39,12 @@ CLASSIFICATION_TEMPLATES = {
 class ClassificationOptions(TaskOptions, RankingOptions):
     """Classification options: ensemble / length_normalization (harness.evaluation.ranking; default ``tokens``, the mean
     token log-prob of the class name, as OpenFlamingo's ImageNet evaluation);
-    ``sampler``: ``class_balanced`` demos (default) or ``random`` (OpenFlamingo's evaluate.py);
+    ``sampler``: ``class_balanced`` demos (default), ``random`` (OpenFlamingo's evaluate.py) or ``rices``
+    (with ``rices_encoder``; Flamingo's ImageNet and Kinetics protocol, ``--protocol flamingo``);
     ``keep_top``: how many top classes each prediction record keeps with their scores."""
 
     length_normalization: LengthNorm = "tokens"
-    sampler: Literal["class_balanced", "random"] = "class_balanced"
+    sampler: Literal["class_balanced", "random", "rices"] = "class_balanced"
     keep_top: int = 5
 
 
