@@ -5,6 +5,7 @@
     python run_eval.py compare results/A results/B [--format markdown|csv|latex] [--plot out.png] [--baseline A]
     python run_eval.py view results/A results/B [--output report.html]
     python run_eval.py merge results            # finish `run --shard K/N` runs
+    python run_eval.py export results/LABEL/vqav2/4shot_seed0   # a test-server submission file
     python run_eval.py list tasks|models
 """
 
@@ -246,6 +247,18 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from harness.evaluation.export import export_cell
+
+    if args.output and len(args.cells) > 1:
+        raise HarnessError("export --output names one file: give one cell, or leave --output out (each cell's "
+                           "file goes in its folder)")
+    for cell in args.cells:
+        path, fmt, n = export_cell(cell, args.data_dir, args.output, args.normalize, args.overwrite)
+        print(f"wrote {path} ({n} predictions; {fmt.name} format for {fmt.server}: {fmt.schema})")
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from harness.reporting.report import TABLE_NOTE, compare, plot, render
 
@@ -402,6 +415,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="metrics to compute, for tasks that offer a choice (captioning: cider,bleu,rouge,meteor,spice)")
     common(s)
     s.set_defaults(func=cmd_score)
+
+    e = sub.add_parser("export", help="write a finished cell's predictions as its benchmark server's submission file",
+                       description="Write the exact file the benchmark's evaluation server takes (VQAv2/OK-VQA/TextVQA "
+                       "results JSON, VizWiz JSON, HatefulMemes CSV, STAR JSON, VisDial ranks JSON) from a finished "
+                       "cell, e.g. a run on a test-server split (no answers: no metric, predictions kept). Formats "
+                       "and schemas: docs/benchmarks.md, 'Test-server splits'.")
+    e.add_argument("cells", nargs="+", metavar="CELL",
+                   help="finished cell folders (<output>/<label>/<task>/<shots>shot_seed<seed>) or their metrics.json")
+    e.add_argument("--output", help="file to write (default: submission_<task>_<split>.<ext> in the cell's folder)")
+    e.add_argument("--data-dir", help="data root of the run (VQAv2 test-dev also reads the test2015 questions; STAR "
+                   "the choices) (default: $HARNESS_DATA)")
+    e.add_argument("--normalize", action="store_true",
+                   help="VQA formats: apply the VQA answer normaliser first, as OpenFlamingo's fill script does")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    e.add_argument("--include", action="append", default=[], metavar="PATH", help="the plug-ins the run used")
+    e.set_defaults(func=cmd_export)
 
     c = sub.add_parser("compare", help="compare result folders in one table")
     c.add_argument("results", nargs="+", help="results folders (or metrics.json files)")

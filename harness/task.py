@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,8 @@ from harness.metrics.stats import mean_with_ci
 from harness.options import build_options
 from harness.evaluation.prompts import PromptTemplate, pick_template
 from harness.types import Example, GenerationConfig, SampleRecord
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,9 @@ class Task:
     primary_metric: ClassVar[str] = "accuracy"
     #: keys of an official-format predictions file: (id field, answer field).
     prediction_keys: ClassVar[tuple[str, str]] = ("question_id", "answer")
+    #: the submission format of the benchmark's evaluation server (harness.evaluation.export.FORMATS), which
+    #: ``run_eval.py export`` writes from a cell; None: no server.
+    server_format: ClassVar[str | None] = None
     #: whether ``load`` needs files under the data root (False for bundled data).
     needs_data_dir: ClassVar[bool] = True
     #: the most shots the benchmark allows (0: zero-shot only, e.g. RareAct has no training split).
@@ -310,6 +316,32 @@ class Task:
     def score(self, prediction: str, example: Example) -> float:
         """Per-sample score in [0, 1]."""
         raise NotImplementedError
+
+    def has_answers(self, example: Example) -> bool:
+        """Whether ``example`` can be scored: it has reference answers (not so in a test-server split:
+        VQAv2 test-dev, VizWiz test, HatefulMemes test_seen, STAR test...)."""
+        return bool(example.answers)
+
+    def sample_score(self, prediction: str, example: Example) -> float | None:
+        """``score``, or None for an example without answers (its prediction is kept, unscored)."""
+        return self.score(prediction, example) if self.has_answers(example) else None
+
+    def compute_metrics(self, records: Sequence[SampleRecord]) -> dict[str, Any]:
+        """``aggregate``, or, for a split without answers, no metric: the primary metric NaN, ``n`` and
+        ``unscored`` saying why and how to get a number (the benchmark's server, ``export``). A split
+        with answers for some queries and not others is an error (it would be scored on a subset)."""
+        unscored = sum(1 for r in records if r.score is None and not r.error)
+        if not unscored:
+            return self.aggregate(records)
+        if unscored < sum(1 for r in records if not r.error):
+            raise HarnessError(f"task {self.name}: {unscored} of {len(records)} queries of split {self.eval_split} "
+                               f"have no reference answers and the others do; score a split with answers for "
+                               f"all, or none (a test-server split)")
+        note = (f"split {self.eval_split} has no answers (a test-server split): no metric; the {len(records)} "
+                f"predictions are kept; write the server's submission file with `python run_eval.py export "
+                f"<cell folder>` (docs/benchmarks.md, 'Test-server splits')")
+        log.warning("task %s: %s", self.name, note)
+        return {self.primary_metric: float("nan"), "n": len(records), "unscored": note}
 
     def record_fields(self, example: Example) -> dict[str, Any]:
         """Task fields stored with each prediction (answers, types...)."""

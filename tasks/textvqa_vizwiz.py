@@ -57,6 +57,7 @@ class TextVQA(VQATask):
     Options = TextVQAOptions
     #: 2: scored by TextVQA's own evaluator (mmf) instead of the VQA script.
     version = 2
+    server_format = "vqa"
     generation = GenerationConfig(max_new_tokens=10, num_beams=3, length_penalty=0.0)
     default_support_split, default_eval_split = "train", "val"
 
@@ -138,6 +139,7 @@ class VizWiz(VQATask):
     Options = VizWizOptions
     #: 2: the VizWiz API's own contraction table (typographic apostrophes).
     version = 2
+    server_format = "vizwiz"
     default_support_split, default_eval_split = "train", "val"
     prediction_keys = ("image", "answer")
 

@@ -325,11 +325,13 @@ class STAR(VideoMultipleChoice):
     #: 2: primary metric ``mean`` of the four category accuracies (the leaderboard's), was ``accuracy``.
     version = 2
     primary_metric = "mean"
+    server_format = "star"
     video_pattern = "{video_id}.mp4"
     SPLIT_FILES: ClassVar[dict[str, str]] = {"train": "STAR_train.json", "val": "STAR_val.json",
                                               "test": "STAR_test.json"}
-    LAYOUT: ClassVar[str] = ("<data root>/star/STAR_<split>.json (train, val) = [{'question_id', 'question', "
-                             "'video_id', 'start', 'end', 'answer', 'choices': [{'choice_id', 'choice'}, ...]}, ...]; "
+    LAYOUT: ClassVar[str] = ("<data root>/star/STAR_<split>.json (train, val; test without 'answer') = "
+                             "[{'question_id', 'question', 'video_id', 'start', 'end', 'answer', 'choices': "
+                             "[{'choice_id', 'choice'}, ...]}, ...]; "
                              "Charades videos <data root>/star/videos/{video_id}.mp4")
 
     def load(self, split: str) -> list[Example]:
@@ -342,12 +344,14 @@ class STAR(VideoMultipleChoice):
         out = []
         for i, row in enumerate(rows):
             where = f"item #{i}"
-            for key in ("question_id", "question", "video_id", "start", "end", "answer", "choices"):
+            for key in ("question_id", "question", "video_id", "start", "end", "choices"):
                 require(row, key, path, where, self.LAYOUT)
+            if split != "test":  # the test answers are not public: unscored, exported
+                require(row, "answer", path, where, self.LAYOUT)
             choices = tuple(str(require(c, "choice", path, f"{where}.choices", self.LAYOUT)).strip()
                             for c in row["choices"])
-            answer = str(row["answer"]).strip()
-            if answer not in choices:
+            answer = str(row["answer"]).strip() if "answer" in row else None
+            if answer is not None and answer not in choices:
                 raise DataError(f"{path}: {where} ({row['question_id']}): answer {answer!r} is not one of its "
                                 f"choices {list(choices)}")
             video = self.video(row, f"{where} of {path}")
@@ -356,8 +360,8 @@ class STAR(VideoMultipleChoice):
                 id=str(row["question_id"]),
                 media=(clip,),
                 fields={"question": str(row["question"]), "choices": choices},
-                answers=(answer,),
-                target=answer,
+                answers=(answer,) if answer is not None else (),
+                target=answer or "",
                 meta={"video_id": row["video_id"], "type": str(row["question_id"]).split("_")[0]},
             ))
         return out

@@ -74,6 +74,7 @@ class VisDial(Task):
     default_template = "openflamingo"
     default_support_split, default_eval_split = "train", "val"
     primary_metric = "ndcg"
+    server_format = "visdial"
     #: 2: every round evaluated by default (MRR/R@k as the official val evaluation), ties as torch.sort.
     version = 2
 
@@ -127,9 +128,17 @@ class VisDial(Task):
             media = (Image(self._image(split, image_id)),)
             for r_i, rnd in enumerate(rounds):
                 where = f"dialogs[{d_i}] (image_id {image_id}) round {r_i + 1}"
-                if "gt_index" not in rnd or "answer_options" not in rnd:
-                    continue  # test rounds without a ground truth cannot be scored here
+                if "answer_options" not in rnd or ("gt_index" not in rnd and not (is_eval and split == "test")):
+                    continue  # a round without options (test: all but the last) or, outside test, without a truth
                 options = [str(answers[k]) for k in rnd["answer_options"]]
+                if "gt_index" not in rnd:  # test: ranked and exported, unscored
+                    out.append(Example(
+                        id=f"{image_id}_{r_i + 1}", media=media,
+                        fields={"caption": caption, "history": _history(questions, answers, rounds, r_i),
+                                "question": str(questions[require(rnd, 'question', path, where, VISDIAL_LAYOUT)]),
+                                "options": options},
+                        meta={"image_id": image_id, "round_id": r_i + 1}))
+                    continue
                 gt = int(rnd["gt_index"])
                 if not 0 <= gt < len(options):
                     raise DataError(f"{path}: {where}: gt_index {gt} is outside its {len(options)} answer_options")
@@ -161,12 +170,14 @@ class VisDial(Task):
         return float(prediction == example.target)
 
     def record_fields(self, example: Example) -> dict[str, Any]:
-        return {"answer": example.target, **dict(example.meta)}
+        return {"answer": example.target or None, **dict(example.meta)}
 
     def ranking_fields(self, example: Example, logprobs: Mapping[str, float], scores: Mapping[str, float],
                        normalization: str) -> dict[str, Any]:
         """Each option's rank (1 = best), in answer_options order, and the ground truth's."""
         ranks = ranks_from_scores([scores[o] for o in example.fields["options"]])
+        if "gt_index" not in example.meta:  # a test round: no ground truth
+            return {"option_ranks": ranks}
         return {"option_ranks": ranks, "gt_rank": ranks[example.meta["gt_index"]]}
 
     def aggregate(self, records: Sequence[SampleRecord]) -> dict[str, Any]:

@@ -93,6 +93,9 @@ def read_cell(file: str | Path, value: float) -> CellRecords:
                 r = json.loads(line)
                 qid = str(r["query_id"])
                 ids.append(qid)
+                if r["score"] is None:  # a split without answers: nothing to pair
+                    raise HarnessError(f"{file}: query {qid} has no score (its split has no answers); the paired "
+                                       f"test compares scored cells only")
                 scores.append(float(r["score"]))
                 demos[qid] = [str(x) for x in r.get("demo_ids", [])]
     return CellRecords(file, metrics["config"], value, ids, np.asarray(scores, dtype=float), demos)
