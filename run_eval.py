@@ -10,7 +10,10 @@ exec python3 "$0" "$@"
 
 import sys
 
-from harness.cli import main
-
 if __name__ == "__main__":
+    from harness.environment import check_dependencies
+
+    check_dependencies(sys.argv[1:])  # another Python than .venv's: say what to run, no traceback
+    from harness.cli import main
+
     sys.exit(main())

@@ -7,7 +7,7 @@ Your data: ``<data root>/my_hf_vqa/``, a ``DatasetDict`` saved with ``save_to_di
 
 Run it like a built-in task (``--task-arg columns=question:q,...`` maps other column names)::
 
-    python run_eval.py run --include examples/my_hf_task.py --tasks my_hf_vqa --data-dir DATA \\
+    harness run --include examples/my_hf_task.py --tasks my_hf_vqa --data-dir DATA \\
         --model idefics --model-arg path=/models/idefics-9b --shots 0 4
 
 Images stay in the dataset and are decoded only when a prompt uses them; results record the

@@ -1,6 +1,6 @@
 """A worked example of a plug-in model: the constant-answer null baseline.
 
-    python run_eval.py run --include examples/my_model.py --model constant --model-arg answer=yes --tasks easyvqa
+    harness run --include examples/my_model.py --model constant --model-arg answer=yes --tasks easyvqa
 
 A real adapter renders ``request.prompt`` (interleaved media and text chunks) into its own
 tokens; see models/idefics.py.

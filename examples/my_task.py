@@ -6,11 +6,17 @@ Your data: ``<data root>/my_vqa/{train,test}.jsonl``, one object per line::
 
 (``image`` relative to ``<data root>/my_vqa/``). Run it like a built-in task::
 
-    python run_eval.py run --include examples/my_task.py --tasks my_vqa --data-dir DATA \
+    harness run --include examples/my_task.py --tasks my_vqa --data-dir DATA \
         --model idefics --model-arg path=/models/idefics-9b --shots 0 4
 
 Everything else comes from the harness: demo sampling, prompts (both template styles),
-OpenFlamingo answer post-processing, the official VQA accuracy, results, tables.
+OpenFlamingo answer post-processing, the VQA accuracy, results, tables. A question with exactly ten
+answers is scored by the official ten-annotator formula; one with other than ten (``["cup", "mug"]`` above) by
+the task option ``non_ten_answers``: ``exact`` (default: 1 if the prediction equals any answer, so "mug"
+scores 1) or ``min3`` (min(1, matches/3) over the answers given).
+
+Bump the class attribute ``version`` when you change how outputs are post-processed or scored: it is
+part of every cell's identity, so a rerun computes new cells instead of reusing the old numbers.
 """
 
 from __future__ import annotations

@@ -1,21 +1,29 @@
-"""The command line: run, merge, score, compare, list.
+"""The command line: run, watch, merge, score, compare, view, list.
 
-    python run_eval.py run --model NAME [--model-arg k=v ...] --tasks vqav2,okvqa --shots 0 4 32 --seeds 0 1 2
-    python run_eval.py score --task vqav2 --predictions preds.json [--split val] [--json]
-    python run_eval.py compare results/A results/B [--format markdown|csv|latex] [--plot out.png] [--baseline A]
-    python run_eval.py view results/A results/B [--output report.html]
-    python run_eval.py merge results            # finish `run --shard K/N` runs
-    python run_eval.py export results/LABEL/vqav2/4shot_seed0   # a test-server submission file
-    python run_eval.py list tasks|models
+    harness run --model NAME [--model-arg k=v ...] --tasks vqav2,okvqa --shots 0 4 32 --seeds 0 1 2
+    harness watch CHECKPOINTS --model NAME --tasks vqav2 --shots 0 4 --limit 500   # a training run's checkpoints
+    harness score --task vqav2 --predictions preds.json [--split val] [--json]
+    harness compare results/A results/B [--format markdown|csv|parquet|latex] [--plot fig.png] [--baseline A]
+    harness compare results/run --series [--plot fig.png]   # metric vs training step
+    harness view results/A results/B [--output report.html]
+    harness merge results            # finish `run --shard K/N` runs
+    harness export results/LABEL/vqav2/4shot_seed0   # a test-server submission file
+    harness list tasks|models
+
+``harness`` is the console script ``scripts/setup.sh`` installs into ``.venv`` (``source
+.venv/bin/activate`` once, or call ``.venv/bin/harness``); ``./run_eval.py`` and ``python -m harness``
+run the same command line.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import inspect
 import json
 import logging
+import shlex
 import sys
 import textwrap
 import time
@@ -27,7 +35,10 @@ from harness.evaluation.allocator import retain_freed_memory
 from harness.evaluation.distributed import discover, set_threads, start_group
 from harness.errors import HarnessError
 from harness.options import describe_options, parse_key_values
-from harness.registry import get_model_class, get_task_class, include, load_builtins, model_names, task_names
+from harness.peer_flags import peer_flag_hint
+from harness.program import program
+from harness.registry import get_model_class, get_task_class, model_names, task_names
+from harness.plugins import include, load_builtins
 from harness.evaluation.validate import check_model_options, check_prompt_media, check_sweep_flags, check_task
 
 log = logging.getLogger("harness")
@@ -87,8 +98,10 @@ def build_models(names: Sequence[str], model_args: list[str] | None, labels: lis
 
 
 def _default_label(name: str, opts: dict[str, str]) -> str:
+    from harness.store.layout import safe_name
+
     path = opts.get("path") or opts.get("checkpoint")
-    return f"{name}@{Path(path).name}" if path else name
+    return safe_name(f"{name}@{Path(path).name}" if path else name)
 
 
 #: run flags that set a task option of the same meaning: flag attribute -> option name.
@@ -117,7 +130,7 @@ def _flag_task_args(args: argparse.Namespace, names: Sequence[str]) -> list[str]
 def _protocol_task_args(protocol: str | None, suite_protocols, names: Sequence[str]) -> list[str]:
     """``--protocol NAME`` for every task, else each suite's own preset for its tasks, as
     ``task:protocol=NAME`` items (before the flags and --task-arg, which win over the preset)."""
-    from harness.evaluation.protocols import get_protocol
+    from harness.protocols import get_protocol
 
     if protocol is not None:
         if protocol != "none":
@@ -129,7 +142,7 @@ def _protocol_task_args(protocol: str | None, suite_protocols, names: Sequence[s
 # ---- subcommands ---------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
     from harness.reporting.report import TABLE_NOTE, render, summary_table
-    from harness.evaluation.suites import expand
+    from harness.suites import expand
     from harness.evaluation.sweep import SweepSpec, run_sweep
 
     model_list = _names(args.model, "--model") or list(DEFAULT_MODELS)
@@ -141,11 +154,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.info("default sweep: the first %d eval questions of each task (pass --limit N to change)", DEFAULT_LIMIT)
     if len(set(model_list)) != len(model_list):
         raise HarnessError("the same --model is named twice; run it twice with different --output or --label")
+    from harness.store.layout import check_label
+
+    for label in args.label or []:
+        check_label(label)  # one safe path component, before anything loads
     # Validate everything before any model is constructed (see harness.evaluation.validate).
     shots = tuple(args.shots or DEFAULT_SHOTS)
     check_sweep_flags(shots, args.seeds, args.limit, args.batch_size)
     if args.sample is not None and args.sample <= 0:
         raise HarnessError(f"--sample must be positive, got {args.sample}")
+    from harness.loggers import make_loggers
+
+    loggers = make_loggers(args.log_to, Path(args.output))  # an unknown or missing logger fails now
+    if loggers and args.shard:
+        raise HarnessError("--log-to with --shard: a shard has no metrics yet; give --log-to to the run "
+                           "command without --shard, which merges the shards and logs the metrics")
     launch = discover(_shard(args.shard))  # torchrun ranks, --shard K/N or a SLURM array task
     if launch.kind == "torchrun" and not launch.is_main:
         logging.getLogger("harness").setLevel(logging.WARNING)  # rank 0 reports for all
@@ -155,7 +178,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     tasks = build_tasks(task_list, _protocol_task_args(args.protocol, expansion.protocols, task_list)
                         + _flag_task_args(args, task_list) + list(args.task_arg or []), args.data_dir)
     for task in tasks:
-        check_task(task, expansion.shots.get(task.name, shots), args.limit)
+        check_task(task, expansion.shots.get(task.name, shots), args.limit, args.sample)
         check_prompt_media(model_list, model_options, task, expansion.shots.get(task.name, shots))
     _check_rices_models(tasks, model_list)
     models = build_models(model_list, args.model_arg, args.label)
@@ -177,9 +200,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not launch.is_main and launch.kind == "torchrun":
         return 0  # rank 0 prints the table
     if spec.shard:
-        print(f"shard {args.shard} done in {time.time() - t0:.1f}s; when every shard is done, run the same "
-              f"command without --shard to merge them and compute the metrics")
+        data = f" --data-dir {shlex.quote(args.data_dir)}" if args.data_dir else ""
+        print(f"shard {args.shard} done in {time.time() - t0:.1f}s; when every shard is done, merge them and "
+              f"compute the metrics: {program()} merge {shlex.quote(str(output))}{data} (or rerun this command "
+              "without --shard)")
         return 0
+    if loggers:
+        from harness.api import log_sweep
+
+        try:
+            log_sweep(loggers, output, models, tasks, spec, args.log_step)
+        finally:
+            for logger in loggers:
+                logger.close()
     table = summary_table(summaries)
     print(render(table, "markdown"), end="")
     print(TABLE_NOTE)
@@ -187,8 +220,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     for s in summaries:  # failed samples are counted wrong: never let them pass unseen
         for note in s.get("failures", []):
             log.warning("%s", note)
-    data = f" --data-dir {args.data_dir}" if args.data_dir else ""
-    print(f"browse the samples: python run_eval.py view {output}{data} --output {output}/report.html")
+    data = f" --data-dir {shlex.quote(args.data_dir)}" if args.data_dir else ""
+    out = shlex.quote(str(output))
+    print(f"browse the samples: {program()} view {out}{data} --output {shlex.quote(f'{output}/report.html')}")
     return 0
 
 
@@ -201,7 +235,12 @@ def _names(values: Sequence[str] | None, flag: str) -> list[str]:
 
 
 def _check_rices_models(tasks, model_names: Sequence[str]) -> None:
-    """rices_encoder=model needs models that offer a vision encoder: say so before any model loads."""
+    """rices_encoder=model needs models that offer a vision encoder, and rices_encoder=PATH a vision model
+    folder: say so before any model loads."""
+    from harness.evaluation.rices import validate_encoder
+
+    for path in sorted({t.options.rices_encoder for t in tasks if getattr(t.options, "rices_encoder", None)}):
+        validate_encoder(path)
     if any(getattr(t.options, "rices_encoder", None) == "model" for t in tasks):
         from harness.evaluation.rices import check_model_encoder
 
@@ -219,6 +258,69 @@ def _shard(value: str | None) -> tuple[int, int] | str | None:
     if not (n >= 1 and 0 <= k < n):
         raise HarnessError(f"--shard {value!r}: need 0 <= K < N")
     return k, n
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from harness.api import check_request, evaluate
+    from harness.evaluation.watch import Watcher
+    from harness.loggers import make_loggers
+    from harness.store.layout import check_label, safe_name, step_dir
+
+    root = Path(args.folder)
+    if not root.is_dir():
+        raise HarnessError(f"watch {root}: not a folder (give the folder the training run saves its checkpoints in)")
+    model = args.model
+    option = get_model_class(model).checkpoint_option
+    if option is None:
+        raise HarnessError(f"watch --model {model}: this model has no checkpoint option to set to each folder; "
+                           f"use a model that loads checkpoints (see `list models`)")
+    items = list(args.model_arg or [])
+    if any(i.split("=", 1)[0].split(":")[-1].strip() == option for i in items):
+        raise HarnessError(f"watch: --model-arg {option}=... is set to each checkpoint folder by watch; leave it out")
+    label = check_label(args.label or safe_name(f"{model}@{root.resolve().name}"))
+    task_list = _names(args.tasks, "--tasks")
+    if not task_list:
+        raise HarnessError("watch: give --tasks (the tasks to evaluate each checkpoint on)")
+    task_args = _flag_task_args(args, task_list) + list(args.task_arg or [])
+    request = dict(model=model, model_args=items, label=label, tasks=task_list, shots=args.shots, seeds=args.seeds,
+                   limit=args.limit, sample=args.sample, task_args=task_args, data_dir=args.data_dir)
+    # everything checked once, before any checkpoint loads (the checkpoint option: this folder for now)
+    check_request(model, task_list, args.shots, args.seeds, args.limit, model_args=[*items, f"{option}={root}"],
+                  task_args=task_args, label=label, data_dir=args.data_dir, batch_size=args.batch_size,
+                  sample=args.sample)
+    output = Path(args.output)
+    loggers = make_loggers(args.log_to, output)
+
+    def one(step: int, folder: Path) -> None:
+        df = evaluate(model, task_list, args.shots, args.seeds, args.limit, step_dir(output, step),
+                      model_args=[*items, f"{option}={folder}"], task_args=task_args, label=label,
+                      data_dir=args.data_dir, batch_size=args.batch_size, sample=args.sample,
+                      overwrite=args.overwrite, progress=not args.quiet, log_to=loggers, step=step)
+        prim = df[df["primary"]].groupby(["task", "shots"])["value"].mean()
+        print(f"step {step} ({folder.name}): " + ", ".join(f"{t} {s}-shot {v:.2f}" for (t, s), v in prim.items()),
+              flush=True)
+
+    watcher = Watcher(root, output, one, request, label, settle=args.settle)
+    total = 0
+    try:
+        if args.once:
+            total = watcher.run_once()
+        else:
+            idle = f", exiting after {args.idle_exit:g}s with nothing new" if args.idle_exit is not None else \
+                " (Ctrl-C stops)"
+            log.info("watching %s every %gs%s", root, args.interval, idle)
+            for n in watcher.loop(args.interval, args.idle_exit):
+                total += n
+    except KeyboardInterrupt:
+        log.info("watch stopped")
+    finally:
+        for logger in loggers:
+            logger.close()
+    out = shlex.quote(str(output))
+    failed = f"; {len(watcher.failed)} failed (above), retried when they change" if watcher.failed else ""
+    print(f"{total} checkpoint(s) evaluated{failed}; results under {output}/step-N/{label}/; "
+          f"the series: {program()} compare {out} --series")
+    return 1 if watcher.failed else 0
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
@@ -242,8 +344,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(metrics))
     else:
-        for k, v in metrics.items():
-            print(f"{k}: {v}")
+        print(format_metrics(metrics), end="")
     return 0
 
 
@@ -259,26 +360,143 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_compare(args: argparse.Namespace) -> int:
-    from harness.reporting.report import TABLE_NOTE, compare, plot, render
+def format_metrics(metrics: dict) -> str:
+    """``score``'s metrics as an aligned two-column table: numbers to 2 decimals, a metric's
+    ``<name>_ci95`` beside it, breakdowns (e.g. per answer type) indented under their metric."""
+    rows: list[tuple[str, str]] = []
 
-    table = compare(args.results, metrics=args.metrics)
-    if not (args.baseline and args.format == "csv"):  # CSV: one table per output, the paired one has both means
-        print(render(table, args.format), end="")
-    if args.format == "markdown":
-        print(f"\n{TABLE_NOTE}")
+    def num(v) -> str:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return str(v)
+        return str(v) if isinstance(v, int) else f"{v:.2f}" if abs(v) >= 1 else f"{v:.4f}"  # CIDEr ~0.8
+
+    def walk(d: dict, depth: int) -> None:
+        for k, v in d.items():
+            if str(k).endswith("_ci95") and str(k)[:-5] in d:
+                continue  # shown beside its metric
+            name = "  " * depth + str(k)
+            if isinstance(v, dict):
+                rows.append((name, ""))
+                walk(v, depth + 1)
+                continue
+            if isinstance(v, (list, tuple)):
+                text = "[" + ", ".join(num(x) for x in v) + "]"
+            else:
+                text = num(v)
+            ci = d.get(f"{k}_ci95")
+            if isinstance(ci, (list, tuple)) and len(ci) == 2:
+                text += f"  (95% CI {num(ci[0])}-{num(ci[1])})"
+            rows.append((name, text))
+
+    walk(metrics, 0)
+    width = max(len(r[0]) for r in rows) if rows else 0
+    return "".join(f"{name:<{width}}  {text}".rstrip() + "\n" for name, text in rows)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from harness.reporting.report import TABLE_NOTE, compare, render
+
+    fmt = args.format or _format_of(args.output)
+    if fmt == "parquet" and not args.output:
+        raise HarnessError("--format parquet writes a file: add --output FILE.parquet")
+    if args.series:
+        return _compare_series(args, fmt)
+    text = []
+    if fmt in ("csv", "parquet") and not args.baseline:
+        from harness.reporting.tidy import tidy
+
+        return _emit_table(tidy(args.results, metrics=args.metrics), fmt, args.output, args)
+    if fmt == "latex":
+        from harness.reporting.latex import latex_table
+        from harness.reporting.tidy import tidy
+
+        df = tidy(args.results, metrics=args.metrics, ci=args.spread == "ci")
+        text.append(latex_table(df, spread=args.spread, bold_best=args.bold_best, caption=args.caption,
+                                label=args.tex_label, fit=args.tex_fit))
+    elif fmt == "markdown":
+        text.append(render(compare(args.results, metrics=args.metrics), "markdown"))
+        text.append(f"\n{TABLE_NOTE}\n")
     if args.baseline:
         from harness.reporting.paired import paired_compare, render_paired
 
         paired = paired_compare(args.results, args.baseline, seed=args.bootstrap_seed)
-        if args.format == "markdown":
-            print(f"\nPaired differences vs {paired['baseline'].iloc[0]} (95% paired bootstrap CI over queries, "
-                  f"sign-flip permutation p, * = significant after Holm over the {paired['p'].notna().sum()} "
-                  "tested rows; see docs/statistics.md)\n")
-        print(render_paired(paired, args.format), end="")
-    if args.plot:
-        log.info("wrote %s", plot(args.results, args.plot))
+        if fmt in ("csv", "parquet"):  # one table per file: the paired one, which has both means
+            return _emit_table(paired, fmt, args.output, args)
+        if fmt == "markdown":
+            text.append(f"\nPaired differences vs {paired['baseline'].iloc[0]} (95% paired bootstrap CI over queries, "
+                        f"sign-flip permutation p, * = significant after Holm over the {paired['p'].notna().sum()} "
+                        "tested rows; see docs/statistics.md)\n\n")
+        text.append(render_paired(paired, fmt))
+    _emit_text("".join(text), args.output)
+    _plot(args)
     return 0
+
+
+def _compare_series(args: argparse.Namespace, fmt: str) -> int:
+    """compare --series: rows = checkpoints by step, columns = task x shots; --plot: metric vs step."""
+    from harness.reporting.report import TABLE_NOTE
+    from harness.reporting.series import render_series, series, series_table
+
+    if args.baseline:
+        raise HarnessError("--series with --baseline: compare two checkpoints' folders (step-N/...) without --series")
+    if fmt == "latex":
+        raise HarnessError("--series prints markdown, csv or parquet (the tidy table with run and step columns)")
+    if args.spread == "ci" and args.plot:
+        raise HarnessError("--series plots the spread over seeds: --spread std or none")
+    df = series(args.results, metrics=args.metrics, ci=fmt in ("csv", "parquet"))
+    if fmt in ("csv", "parquet"):
+        _emit_table(df, fmt, args.output, None)  # the series plot below, not compare's
+    else:
+        _emit_text(render_series(series_table(df)) + f"\n{TABLE_NOTE}\n", args.output)
+    if args.plot:
+        from harness.reporting.plots import plot_series
+
+        formats = _split_names([args.plot_formats]) if args.plot_formats else []
+        for f in plot_series(df, args.plot, band=args.spread, formats=formats):
+            log.info("wrote %s", f)
+    return 0
+
+
+def _format_of(output: str | None) -> str:
+    """--format from --output's suffix when not given: .csv, .parquet, .tex, else markdown."""
+    suffix = Path(output).suffix.lower() if output else ""
+    return {".csv": "csv", ".parquet": "parquet", ".tex": "latex"}.get(suffix, "markdown")
+
+
+def _emit_table(df, fmt: str, output: str | None, args: argparse.Namespace | None) -> int:
+    if output:
+        _check_folder(output, "--output")
+        df.to_parquet(output, index=False) if fmt == "parquet" else df.to_csv(output, index=False)
+        log.info("wrote %s (%d rows)", output, len(df))
+    else:
+        print(df.to_csv(index=False), end="")
+    if args is not None:
+        _plot(args)
+    return 0
+
+
+def _emit_text(text: str, output: str | None) -> None:
+    if output:
+        _check_folder(output, "--output")
+        Path(output).write_text(text, encoding="utf-8")
+        log.info("wrote %s", output)
+    else:
+        print(text, end="")
+
+
+def _check_folder(path: str, flag: str) -> None:
+    if not Path(path).parent.is_dir():
+        raise HarnessError(f"{flag} {path}: folder {Path(path).parent} does not exist; create it or pick another path")
+
+
+def _plot(args: argparse.Namespace) -> None:
+    if not args.plot:
+        return
+    from harness.reporting.plots import plot
+
+    formats = _split_names([args.plot_formats]) if args.plot_formats else []
+    for f in plot(args.results, args.plot, band=args.spread, layout=args.plot_layout, formats=formats):
+        log.info("wrote %s", f)
 
 
 def cmd_view(args: argparse.Namespace) -> int:
@@ -294,7 +512,7 @@ def cmd_view(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     load_builtins()
     if args.what == "protocols":
-        from harness.evaluation.protocols import PROTOCOLS
+        from harness.protocols import PROTOCOLS
 
         for p in sorted(PROTOCOLS.values(), key=lambda p: p.name):
             print(f"{p.name:16s} {p.description}\n{'':17s}source: {p.source}")
@@ -315,7 +533,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             if doc and not doc.startswith(cls.Options.__name__ + "("):  # not the dataclass's generated one
                 print(textwrap.indent(doc, " " * 18))
     if args.what == "tasks":
-        from harness.evaluation.suites import suites
+        from harness.suites import suites
 
         print("\nsuites (--tasks NAME; shots default to the published ones):")
         for suite in suites():
@@ -332,7 +550,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 # ---- parser --------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="run_eval.py",
+        prog=program(),
         description="Few-shot evaluation of Flamingo-style vision-language models.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__,
@@ -342,7 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command")
 
     def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--include", action="append", default=[], metavar="PATH",
+        sp.add_argument("--include", "--include_path", action="append", default=[], metavar="PATH",
                         help="a .py file or folder of plug-in tasks/models to register (repeatable)")
         sp.add_argument("--data-dir", help="data root; each task reads <root>/<task>/ (default: $HARNESS_DATA)")
         sp.add_argument("--task-arg", action="append", metavar="[TASK:]KEY=VALUE",
@@ -367,7 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--sample", type=int, metavar="N",
                    help="evaluate a random subset of N eval examples, a different one per seed "
                         "(OpenFlamingo's --num_samples); after --limit if both are given")
-    r.add_argument("--batch-size", type=int, default=8)
+    r.add_argument("--batch-size", "--batch_size", type=int, default=8)
     r.add_argument("--output", default="results", help="results folder (default: results/); reruns resume")
     r.add_argument("--shard", metavar="K/N|slurm",
                    help="evaluate only shard K of N (balanced by prompt length; one of N independent processes, "
@@ -381,6 +599,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace results of another configuration found in a cell's folder (default: refuse, "
                         "naming the cell and what differs; see README 'Results layout')")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    r.add_argument("--log-to", metavar="L1,L2",
+                   help="also log every cell's metrics and the run's configuration to wandb, mlflow and/or "
+                        "tensorboard (comma list; README 'Evaluating during training')")
+    r.add_argument("--log-step", type=int, metavar="N", help="the step the --log-to metrics are logged at")
     r.add_argument("--frames", type=int, help="video tasks: frames per video, chosen uniformly (default 8)")
     r.add_argument("--fps", type=float, help="video tasks: take frames at R per second instead (with --max-frames)")
     r.add_argument("--max-frames", type=int, help="video tasks: cap on frames with --fps (default: --frames)")
@@ -393,6 +615,36 @@ def build_parser() -> argparse.ArgumentParser:
                         "their paper's preset, other tasks none. See docs/protocols.md")
     common(r)
     r.set_defaults(func=cmd_run)
+
+    w = sub.add_parser("watch", help="evaluate every checkpoint of a training run as it appears",
+                       description="Evaluate each checkpoint folder in FOLDER (checkpoint-500, step_500, ...: the step "
+                       "is the number its name ends in) once, and new ones as they appear, until stopped (Ctrl-C) or "
+                       "--idle-exit. Results go to OUTPUT/step-N/LABEL/ (compare --series reads them). Resumable: "
+                       "a restarted watch skips the checkpoints it finished (OUTPUT/step-N/LABEL/watch.json) "
+                       "without loading them, and resumes an unfinished one.")
+    w.add_argument("folder", help="the folder the training run saves its checkpoint folders in")
+    w.add_argument("--model", required=True, metavar="NAME",
+                   help="registered model that loads a checkpoint (its path/checkpoint option is set to each folder)")
+    w.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="other model options (see `list models -v`)")
+    w.add_argument("--label", help="name of the results (default: MODEL@FOLDER name, the same at every step)")
+    w.add_argument("--tasks", action="append", metavar="T1,T2", required=True, help="tasks or suites (comma list)")
+    w.add_argument("--shots", type=int, nargs="+", help=f"shots (default: {' '.join(map(str, DEFAULT_SHOTS))})")
+    w.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    w.add_argument("--limit", type=int, help="the first N eval examples (a fixed subset: the same at every step)")
+    w.add_argument("--sample", type=int, metavar="N", help="a random N eval examples per seed (after --limit)")
+    w.add_argument("--batch-size", "--batch_size", type=int, default=8)
+    w.add_argument("--output", default="results", help="results folder (default: results/)")
+    w.add_argument("--interval", type=float, default=60.0, metavar="S", help="seconds between looks (default 60)")
+    w.add_argument("--settle", type=float, default=30.0, metavar="S",
+                   help="a checkpoint is taken once none of its files changed for S seconds (default 30)")
+    w.add_argument("--idle-exit", type=float, metavar="S", help="stop after S seconds with nothing new to evaluate")
+    w.add_argument("--once", action="store_true", help="evaluate what is there now and exit")
+    w.add_argument("--overwrite", action="store_true", help="as run --overwrite")
+    w.add_argument("--log-to", metavar="L1,L2", help="also log each checkpoint's metrics at its step to wandb, mlflow "
+                   "and/or tensorboard (comma list)")
+    w.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    common(w)
+    w.set_defaults(func=cmd_watch)
 
     m = sub.add_parser("merge", help="finish `run --shard` runs: merge their journals, write metrics and summaries",
                        description="Merge the shard journals under RESULTS (from `run --shard K/N` or `--shard slurm`) "
@@ -434,10 +686,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compare", help="compare result folders in one table")
     c.add_argument("results", nargs="+", help="results folders (or metrics.json files)")
-    c.add_argument("--format", choices=["markdown", "csv", "latex"], default="markdown")
+    c.add_argument("--format", choices=["markdown", "csv", "parquet", "latex"],
+                   help="markdown (default): mean (std) n=N cells; csv/parquet: a tidy long table, one row per task x "
+                        "metric x checkpoint x shots with numeric columns (mean, std, ci_low, ci_high, n, seeds, "
+                        "failed, config_key, ...); latex: a booktabs table for a paper (default: from --output's "
+                        "suffix .csv/.parquet/.tex)")
+    c.add_argument("-o", "--output", metavar="FILE", help="write the table to FILE instead of printing it "
+                   "(needed for parquet)")
     c.add_argument("--metrics", choices=["primary", "all"], default="primary",
                    help="only each task's main metric, or breakdowns too")
-    c.add_argument("--plot", metavar="PNG", help="also write metric-vs-shots plots")
+    c.add_argument("--spread", choices=["std", "ci", "none"], default="std",
+                   help="what LaTeX cells show after the mean and the plots' band: std over seeds (default), the "
+                        "95%% interval over queries, or nothing")
+    c.add_argument("--bold-best", action="store_true", help="LaTeX: bold the best mean of each row at each shot count")
+    c.add_argument("--tex-fit", action="store_true",
+                   help="LaTeX: scale the table to the text width (\\resizebox; needs \\usepackage{graphicx})")
+    c.add_argument("--caption", help="LaTeX: the caption (default: what the cells are, the seeds and n)")
+    c.add_argument("--tex-label", default="tab:fewshot", metavar="LABEL", help="LaTeX: the \\label (default tab:fewshot)")
+    c.add_argument("--plot", metavar="FILE", help="also write metric-vs-shots plots: FILE.png, .pdf or .svg "
+                   "(log2 shots axis, a band for --spread, legend below, sized for a paper column)")
+    c.add_argument("--plot-formats", metavar="F1,F2", help="the same figure in more formats beside --plot, e.g. pdf,svg")
+    c.add_argument("--plot-layout", choices=["grid", "per-task"], default="grid",
+                   help="one figure with a panel per task (default), or FILE_<task>.png per task")
+    c.add_argument("--series", action="store_true",
+                   help="a training run's checkpoints over time (results in step-N folders, from harness.training or "
+                        "`watch`): rows = checkpoints by step, columns = task x shots; with --plot, each metric vs "
+                        "step, one line per shot count, a band of ±1 std over seeds")
     c.add_argument("--baseline", metavar="LABEL|FOLDER",
                    help="add each other checkpoint's paired difference from this one (a checkpoint as the "
                         "table names it, or its results folder): 95%% interval, p-value, Holm-marked rows "
@@ -445,7 +719,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--bootstrap-seed", type=int, default=0,
                    help="seed of the bootstrap and permutation draws (default 0: reproducible output)")
     c.add_argument("--include", action="append", default=[], metavar="PATH",
-                   help="a plug-in file defining suites (harness.evaluation.suites.define_suite) whose summary rows to add")
+                   help="a plug-in file defining suites (harness.suites.define_suite) whose summary rows to add")
     c.set_defaults(func=cmd_compare)
 
     v = sub.add_parser("view", help="write a self-contained HTML results viewer (table, plots, samples, images)",
@@ -468,36 +742,82 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--include", action="append", default=[], metavar="PATH")
     ls.add_argument("-v", "--verbose", action="store_true", help="show each one's options")
     ls.set_defaults(func=cmd_list)
+    # -v anywhere on the line (messages say "-v shows the traceback"): every subcommand takes it too;
+    # SUPPRESS keeps a -v given before the subcommand.
+    for name, parser in sub.choices.items():
+        if name != "list":
+            parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                                help="debug logging (tracebacks of load failures)")
     return p
+
+
+def _fresh_line() -> None:
+    """Close any progress bar still drawn, so an ``error:`` line starts on a line of its own."""
+    from tqdm import tqdm
+
+    bars = list(getattr(tqdm, "_instances", []) or [])
+    for bar in bars:
+        bar.close()
+    if bars:
+        sys.stderr.write("\n")
+        sys.stderr.flush()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; exit status 0 on success, 2 on bad input (one ``error:`` line),
     130 on Ctrl-C. With no subcommand it prints the help and exits 0."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    hint = peer_flag_hint(argv)
+    if hint:
+        print(f"{parser.prog}: error: {hint}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
-    logging.basicConfig(
-        level=logging.DEBUG if getattr(args, "verbose", False) and args.command != "list" else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    with _logging_to_stderr(logging.DEBUG if getattr(args, "verbose", False) and args.command != "list"
+                            else logging.INFO):
+        return _dispatch(args)
+
+
+@contextlib.contextmanager
+def _logging_to_stderr(level: int):
+    """Log to this call's ``sys.stderr`` for the length of one command, then put the root logger back:
+    ``main`` can run many times in one process (tests, notebooks) without handlers piling up."""
+    root = logging.getLogger()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(level)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run the parsed command, turning the user's mistakes into one ``error:`` line and exit status 2."""
     try:
         load_builtins()
         for path in getattr(args, "include", []) or []:
             include(path)
         return args.func(args)
     except HarnessError as exc:
+        _fresh_line()
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
         if exc.filename is None:  # not about a path the user can fix
             raise
+        _fresh_line()
         kept = ("; samples already finished are kept in their journals: fix the folder (space, permissions) "
                 "or pick another --output, and rerun the same command to resume") if args.command == "run" else ""
         print(f"error: {exc.filename}: {exc.strerror}{kept}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _fresh_line()
         print("interrupted: finished samples are kept; rerun the same command to resume", file=sys.stderr)
         return 130

@@ -15,11 +15,7 @@ Register one with ``@register_model("name")``; its ``Options`` dataclass lists t
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
-import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
@@ -54,6 +50,12 @@ class Model:
     #: cell's metrics, but not part of its identity, so changing one resumes a cell instead of
     #: refusing it as another configuration.
     runtime_options: ClassVar[frozenset[str]] = frozenset()
+    #: bump it when this adapter's outputs change (a fix to decoding or prompt rendering): it is part
+    #: of every cell's identity, so a rerun computes new cells instead of reusing the old outputs.
+    version: ClassVar[int] = 1
+    #: the option naming the checkpoint on disk (``path``, ``checkpoint``), or None: what ``watch``
+    #: sets to each checkpoint folder it finds.
+    checkpoint_option: ClassVar[str | None] = None
 
     def __init__(self, options: Mapping[str, Any] | None = None):
         self.name = self.registry_name or type(self).__name__
@@ -70,7 +72,7 @@ class Model:
         """The torch device of this process for the ``device`` option: ``cuda`` and ``auto`` become
         ``cuda:$LOCAL_RANK`` (one GPU per torchrun rank; ``auto`` is the CPU without CUDA). The
         option itself, and so the result identity, stays as given."""
-        from harness.evaluation.distributed import resolve_device
+        from harness.devices import resolve_device
 
         return resolve_device(str(getattr(self.options, "device", "cpu")))
 
@@ -83,7 +85,7 @@ class Model:
         """The model's part of a cell's identity: name, weights fingerprint, options (but the
         ``runtime_options``)."""
         options = {k: v for k, v in dataclasses.asdict(self.options).items() if k not in self.runtime_options}
-        out = {"name": self.name, "fingerprint": self.fingerprint, "options": options}
+        out = {"name": self.name, "version": self.version, "fingerprint": self.fingerprint, "options": options}
         if self.demo_separator is not None:
             out["demo_separator"] = self.demo_separator
         return out
@@ -148,76 +150,6 @@ class Model:
         raise NotImplementedError(f"model {self.name} does not expose encode_media")
 
 
-def cache_dir() -> Path:
-    """Where the harness keeps small caches between runs: ``$HARNESS_CACHE`` or ``~/.cache/harness``."""
-    return Path(os.environ.get("HARNESS_CACHE") or Path.home() / ".cache" / "harness")
-
-
-#: A digest is cached only for files not modified in the last few seconds: file timestamps are
-#: coarse (a few ms), so a file rewritten within one tick keeps its mtime ("racy git").
-_RACY_S = 2.0
-
-
-def file_digest(path: Path, cache: dict[str, list] | None = None) -> str:
-    """sha256 of every byte of ``path``; with ``cache`` (path -> [stat..., digest]), reused while
-    (size, mtime_ns, ctime_ns, inode) are unchanged, so rerunning on a multi-GB checkpoint is instant."""
-    st = path.stat()
-    name = str(path.resolve())
-    stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
-    hit = cache.get(name) if cache is not None else None
-    if isinstance(hit, list) and hit[:-1] == stamp:
-        return hit[-1]
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    digest = h.hexdigest()
-    if cache is not None and time.time() - max(st.st_mtime, st.st_ctime) > _RACY_S:
-        cache[name] = [*stamp, digest]
-    return digest
-
-
-def checkpoint_fingerprint(path: str | Path) -> str:
-    """Identity of a checkpoint directory or file: a hash of every byte of every file.
-
-    Any changed weight changes it. Digests are cached in ``<cache_dir>/fingerprints.json``
-    by path and (size, mtime_ns, ctime_ns, inode), so only new or modified files are read
-    (sha256 reads several hundred MB/s; see benchmarks/fingerprint.py).
-    """
-    p = Path(path)
-    if not p.exists():
-        raise HarnessError(f"checkpoint not found: {p}")
-    files = sorted(x for x in p.rglob("*") if x.is_file()) if p.is_dir() else [p]
-    cache_file = cache_dir() / "fingerprints.json"
-    cache = _read_cache(cache_file)
-    before = dict(cache)
-    h = hashlib.sha256()
-    for f in files:
-        rel = f.relative_to(p) if p.is_dir() else Path(f.name)
-        h.update(f"{rel.as_posix()}\0{file_digest(f, cache)}\0".encode())
-    if cache != before:
-        _write_cache(cache_file, cache)
-    return h.hexdigest()[:16]
-
-
-def _read_cache(path: Path) -> dict[str, list]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def _write_cache(path: Path, cache: dict[str, list]) -> None:
-    """Best effort (a read-only home only costs rehashing); atomic, so concurrent runs never tear it."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(cache), encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as exc:
-        log.debug("fingerprint cache %s not written: %s", path, exc)
-
-
-def config_hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+# Moved to harness.store.identity (the one owner of result identity); importable here as before.
+from harness.store.identity import (_RACY_S, _read_cache, _write_cache, cache_dir, checkpoint_fingerprint,  # noqa: E402,F401
+                                    config_hash, file_digest)

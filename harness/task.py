@@ -19,7 +19,7 @@ from harness.data import hf_data
 from harness.errors import DataError, HarnessError
 from harness.metrics.stats import mean_with_ci
 from harness.options import build_options
-from harness.evaluation.prompts import PromptTemplate, pick_template
+from harness.prompts import PromptTemplate, pick_template
 from harness.types import Example, GenerationConfig, SampleRecord
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ class TaskOptions:
                            folder, parquet folder/glob, or an id in the local cache; see docs/data.md).
     columns:               for ``hf:`` sources, ``field:column,...`` overriding the task's column mapping.
     protocol:              a published protocol's preset (``flamingo``, ``openflamingo``, ``idefics``:
-                           harness.evaluation.protocols, docs/protocols.md) setting the options above that
+                           harness.protocols, docs/protocols.md) setting the options above that
                            it fixes; options given explicitly win. ``run --protocol NAME`` sets it for every task.
     """
 
@@ -70,7 +70,7 @@ class TaskOptions:
 
     def __post_init__(self) -> None:
         if self.sampler == "rices":
-            from harness.evaluation.rices import check_encoder_path
+            from harness.sampling import check_encoder_path
 
             if not self.rices_encoder:
                 raise HarnessError("sampler=rices needs rices_encoder=PATH (a local Hugging Face vision model, "
@@ -108,12 +108,15 @@ class Task:
     #: how ``hf:`` sources are read (harness.data.hf_data.Columns: field -> default column, e.g. the lmms-lab
     #: schema); a task that sets it implements ``example_from_row``. None: files only.
     hf_columns: ClassVar[hf_data.Columns | None] = None
+    #: bump it when outputs or scoring change (post-processing, a metric): it is part of every cell's
+    #: identity, so a rerun computes new cells instead of printing "already complete" with old numbers.
+    version: ClassVar[int] = 1
 
     def __init__(self, data_dir: str | Path | None = None, options: Mapping[str, Any] | None = None):
         self.name = self.registry_name or type(self).__name__
         given = dict(options or {})
         if given.get("protocol") not in (None, "", "none"):  # a preset's options, under the explicit ones
-            from harness.evaluation.protocols import preset_options
+            from harness.protocols import preset_options
 
             given = {**preset_options(str(given["protocol"]), type(self), given), **given}
         self.options = build_options(self.Options, given, f"task {self.name}")
@@ -294,7 +297,7 @@ class Task:
     def demo_sampler(self, seed: int):
         """The sampler that picks each query's demos (random from the support set; a task may
         override it, e.g. class-balanced demos for classification)."""
-        from harness.evaluation.sampling import RandomSampler
+        from harness.sampling import RandomSampler
 
         return RandomSampler(self.name, self.support_examples(), seed, self.options.support_size)
 
@@ -363,6 +366,7 @@ class Task:
             options.pop("protocol", None)
         return {
             "name": self.name,
+            "version": self.version,
             "kind": self.kind,
             "options": options,
             "support_split": self.support_split,

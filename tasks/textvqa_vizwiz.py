@@ -21,7 +21,7 @@ from harness.errors import DataError
 from harness.metrics.textvqa import textvqa_accuracy
 from harness.metrics.vizwiz import unanswerability, vizwiz_accuracy
 from harness.metrics.vqa import vqa_accuracy
-from harness.evaluation.prompts import PromptTemplate
+from harness.prompts import PromptTemplate
 from harness.registry import register_task
 from harness.task import read_json, require
 from harness.types import Example, GenerationConfig, Image, SampleRecord
@@ -170,7 +170,7 @@ class VizWiz(VQATask):
     def score(self, prediction: str, example: Example) -> float:
         if self.options.normalization == "vizwiz":
             return vizwiz_accuracy(prediction, example.answers)
-        return vqa_accuracy(prediction, example.answers, self.options.normalization)
+        return vqa_accuracy(prediction, example.answers, self.options.normalization, self.options.non_ten_answers)
 
     def aggregate(self, records: Sequence[SampleRecord]) -> dict[str, Any]:
         out = super().aggregate(records)

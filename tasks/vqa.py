@@ -11,8 +11,8 @@ from harness.errors import DataError
 from harness.data.hf_data import Columns, answer_strings
 from harness.metrics.stats import mean_with_ci
 from harness.metrics.vqa import vqa_accuracy
-from harness.evaluation.postprocess import vqa_answer
-from harness.evaluation.prompts import PromptTemplate
+from tasks.postprocess import vqa_answer
+from harness.prompts import PromptTemplate
 from harness.registry import register_task
 from harness.task import Task, TaskOptions, read_json, require
 from harness.types import Example, GenerationConfig, Image, SampleRecord
@@ -36,11 +36,15 @@ class VQAOptions(TaskOptions):
     normalization:  ``official`` (normalise only when the ten answers disagree, as the
                     official script) or ``always`` (OpenFlamingo, lmms-eval).
     image_dir:      folder of the images; default ``<root>/<split>`` (e.g. val2014).
+    non_ten_answers: how a question with other than ten answers is scored (the official formula assumes
+                    ten annotators): ``exact`` (default) 1 if the prediction equals any answer, else 0;
+                    ``min3`` min(1, matches/3) over the answers there are. Ten answers: the official formula.
     """
 
     answer_choice: Literal["first", "most_common"] = "first"
     normalization: Literal["official", "always"] = "official"
     image_dir: str | None = None
+    non_ten_answers: Literal["exact", "min3"] = "exact"
 
 
 #: Hugging Face datasets in the lmms-lab VQA schema (lmms-lab/VQAv2, lmms-lab/OK-VQA): answers as ten
@@ -95,7 +99,7 @@ class VQATask(Task):
         return vqa_answer(raw)
 
     def score(self, prediction: str, example: Example) -> float:
-        return vqa_accuracy(prediction, example.answers, self.options.normalization)
+        return vqa_accuracy(prediction, example.answers, self.options.normalization, self.options.non_ten_answers)
 
     def aggregate(self, records: Sequence[SampleRecord]) -> dict[str, Any]:
         out = super().aggregate(records)

@@ -184,7 +184,7 @@ def _nextqa_rows(rng: random.Random, n: int) -> list[dict]:
 def _ranked_prediction(task, candidates, scores_by_text):
     """What the runner records for a close-ended query: ``rank`` then the task's choice (``choose``,
     where the harness has it), from per-candidate log-likelihoods."""
-    from harness.evaluation.ranking import rank
+    from harness.ranking import rank
 
     per_order = [[scores_by_text[c] for c in candidates]]
     best, _, scores = rank(candidates, candidates, per_order, "none")

@@ -9,7 +9,8 @@ import pytest
 
 from conftest import run_cli
 from harness.errors import HarnessError
-from harness.registry import get_task_class, load_builtins
+from harness.plugins import load_builtins
+from harness.registry import get_task_class
 
 load_builtins()
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import io
+import json
 import logging
 import os
 import re
@@ -192,10 +193,31 @@ class OpenedSplit:
         return str(self.dataset._fingerprint)
 
 
+#: split names a role prefers, in order, for the hint of a missing split
+_ROLE_SPLITS = {"eval": ("validation", "val", "test", "dev", "eval"), "support": ("train", "training")}
+
+
+def _hint_split(spec_text: str, have: Sequence[str]) -> str:
+    """The split to suggest: for an eval source a validation/test split (never train when another
+    exists), for a support source train."""
+    have = list(have)
+    if not have:
+        return "SPLIT"
+    role = "eval" if "eval_source" in spec_text else "support" if "support_source" in spec_text else None
+    for name in _ROLE_SPLITS.get(role, ()):
+        for h in have:
+            if h.lower() == name or h.lower().startswith(name):
+                return h
+    if role == "eval":
+        others = [h for h in have if not h.lower().startswith("train")]
+        return (others or have)[0]
+    return have[0]
+
+
 def _no_split(spec_text: str, split: str, have: Sequence[str]) -> DataError:
     location = spec_text.split(f"={PREFIX}", 1)[-1].rsplit("@", 1)[0]
     return DataError(f"{spec_text}: no split {split!r}; it has {', '.join(repr(s) for s in have) or '(none)'}. "
-                     f"Name one with @SPLIT, e.g. {PREFIX}{location}@{(list(have) or ['SPLIT'])[0]}")
+                     f"Name one with @SPLIT, e.g. {PREFIX}{location}@{_hint_split(spec_text, have)}")
 
 
 def _load_parquet(files: Sequence[str], split: str) -> Any:
@@ -203,7 +225,27 @@ def _load_parquet(files: Sequence[str], split: str) -> Any:
 
     # One split's files only: preparing a whole hub snapshot would convert every split.
     name = split if re.fullmatch(r"\w+(\.\w+)*", split) else "data"
-    return datasets.load_dataset("parquet", data_files={name: list(files)}, split=name)
+    try:
+        return datasets.load_dataset("parquet", data_files={name: list(files)}, split=name)
+    except Exception as exc:  # a garbage or truncated file: pyarrow/datasets raise many kinds
+        log.debug("parquet read failed", exc_info=True)
+        if _parquet_rows(files) == 0:
+            raise DataError(f"the parquet file(s) {', '.join(map(str, files[:3]))} of split {split!r} have no rows; "
+                            f"pick a split with data") from None
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise DataError(f"cannot read the parquet file(s) {', '.join(map(str, files[:3]))}"
+                        f"{' ...' if len(files) > 3 else ''}: {type(exc).__name__}: {first}; "
+                        f"is each a complete parquet file?") from None
+
+
+def _parquet_rows(files: Sequence[str]) -> int | None:
+    """Rows in readable parquet files (None if any cannot be read as parquet)."""
+    try:
+        import pyarrow.parquet as pq
+
+        return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    except Exception:
+        return None
 
 
 def _from_parquet_folder(folder: Path, spec_text: str, split: str) -> tuple[Any, dict]:
@@ -218,17 +260,34 @@ def _from_parquet_folder(folder: Path, spec_text: str, split: str) -> tuple[Any,
     return _load_parquet(files, split), {"kind": "parquet", "files": len(files)}
 
 
+def _saved_without_data(path: Path) -> bool:
+    """A save_to_disk folder (or each split of one) whose state lists no data files: an empty dataset."""
+    states = [path / "state.json"] if (path / "state.json").is_file() else sorted(path.glob("*/state.json"))
+    try:
+        return bool(states) and any(not json.loads(s.read_text(encoding="utf-8")).get("_data_files") for s in states)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _open_path(path: Path, spec_text: str, split: str) -> tuple[Any, dict]:
     import datasets
 
+    if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
+        try:
+            loaded = datasets.load_from_disk(str(path))
+        except Exception as exc:  # a damaged save_to_disk folder, or one saved with no rows
+            if _saved_without_data(path):
+                raise DataError(f"{spec_text}: {path} holds a dataset with no rows; pick a split with data") from None
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise DataError(f"{spec_text}: {path} is a damaged save_to_disk folder ({type(exc).__name__}: "
+                            f"{first})") from None
     if path.is_dir() and (path / "dataset_dict.json").is_file():
-        dd = datasets.load_from_disk(str(path))
+        dd = loaded
         if split not in dd:
             raise _no_split(spec_text, split, list(dd))
         return dd[split], {"kind": "save_to_disk"}
     if path.is_dir() and (path / "state.json").is_file():
-        ds = datasets.load_from_disk(str(path))
-        return ds, {"kind": "save_to_disk"}
+        return loaded, {"kind": "save_to_disk"}
     if path.is_dir():
         return _from_parquet_folder(path, spec_text, split)
     files = sorted(glob.glob(str(path))) if any(c in str(path) for c in "*?[") else []
@@ -308,6 +367,8 @@ def open_split(spec: SourceSpec, default_split: str, what: str) -> OpenedSplit:
         desc["resolved"] = str(path.resolve()) if path.exists() else location
     else:
         ds, desc = _open_hub_id(location, spec_text, split)
+    if ds.num_rows == 0:
+        raise DataError(f"{spec_text}: the split has no rows; pick a split with data (or check the files)")
     opened = OpenedSplit(ds, {"source": f"{PREFIX}{location}@{split}", "location": location, "split": split,
                               **desc, "fingerprint": str(ds._fingerprint), "num_rows": ds.num_rows})
     register_dataset(opened.fingerprint, ds)
@@ -326,6 +387,13 @@ def check_columns(opened: OpenedSplit, required: Mapping[str, str], optional: Ma
             raise DataError(
                 f"{what}: {opened.description['source']}: no column {col!r} (field {logical!r}); the dataset has "
                 f"{', '.join(have)}. Map it with --task-arg {option}={logical}:COLUMN")
+    features = getattr(opened.dataset, "features", None) or {}
+    col = required.get("answers")
+    if col is not None and type(features.get(col)).__name__ == "Value":
+        log.warning("%s: %s: the answers column %r holds one string per row, so each question has ONE reference "
+                    "answer (scored by the task's rule for other than ten answers, non_ten_answers); if it is not the "
+                    "answers, map answers to a list column with --task-arg %s=answers:COLUMN",
+                    what, opened.description["source"], col, option)
     return {**required, **{k: c for k, c in optional.items() if c in have}}
 
 

@@ -8,6 +8,7 @@ from typing import Union
 from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
 
+from harness.cache import file_stamp
 from harness.errors import MediaError
 from harness.types import Image
 
@@ -15,11 +16,12 @@ from harness.types import Image
 def load_image(item: Union[str, Image]) -> PILImage.Image:
     """Open an image as RGB: a file path, an ``Image``, or a dataset-row image (``DatasetImage`` or its
     ``hfds://`` identity). Cached: demo images recur across thousands of prompts."""
-    return _load(item if isinstance(item, str) else item.path)
+    path = item if isinstance(item, str) else item.path
+    return _load(path, file_stamp(path))  # a file replaced in place is decoded again
 
 
 @lru_cache(maxsize=256)
-def _load(path: str) -> PILImage.Image:
+def _load(path: str, stamp: tuple[int, int] | None = None) -> PILImage.Image:
     from harness.data import hf_data
 
     if hf_data.is_row_image(path):

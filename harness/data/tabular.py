@@ -26,17 +26,24 @@ def read_csv(path: Path, what: str, layout: str, columns: Sequence[str]) -> list
 
 def read_jsonl(path: Path, what: str, layout: str) -> list[dict]:
     """The objects of a JSON-lines file (blank lines skipped)."""
+    from harness.store.journal import read_text
+
     if not path.is_file():
         raise DataError(f"{what}: file not found: {path}\nExpected layout: {layout}")
     out = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    try:
+        text = read_text(path, f"{what}: data file")
+    except DataError as exc:
+        raise DataError(f"{exc}\nExpected layout: {layout}") from None
+    for n, line in enumerate(text.split("\n"), 1):
             if not line.strip():
                 continue
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DataError(f"{what}: {path} line {n} is not valid JSON ({exc})\nExpected layout: {layout}") from None
+                # the file's line number; json's own "line 1" would name the line within the line
+                raise DataError(f"{what}: {path} line {n} is not valid JSON ({exc.msg} at column {exc.colno})"
+                                f"\nExpected layout: {layout}") from None
             if not isinstance(obj, dict):
                 raise DataError(f"{what}: {path} line {n} is not a JSON object\nExpected layout: {layout}")
             out.append(obj)

@@ -182,23 +182,23 @@ define_format(ServerFormat("visdial", "EvalAI Visual Dialog challenge",
 # ---- the command ----------------------------------------------------------------------------------------
 def read_cell(cell: str | Path) -> tuple[Path, dict[str, Any], list[SampleRecord]]:
     """A finished cell's folder (or its metrics.json), configuration and records in eval order."""
-    from harness.data.predictions import load_journal
+    from harness.store.journal import read_records
+    from harness.store.layout import METRICS, PREDICTIONS, read_json
+    from harness.store.results import check_cell
 
     path = Path(cell)
-    directory = path.parent if path.name == "metrics.json" else path
-    metrics_file, journal = directory / "metrics.json", directory / "predictions.jsonl"
+    directory = path.parent if path.name == METRICS else path
+    metrics_file, journal = directory / METRICS, directory / PREDICTIONS
     if not metrics_file.is_file() or not journal.is_file():
-        raise HarnessError(f"export {cell}: not a finished cell (needs metrics.json and predictions.jsonl "
+        raise HarnessError(f"export {cell}: not a finished cell (needs {METRICS} and {PREDICTIONS} "
                            f"in it, as `run` writes under <output>/<label>/<task>/<shots>shot_seed<seed>/)")
     try:
-        result = json.loads(metrics_file.read_text(encoding="utf-8"))
-        config = result["config"]
-    except (json.JSONDecodeError, KeyError) as exc:
-        raise HarnessError(f"export {cell}: {metrics_file} is not a run's metrics.json ({exc})") from None
-    records = load_journal(journal)
-    if records is None:
-        raise HarnessError(f"export {cell}: {journal} is not a harness predictions journal")
-    return directory, config, list(records.values())
+        result = read_json(metrics_file)
+        check_cell(result)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise HarnessError(f"export {cell}: {metrics_file} is not a finished harness cell's metrics "
+                           f"({type(exc).__name__}: {exc})") from None
+    return directory, result["config"], read_records(journal, torn_tail_ok=False)
 
 
 def export_cell(cell: str | Path, data_dir: str | None = None, output: str | Path | None = None,

@@ -21,7 +21,8 @@ from harness.errors import HarnessError
 from harness.model import Model, NoOptions
 from harness.registry import get_model_class, get_task_class
 from harness.evaluation.runner import select_queries
-from harness.reporting.store import Journal, cell_dir, read_json
+from harness.store.journal import Journal
+from harness.store.layout import cell_dir, read_json
 from harness.evaluation.sweep import SweepSpec, run_sweep
 
 log = logging.getLogger(__name__)
@@ -84,28 +85,33 @@ def merge_results(paths: Sequence[str | Path], data_dir: str | None, progress: b
     for cell, key, config in cells:
         _check_complete(cell, key, config, data_dir)
         gkey = (str(_output_of(cell, config)), config["label"], json.dumps(config["model"], sort_keys=True),
-                config["limit"])
+                config["limit"], config.get("sample"))
         g = groups[gkey]
         g["tasks"].setdefault(config["task"]["name"], config["task"])
         g["shots"].add(config["shots"])
         g["seeds"].add(config["seed"])
     summaries = []
-    for (output, label, model_json, limit), g in groups.items():
+    for (output, label, model_json, limit, sample), g in groups.items():
         tasks_cfg = list(g["tasks"].values())
         models = [(RecordedModel(json.loads(model_json)), label)]
         tasks = [_task(t, data_dir) for t in tasks_cfg]
-        spec = SweepSpec(tuple(sorted(g["shots"])), tuple(sorted(g["seeds"])), limit)
+        spec = SweepSpec(tuple(sorted(g["shots"])), tuple(sorted(g["seeds"])), limit, sample=sample)
         _check_grid(Path(output), label, tasks, spec)
         summaries.extend(run_sweep(models, tasks, spec, Path(output), progress=progress))
     return summaries
 
 
 def _task(config: dict[str, Any], data_dir: str | None):
-    return get_task_class(config["name"])(data_dir, config["options"])
+    cls = get_task_class(config["name"])
+    if config.get("version", 1) != cls.version:
+        raise HarnessError(f"merge: the shards of task {config['name']} were computed by its version "
+                           f"{config.get('version', 1)}, the installed task is version {cls.version} (its outputs or "
+                           f"scoring changed); rerun the run's command to compute the cells again")
+    return cls(data_dir, config["options"])
 
 
 def _check_complete(cell: Path, key: str, config: dict[str, Any], data_dir: str | None) -> None:
-    queries = select_queries(_task(config["task"], data_dir), config["limit"])
+    queries = select_queries(_task(config["task"], data_dir), config["limit"], config.get("sample"), config["seed"])
     journal = Journal(cell, key, config)
     have = {r.query_id for r in journal.recorded()}
     missing = [q.id for q in queries if q.id not in have]

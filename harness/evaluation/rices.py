@@ -32,7 +32,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, Sequence
@@ -40,9 +39,11 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from harness.cache import atomic_write, cache_root, file_stamp
 from harness.errors import HarnessError, MediaError
 from harness.metrics.ties import rices_order
-from harness.reporting.store import safe_name
+from harness.sampling import OWN_ENCODER, check_encoder_path  # noqa: F401 (re-exported)
+from harness.store.layout import safe_name
 from harness.types import Example, Media
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,6 @@ log = logging.getLogger(__name__)
 #: Bump when the way features are computed changes, so old cache files are not reused.
 FEATURE_VERSION = 1
 #: ``rices_encoder`` value that means "the evaluated model's own encoder".
-OWN_ENCODER = "model"
 
 
 class Encoder(Protocol):
@@ -66,8 +66,7 @@ class Encoder(Protocol):
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("HARNESS_CACHE")
-    return (Path(base) if base else Path.home() / ".cache" / "harness") / "rices"
+    return cache_root() / "rices"
 
 
 # ---- encoders -------------------------------------------------------------------
@@ -98,7 +97,11 @@ class HFVisionEncoder:
         except (OSError, ValueError) as exc:
             raise HarnessError(f"rices_encoder {self.path}: cannot load its image processor ({exc}); the folder "
                                f"needs a preprocessor_config.json (save one with the model's image processor)") from None
-        self.model = AutoModel.from_pretrained(str(self.path)).to(self.device).eval()
+        try:
+            self.model = AutoModel.from_pretrained(str(self.path)).to(self.device).eval()
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise HarnessError(f"rices_encoder {self.path}: its weights cannot be loaded ({type(exc).__name__}: "
+                               f"{(str(exc).splitlines() or [''])[0][:200]})") from None
 
     def embed(self, media: Sequence[Media]) -> np.ndarray:
         import torch
@@ -165,17 +168,34 @@ class ModelEncoder:
         return np.stack(rows).astype(np.float32)
 
 
-def check_encoder_path(value: str) -> None:
-    """Fail early (before any model loads) if ``rices_encoder`` names no model folder."""
+def validate_encoder(value: str) -> None:
+    """Everything about an ``rices_encoder=PATH`` folder that can be checked without loading its
+    weights, before any model loads: a readable config of a model that takes images (a text model
+    with an image-processor config is refused), and an image processor that loads."""
+    check_encoder_path(value)
     if value == OWN_ENCODER:
         return
-    p = Path(value)
-    if not (p / "config.json").is_file():
-        raise HarnessError(
-            f"rices_encoder {value!r}: not a Hugging Face model folder (no config.json there); give the local path "
-            f"of a vision model (e.g. a CLIP checkpoint with its preprocessor_config.json), or "
-            f"rices_encoder={OWN_ENCODER} to use the evaluated model's own vision encoder"
-        )
+    import inspect
+
+    from transformers import AutoConfig, AutoImageProcessor, AutoModel
+
+    where = f"rices_encoder {value!r}"
+    try:
+        config = AutoConfig.from_pretrained(value)
+    except Exception as exc:  # unreadable JSON, unknown model_type...
+        raise HarnessError(f"{where}: its config.json cannot be read ({type(exc).__name__}: "
+                           f"{(str(exc).splitlines() or [''])[0][:200]})") from None
+    cls = AutoModel._model_mapping.get(type(config), None) if hasattr(AutoModel, "_model_mapping") else None
+    takes_pixels = cls is not None and (hasattr(cls, "get_image_features")
+                                        or "pixel_values" in inspect.signature(cls.forward).parameters)
+    if not takes_pixels:
+        raise HarnessError(f"{where}: a {config.model_type or 'model'} folder, not a vision model (its model takes no "
+                           f"images); give a vision model such as CLIP or SigLIP, or rices_encoder={OWN_ENCODER}")
+    try:
+        AutoImageProcessor.from_pretrained(value)
+    except Exception as exc:
+        raise HarnessError(f"{where}: cannot load its image processor ({type(exc).__name__}); the folder needs a "
+                           f"preprocessor_config.json (save one with the model's image processor)") from None
 
 
 def check_model_encoder(model_cls: type, name: str) -> None:
@@ -203,11 +223,9 @@ def _identity_key(m: Media) -> list:
     selection = getattr(m, "selection", None)
     if selection is not None:
         key.append(repr(selection))
-    try:
-        st = os.stat(m.identity)
-        key += [st.st_size, st.st_mtime_ns]
-    except (OSError, ValueError, TypeError):
-        pass  # not a file (e.g. a dataset row): its identity alone
+    stamp = file_stamp(m.identity)
+    if stamp is not None:  # not a file (e.g. a dataset row): its identity alone
+        key += list(stamp)
     return key
 
 
@@ -235,15 +253,22 @@ def media_features(encoder: Encoder, task: str, split: str, media: Sequence[Medi
     digest = hashlib.sha256(material.encode()).hexdigest()[:20]
     path = Path(cache_dir) / f"{safe_name(task)}-{safe_name(split)}-{digest}.npy"
     index = {i: n for n, i in enumerate(ids)}
+    checksum = path.with_name(path.name + ".sha256")
     if path.is_file():
         try:
             matrix = np.load(path)
+            stored = checksum.read_text(encoding="ascii").strip() if checksum.is_file() else None
         except (OSError, ValueError) as exc:
             log.warning("%s: unreadable (%s); recomputing", path, exc)
         else:
-            if matrix.ndim == 2 and matrix.shape[0] == len(ids):
+            if not (matrix.ndim == 2 and matrix.shape[0] == len(ids)):
+                log.warning("%s: shape %s for %d media items; recomputing", path, matrix.shape, len(ids))
+            elif stored != _matrix_digest(matrix):
+                # overwritten with other values of the same shape (or by an older harness): never trusted
+                log.warning("%s: %s; recomputing", path, "no checksum beside it" if stored is None
+                            else "its values do not match their checksum (the file was changed)")
+            else:
                 return MediaFeatures(index, matrix, path, True)
-            log.warning("%s: shape %s for %d media items; recomputing", path, matrix.shape, len(ids))
     if batch_size < 1:
         raise HarnessError(f"rices_batch_size must be >= 1, got {batch_size}")
     rows: list[np.ndarray | None] = []
@@ -260,13 +285,19 @@ def media_features(encoder: Encoder, task: str, split: str, media: Sequence[Medi
     matrix = np.stack([r if r is not None else np.zeros(dim, np.float32) for r in rows])
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
     matrix = (matrix / np.where(norms > 0, norms, 1.0)).astype(np.float32)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
+    with atomic_write(checksum) as f:
+        f.write(_matrix_digest(matrix) + "\n")
+    with atomic_write(path, "wb") as f:  # a killed run never leaves half a feature file (a mismatch recomputes)
         np.save(f, matrix)
-    os.replace(tmp, path)  # atomic: a killed run never leaves half a feature file
     log.info("RICES: wrote %d %s/%s features to %s", len(ids), task, split, path)
     return MediaFeatures(index, matrix, path, False)
+
+
+def _matrix_digest(matrix: np.ndarray) -> str:
+    """sha256 of a feature matrix's dtype, shape and bytes (written beside its .npy, checked on load)."""
+    h = hashlib.sha256(f"{matrix.dtype}|{matrix.shape}|".encode())
+    h.update(np.ascontiguousarray(matrix).tobytes())
+    return h.hexdigest()
 
 
 def _embed_batch(encoder: Encoder, batch: list[Media]) -> list[np.ndarray | None]:
@@ -327,8 +358,10 @@ class RicesSampler:
         self.query_vectors = dict(zip((q.id for q in self.queries), example_features(self.queries, qry)))
         self._ids = np.array([e.id for e in self.pool], dtype=object)
 
-    def check_shots(self, shots: int) -> None:
-        if shots > len(self.pool) - 1 and shots > 0:
+    def check_shots(self, shots: int, queries: Sequence[Example] | None = None) -> None:
+        from harness.sampling import max_shots
+
+        if shots > max_shots(self.pool, queries) and shots > 0:
             raise HarnessError(
                 f"task {self.task}: {shots} shots asked for, but the support split has only {len(self.pool)} examples"
             )
@@ -347,7 +380,7 @@ class RicesSampler:
         """The ``shots`` most similar support examples, most similar LAST (next to the query)."""
         if shots == 0:
             return []
-        self.check_shots(shots)
+        self.check_shots(shots, [query])
         top = self.ranking(query)[:shots]
         return [self.pool[i] for i in reversed(top)]
 
@@ -356,3 +389,14 @@ class RicesSampler:
                 "support_split": self.support_split, "feature_version": FEATURE_VERSION,
                 # equal similarities ordered as OpenFlamingo's RICES.find (was: stable, earlier first)
                 "ties": "torch.argsort"}
+
+
+def build_sampler(task, seed: int, model, queries: Sequence[Example], progress: bool = True):
+    """The sampler a task's options ask for: ``rices`` (:class:`RicesSampler`), else the task's own
+    (``Task.demo_sampler``: seeded random, or class-balanced for classification)."""
+    o = task.options
+    if getattr(o, "sampler", "random") != "rices":
+        return task.demo_sampler(seed)  # random, or the task's own (class-balanced for classification)
+    encoder = make_encoder(o.rices_encoder, model)
+    return RicesSampler(task.name, task.support_examples(), queries, encoder, task.support_split, task.eval_split,
+                        Path(o.rices_cache) if o.rices_cache else default_cache_dir(), o.rices_batch_size, progress)

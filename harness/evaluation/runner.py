@@ -12,12 +12,16 @@ from tqdm import tqdm
 
 from harness import __version__
 from harness.evaluation.distributed import Group, WorkQueue, balanced_share
+from harness.evaluation.rices import build_sampler
 from harness.errors import HarnessError, SampleError
-from harness.model import Model, config_hash
-from harness.evaluation.prompts import PromptBuilder
-from harness.evaluation.ranking import continuation_for, demo_orders, rank
-from harness.evaluation.sampling import build_sampler, rng_for, sampler_config, sampler_inputs
-from harness.reporting.store import CellLock, Journal, cell_dir, write_json
+from harness.model import Model
+from harness.prompts import PromptBuilder
+from harness.ranking import continuation_for, demo_orders, rank
+from harness.sampling import rng_for, sampler_config, sampler_inputs
+from harness.store.identity import cell_config, config_key, data_fingerprint, environment
+from harness.store.journal import Journal, predictions_digest, seal
+from harness.store.layout import cell_dir, check_label, write_json
+from harness.store.locks import CellLock
 from harness.task import Task
 from harness.types import Example, GenerateRequest, GenerationConfig, RankRequest, SampleRecord
 
@@ -156,7 +160,7 @@ class Runner:
                  group: Group | None = None):
         self.model = model
         self.output = Path(output)
-        self.label = label or model.name
+        self.label = check_label(label or model.name)
         self.group = group
         self.progress = progress and (group is None or group.is_main)
         self._data_fp: dict[tuple[str, str, int], str] = {}
@@ -172,25 +176,17 @@ class Runner:
         if getattr(task.options, "length_normalization", None) == "tokens":
             self.model.count_tokens("a")  # a model that cannot count tokens fails here, before any sample
         n_demos = spec.shots if spec.shots > 0 else task.zero_shot_demos()
-        sampler.check_shots(n_demos)
+        sampler.check_shots(n_demos, queries)
         template_name, template = task.template(self.model.template_style)
         gen = task.generation_config()
 
-        config = {
-            "model": self.model.config(),
-            "label": self.label,
-            "task": {**task.config(), "template": template_name, "template_text": asdict(template)},
-            "shots": spec.shots,
-            "seed": spec.seed,
-            "limit": spec.limit,
-            "sample": spec.sample,
-            "sampler": {**sampler_config(sampler), "zero_shot_text_demos": 0 if spec.shots else n_demos},
-            "generation": asdict(gen) if task.kind == "generate" else None,
-            # the data itself: changed annotations (or a different data root) are another identity
-            "data": {"queries": data_fingerprint(queries), "support": self._support_fingerprint(task)},
-            "harness_version": __version__,
-        }
-        key = config_hash(config)
+        config = cell_config(
+            model=self.model.config(), label=self.label, task=task.config(), template_name=template_name,
+            template=template, shots=spec.shots, seed=spec.seed, limit=spec.limit, sample=spec.sample,
+            sampler=sampler_config(sampler), zero_shot_text_demos=0 if spec.shots else n_demos,
+            generation=gen if task.kind == "generate" else None, queries_fp=data_fingerprint(queries),
+            support_fp=self._support_fingerprint(task), harness_version=__version__)
+        key = config_key(config)
         directory = cell_dir(self.output, self.label, task.name, spec.shots, spec.seed)
         return CellPlan(task, spec, queries, sampler, n_demos, template, gen, config, key, directory,
                         Journal(directory, key, config, spec.shard))
@@ -246,7 +242,7 @@ class Runner:
             raise HarnessError("a cell is either sharded by torchrun or by --shard, not both")
 
         def prepare() -> dict[str, Any] | None:
-            if plan.spec.overwrite and plan.journal.existing_config() is not None:
+            if plan.spec.overwrite and plan.journal.replaceable():
                 plan.journal.clear()
             return plan.journal.prepare()
 
@@ -274,7 +270,7 @@ class Runner:
         if finished is not None:
             log.info("%s: already complete, skipping", directory)
             return finished
-        if spec.overwrite and journal.existing_config() is not None:
+        if spec.overwrite and journal.replaceable():
             journal.clear()
         if spec.shard is None:
             self._wait_for_shards(journal)
@@ -347,7 +343,11 @@ class Runner:
             "model_runtime_options": getattr(self.model, "runtime_config", dict)(),
             "config_key": plan.key,
             "config": plan.config,
+            # what produced the numbers, outside the identity: compare says when side-by-side cells differ
+            "environment": environment(),
+            "predictions_digest": predictions_digest(records),
         }
+        result["seal"] = seal(result)  # a hand edit of the numbers is caught on rerun and by compare
         write_json(directory / "metrics.json", result)
         return result
 
@@ -462,13 +462,6 @@ class Runner:
         fields = {**task.record_fields(q), **task.ranking_fields(q, logprobs, scores, norm), "n_orders": len(prompts)}
         return SampleRecord(raw_output=prediction, prediction=prediction, score=task.sample_score(prediction, q),
                             fields=fields, **common)
-
-
-def data_fingerprint(examples: Sequence[Example]) -> str:
-    """Hash of what a cell's numbers depend on in its examples: ids, prompt fields, answers,
-    demo targets and media identities (not the media bytes)."""
-    return config_hash([[e.id, dict(e.fields), list(e.answers), e.target, [m.identity for m in e.media]]
-                        for e in examples])
 
 
 def failure_list(records: Sequence[SampleRecord], queries: Sequence[Example],

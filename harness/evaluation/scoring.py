@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import DataError
-from harness.data.predictions import load_journal, load_predictions
+from harness.data.predictions import journal_task, load_journal, load_predictions
 from harness.task import Task
 from harness.types import Example, SampleRecord
 
@@ -24,6 +24,10 @@ def score_predictions(task: Task, path: str | Path, split: str | None = None) ->
     (e.g. candidate log-likelihoods for ROC-AUC) and failed samples kept, and the
     references always read from the task's data, never from the journal.
     """
+    recorded_task = journal_task(path)
+    if recorded_task is not None and recorded_task != task.name:
+        raise DataError(f"{path} holds predictions of task {recorded_task} (its journal.json says so), not "
+                        f"{task.name}; pass --task {recorded_task}")
     journal = load_journal(path)
     if journal is None:
         id_key, text_key = task.prediction_keys

@@ -7,11 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from harness.metrics.stats import mean_std
 from harness.evaluation.distributed import Group
 from harness.model import Model
 from harness.evaluation.runner import CellPlan, CellSpec, Runner
-from harness.reporting.store import CellConflict, cell_dir as plan_dir, safe_name, write_json
+from harness.store.journal import CellConflict
+from harness.store.layout import cell_dir as plan_dir
+from harness.store.results import summary_row, write_label_summary
 from harness.task import Task
 
 log = logging.getLogger(__name__)
@@ -106,39 +107,10 @@ def run_sweep(
                              res["primary_metric"], res["metrics"][res["primary_metric"]], res["n"])
                 if not cells:
                     continue
-                values = [r["metrics"][r["primary_metric"]] for r in cells]
-                mean, std = mean_std(values)
-                per_label.append({
-                    "label": label,
-                    "task": task.name,
-                    "metric": cells[0]["primary_metric"],
-                    "shots": shots,
-                    "seeds": list(spec.seeds),
-                    "per_seed": values,
-                    "mean": mean,
-                    "std": std,
-                    "n": cells[0]["n"],
-                    "n_failed": [r["n_failed"] for r in cells],
-                    "wall_time_s": sum(r.get("wall_time_s", 0.0) for r in cells),
-                    "compute_time_s": sum(r.get("compute_time_s", r.get("wall_time_s", 0.0)) for r in cells),
-                    "failures": [_failure_note(plan_dir(output, label, task.name, shots, seed), r)
-                                 for seed, r in zip(spec.seeds, cells) if r.get("n_failed")],
-                })
+                per_label.append(summary_row(label, task.name, shots, [
+                    (seed, plan_dir(output, label, task.name, shots, seed), r) for seed, r in zip(spec.seeds, cells)]))
         if per_label and (group is None or group.is_main):
-            write_json(output / safe_name(label) / "summary.json", per_label)
+            # every finished cell of the label on disk, averaged as compare averages them (not only this run's)
+            write_label_summary(output, label, [t.name for t in tasks])
         summaries.extend(per_label)
     return summaries
-
-
-def _failure_note(directory: Path, res: dict[str, Any]) -> str:
-    """One line about a cell's failed samples: how many, the first error, where all are listed;
-    a demo whose media failed is named once with the number of queries it failed."""
-    failures = res["failures"]
-    demo_counts: dict[str, int] = {}
-    for f in failures:
-        if f.get("role") == "demo":
-            demo_counts[f["media"]] = demo_counts.get(f["media"], 0) + 1
-    demos = "".join(f"; demo media {m} is unreadable and failed all {k} queries that drew it"
-                    for m, k in sorted(demo_counts.items()))
-    return (f"{directory}: {res['n_failed']} of {res['n']} samples failed (counted wrong){demos}; "
-            f"first: {failures[0]['error']}; all are listed under 'failures' in {directory / 'metrics.json'}")

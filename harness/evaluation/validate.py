@@ -13,10 +13,10 @@ import math
 from typing import Any, Callable, Sequence
 
 from harness.errors import DataError, HarnessError
-from harness.evaluation.distributed import resolve_device
+from harness.devices import resolve_device
 from harness.options import build_options
 from harness.registry import get_model_class
-from harness.evaluation.sampling import RandomSampler
+from harness.sampling import RandomSampler
 from harness.task import Task
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def check_task_options(task: Task) -> None:
             raise HarnessError(f"task {task.name} option {f.name}={value}: must be {what}")
 
 
-def check_task(task: Task, shots: Sequence[int], limit: int | None = None) -> None:
+def check_task(task: Task, shots: Sequence[int], limit: int | None = None, sample: int | None = None) -> None:
     """Options in range; both splits read (every data-file error surfaces now); every shot
     count (and the zero-shot text demos) fits the support set."""
     check_task_options(task)
@@ -76,9 +76,13 @@ def check_task(task: Task, shots: Sequence[int], limit: int | None = None) -> No
     if not evals:
         raise DataError(f"task {task.name}: the eval split {task.eval_split!r} is empty")
     sampler = RandomSampler(task.name, support, 0, task.options.support_size)
+    queries = evals[:limit] if limit else evals
+    if sample is not None and sample >= len(queries):
+        log.warning("task %s: --sample %d is not smaller than the %d eval questions%s: every seed evaluates all of "
+                    "them (the same queries)", task.name, sample, len(queries), f" (first {limit})" if limit else "")
     for s in shots:
         task.check_shots(s)  # a zero-shot-only benchmark refuses demos
-        sampler.check_shots(s if s > 0 else task.zero_shot_demos())
+        sampler.check_shots(s if s > 0 else task.zero_shot_demos(), queries)
     log.debug("task %s: %d support, %d eval examples%s", task.name, len(support), len(evals),
               f" (first {limit})" if limit else "")
 

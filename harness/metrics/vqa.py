@@ -12,6 +12,16 @@ Normalisation (punctuation, number words, articles, contractions) has two modes:
   scores 0 against ten "yes" (no normalisation, case differs).
 - ``always``: normalise prediction and answers for every question, as
   OpenFlamingo and lmms-eval effectively do.
+
+The formula assumes exactly ten annotators: with one answer an exact prediction would score 0,
+with three identical answers 0.67. A question with other than ten answers (plug-in data, a
+``columns=answers:...`` mapping, a hand-made file) is therefore never scored by it; ``non_ten``
+chooses the rule for those questions (a task option ``non_ten_answers``, recorded in results):
+
+- ``exact`` (default): 1 if the prediction equals any of the answers, else 0;
+- ``min3``: min(1, matches / 3) over the answers there are (the formula without leave-one-out).
+
+The same normalisation applies as for ten answers.
 """
 
 from __future__ import annotations
@@ -20,6 +30,9 @@ import re
 from typing import Literal, Sequence
 
 NormalizeMode = Literal["official", "always"]
+NonTenRule = Literal["exact", "min3"]
+#: the number of annotators the official formula assumes
+N_ANNOTATORS = 10
 
 CONTRACTIONS = {
     "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've", "couldnt": "couldn't",
@@ -95,14 +108,14 @@ def _clean(text: str) -> str:
     return text.replace("\n", " ").replace("\t", " ").strip()
 
 
-def vqa_accuracy(prediction: str, answers: Sequence[str], mode: NormalizeMode = "official") -> float:
-    """Accuracy of one prediction against the annotators' answers, in [0, 1].
-
-    With fewer than two answers there is no leave-one-out subset with a vote;
-    such datasets should repeat the single answer (see tasks.vqa.EasyVQA).
-    """
+def vqa_accuracy(prediction: str, answers: Sequence[str], mode: NormalizeMode = "official",
+                 non_ten: NonTenRule = "exact") -> float:
+    """Accuracy of one prediction against the annotators' answers, in [0, 1]: the official formula
+    with exactly ten answers, else the ``non_ten`` rule (see the module docstring)."""
     if mode not in ("official", "always"):
         raise ValueError(f"unknown VQA normalisation mode {mode!r} (official or always)")
+    if non_ten not in ("exact", "min3"):
+        raise ValueError(f"unknown rule for other than ten answers {non_ten!r} (exact or min3)")
     pred = _clean(prediction)
     gts = [_clean(a) for a in answers]
     if not gts:
@@ -110,6 +123,9 @@ def vqa_accuracy(prediction: str, answers: Sequence[str], mode: NormalizeMode = 
     if mode == "always" or len(set(gts)) > 1:
         gts = [process_digit_article(process_punctuation(a)) for a in gts]
         pred = process_digit_article(process_punctuation(pred))
+    if len(gts) != N_ANNOTATORS:
+        matches = sum(1 for a in gts if a == pred)
+        return float(matches > 0) if non_ten == "exact" else min(1.0, matches / 3.0)
     return leave_one_out_accuracy(pred, gts)
 
 

@@ -26,12 +26,9 @@ import pandas as pd
 
 from harness.errors import HarnessError
 from harness.metrics.stats import N_PERM, holm, paired_difference
+from harness.store.identity import pairing_fields, pairing_mismatch  # noqa: F401  (moved; importable here)
+from harness.store.journal import read_records
 
-#: config["task"] keys that do not change which queries and demos a cell has (the template is
-#: resolved per model family, so checkpoints of different families may differ there).
-_TASK_KEYS_FREE = frozenset({"template", "template_text"})
-#: top-level config keys that belong to the model or the run, not to the queries / demos.
-_FREE_KEYS = frozenset({"model", "label", "generation", "harness_version"})
 ALPHA = 0.05
 
 
@@ -47,38 +44,6 @@ class CellRecords:
     demos: dict[str, list[str]]
 
 
-def pairing_fields(config: dict[str, Any]) -> dict[str, Any]:
-    """The parts of a cell's configuration that decide its queries and demonstrations.
-
-    Everything except the model, label, generation settings, version and the prompt template;
-    unknown keys are kept, so a field added later (a data fingerprint, ``sample``) counts.
-    """
-    out = {k: v for k, v in config.items() if k not in _FREE_KEYS}
-    if isinstance(out.get("task"), dict):
-        out["task"] = {k: v for k, v in out["task"].items() if k not in _TASK_KEYS_FREE}
-    return out
-
-
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(d, dict):
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            out.update(_flat(v, f"{prefix}{k}."))
-        return out
-    return {prefix.rstrip("."): d}
-
-
-def pairing_mismatch(a: dict[str, Any], b: dict[str, Any]) -> str | None:
-    """Why two configs cannot be paired (the differing fields and values), or None."""
-    fa, fb = _flat(pairing_fields(a)), _flat(pairing_fields(b))
-    diffs = [k for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)]
-    if not diffs:
-        return None
-    shown = ", ".join(f"{k} {fa.get(k)!r} vs {fb.get(k)!r}" for k in diffs[:3])
-    more = f" (+{len(diffs) - 3} more)" if len(diffs) > 3 else ""
-    return f"different queries/demos: {shown}{more}"
-
-
 def read_cell(file: str | Path, value: float) -> CellRecords:
     """A cell's records from the predictions.jsonl beside its metrics.json."""
     file = Path(file)
@@ -87,17 +52,13 @@ def read_cell(file: str | Path, value: float) -> CellRecords:
     if not preds.is_file():
         raise HarnessError(f"{file}: no predictions.jsonl beside it; the paired test needs per-query scores")
     ids, scores, demos = [], [], {}
-    with open(preds, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                r = json.loads(line)
-                qid = str(r["query_id"])
-                ids.append(qid)
-                if r["score"] is None:  # a split without answers: nothing to pair
-                    raise HarnessError(f"{file}: query {qid} has no score (its split has no answers); the paired "
-                                       f"test compares scored cells only")
-                scores.append(float(r["score"]))
-                demos[qid] = [str(x) for x in r.get("demo_ids", [])]
+    for r in read_records(preds, torn_tail_ok=False):
+        if r.score is None:  # a split without answers: nothing to pair
+            raise HarnessError(f"{file}: query {r.query_id} has no score (its split has no answers); the paired "
+                               f"test compares scored cells only")
+        ids.append(r.query_id)
+        scores.append(r.score)
+        demos[r.query_id] = list(r.demo_ids)
     return CellRecords(file, metrics["config"], value, ids, np.asarray(scores, dtype=float), demos)
 
 

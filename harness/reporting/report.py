@@ -19,8 +19,10 @@ from typing import Any, Literal, Sequence
 import pandas as pd
 
 from harness.errors import HarnessError
-from harness.reporting.store import config_diff, read_json
-from harness.evaluation.suites import add_suite_rows
+from harness.store.identity import config_diff, environment_diff, setting_key as _setting_key  # noqa: F401
+from harness.store.layout import read_json, step_of
+from harness.store.results import read_cells as _read_cells
+from harness.suites import add_suite_rows
 
 log = logging.getLogger(__name__)
 
@@ -36,30 +38,6 @@ def _flatten(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
         elif isinstance(v, (int, float)) and not isinstance(v, bool) and k != "n":
             out[name] = float(v)
     return out
-
-
-def _setting_key(config: dict[str, Any]) -> str:
-    """Identity of a cell's configuration without its seed: cells that may be averaged over seeds."""
-    from harness.model import config_hash
-
-    sampler = {k: v for k, v in (config.get("sampler") or {}).items() if k != "seed"}
-    return config_hash({**config, "seed": None, "sampler": sampler})
-
-
-def _read_cells(src: str | Path):
-    """(file, metrics) of each finished cell under ``src``; a file that is not a harness
-    metrics.json (foreign, corrupt) is skipped with a warning naming it."""
-    for file in ([Path(src)] if Path(src).is_file() else sorted(Path(src).rglob("metrics.json"))):
-        try:
-            m = read_json(file)
-            cfg = m["config"]
-            _ = (cfg["label"], cfg["model"]["name"], cfg["task"]["name"], int(cfg["shots"]), int(cfg["seed"]), int(m["n"]))
-            if not isinstance(m["metrics"], dict):
-                raise TypeError("'metrics' is not an object")
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            log.warning("skipping %s: not a finished harness cell (%s: %s)", file, type(exc).__name__, exc)
-            continue
-        yield file, m
 
 
 def load_results(paths: Sequence[str | Path]) -> pd.DataFrame:
@@ -91,6 +69,7 @@ def load_results(paths: Sequence[str | Path]) -> pd.DataFrame:
                     "n": int(m["n"]),
                     "n_failed": int(m.get("n_failed", 0)),
                     "setting": _setting_key(cfg),
+                    "environment": m.get("environment"),
                     "file": str(file),
                 })
     if not rows:
@@ -98,11 +77,24 @@ def load_results(paths: Sequence[str | Path]) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     # Same label in two folders (two checkpoints run with the same model name): tell them apart.
     clash = df.groupby("label")["source"].nunique()
-    df["checkpoint"] = [
-        f"{Path(s).name}/{lab}" if clash[lab] > 1 else lab for s, lab in zip(df["source"], df["label"])
-    ]
+    df["run"] = [f"{Path(s).name}/{lab}" if clash[lab] > 1 else lab for s, lab in zip(df["source"], df["label"])]
+    # Evaluations along a training run (<output>/step-N/<label>/, harness.training and watch): one
+    # checkpoint per step of the run.
+    df["step"] = pd.array([step_of(f) for f in df["file"]], dtype="Int64")
+    df["checkpoint"] = [run if pd.isna(step) else f"{run} step-{step}" for run, step in zip(df["run"], df["step"])]
     _split_settings(df)
+    _note_environments(df)
     return df
+
+
+def _note_environments(df: pd.DataFrame) -> None:
+    """Warn when cells shown side by side were computed by different code (harness revision, or
+    torch/transformers/datasets/pycocoevalcap versions): a difference may come from there."""
+    for task, sub in df.drop_duplicates("file").groupby("task"):
+        diff = environment_diff(list(sub["environment"]))
+        if diff:
+            log.warning("%s: the cells compared were computed with different code versions (%s); differences "
+                        "between them may come from there", task, diff)
 
 
 def _split_settings(df: pd.DataFrame) -> None:
@@ -139,7 +131,7 @@ def summarize(cells: pd.DataFrame) -> pd.DataFrame:
 def compare(paths: Sequence[str | Path], metrics: str = "primary") -> pd.DataFrame:
     """The comparison table as a DataFrame: rows (task, metric), columns (checkpoint, shots),
     cells ``mean (std) n=N``. ``metrics='all'`` adds the breakdowns (e.g. per answer type). A suite
-    (harness.evaluation.suites) whose tasks are all present adds a row: the mean of their primary metrics."""
+    (harness.suites) whose tasks are all present adds a row: the mean of their primary metrics."""
     summary = summarize(load_results(paths))
     if metrics == "primary":
         summary = summary[summary["primary"]]
@@ -174,7 +166,10 @@ def _cell(r: Any) -> str:
 
 
 def render(table: pd.DataFrame, fmt: Format = "markdown") -> str:
-    """Render a :func:`compare` table as markdown, CSV or LaTeX (no extra packages needed)."""
+    """Render a :func:`compare` table of strings as markdown, CSV or LaTeX (a plain booktabs tabular).
+
+    For numbers (a paper's LaTeX table, a tidy CSV/Parquet) use :func:`harness.reporting.tidy.tidy`
+    with :func:`harness.reporting.latex.latex_table` or :func:`harness.reporting.tidy.write_tidy`."""
     headers = ["task", "metric"] + [f"{ck} {shots}-shot" for ck, shots in table.columns]
     rows = [[str(task), str(metric)] + ["" if pd.isna(v) else str(v) for v in vals]
             for (task, metric), vals in zip(table.index, table.to_numpy())]
@@ -196,42 +191,15 @@ def render_rows(headers: Sequence[str], rows: Sequence[Sequence[str]], fmt: Form
         lines += ["| " + " | ".join(r) + " |" for r in rows]
         return "\n".join(lines) + "\n"
     if fmt == "latex":
-        def esc(s: str) -> str:
-            for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#")):
-                s = s.replace(a, b)
-            return s
-        lines = [r"\begin{tabular}{ll" + "r" * (len(headers) - 2) + "}", r"\toprule",
-                 " & ".join(esc(h) for h in headers) + r" \\", r"\midrule"]
-        lines += [" & ".join(esc(c) for c in r) + r" \\" for r in rows]
-        lines += [r"\bottomrule", r"\end{tabular}"]
-        return "\n".join(lines) + "\n"
+        from harness.reporting.latex import latex_rows
+
+        return latex_rows(headers, rows)
     raise HarnessError(f"unknown table format {fmt!r}: markdown, csv or latex")
 
 
 def plot(paths: Sequence[str | Path], out: str | Path) -> Path:
-    """Metric vs shots, one line per checkpoint and one panel per task (PNG)."""
-    import matplotlib
+    """Metric vs shots, one line per checkpoint and one panel per task, at ``out`` (PNG, PDF or SVG by
+    its suffix); :mod:`harness.reporting.plots` has the options (band, layout, more formats)."""
+    from harness.reporting.plots import plot as plot_paths
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out = Path(out)
-    if not out.parent.is_dir():
-        raise HarnessError(f"--plot {out}: folder {out.parent} does not exist; create it or pick another path")
-    summary = summarize(load_results(paths))
-    summary = summary[summary["primary"]]
-    tasks = sorted(summary["task"].unique())
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.2), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
-        sub = summary[summary["task"] == task]
-        for ck, grp in sub.groupby("checkpoint"):
-            grp = grp.sort_values("shots")
-            ax.errorbar(grp["shots"], grp["mean"], yerr=grp["std"], marker="o", capsize=3, label=ck)
-        ax.set_title(task)
-        ax.set_xlabel("shots")
-        ax.set_ylabel(sub["metric"].iloc[0])
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return plot_paths(paths, out)[0]

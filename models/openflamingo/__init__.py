@@ -26,6 +26,7 @@ import logging
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
+from harness.store.identity import media_key
 from harness.errors import HarnessError, MediaError
 from harness.data.media import load_image
 from harness.model import Model, checkpoint_fingerprint
@@ -58,7 +59,7 @@ class OpenFlamingoOptions:
         across prompts, support and query images across seeds and shot counts); default: a quarter
         of physical memory, at most 8 GiB; 0 turns the cache off.
     feature_cache_size: optional cap on the number of cached images (the old item-count bound).
-    feature_cache_dir: folder where features also persist, keyed by (model fingerprint, image
+    feature_cache_dir: folder where features also persist, keyed by (model fingerprint, image path, size, mtime
         identity), so the next seed, shot count or process reuses them; empty: memory only.
     xattn: per_image (each token attends to its own image's latents, keys/values projected once
         per generation) or masked (OpenFlamingo's form; same logits, slower; kept to measure against).
@@ -91,6 +92,7 @@ class OpenFlamingoOptions:
 @register_model("openflamingo")
 class OpenFlamingo(Model):
     """OpenFlamingo checkpoints (open_clip ViT + resampler + cross-attention + HF LM) from local files; see docs/openflamingo.md."""
+    checkpoint_option = "checkpoint"  # what `watch` sets to each checkpoint folder
 
     Options = OpenFlamingoOptions
     template_style = "openflamingo"
@@ -177,7 +179,7 @@ class OpenFlamingo(Model):
         def compute(idx: list[int]):
             return list(self.encode_pixels(self.pixels([media[i] for i in idx])))
 
-        return self._features.get([m.identity for m in media], compute)
+        return self._features.get([media_key(m) for m in media], compute)  # (path, size, mtime): never stale
 
     def encode_media(self, media: Sequence[Media]):
         """:meth:`media_features` stacked: (N, num_latents, D)."""

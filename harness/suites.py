@@ -7,7 +7,7 @@ of its tasks' primary metrics (each on 0-100), only where every task of the suit
 
 Define your own in a plug-in file (``--include my_suites.py``)::
 
-    from harness.evaluation.suites import define_suite
+    from harness.suites import define_suite
     define_suite("my_vqa", tasks=["vqav2", "okvqa", "textvqa"], shots=[0, 4], description="my VQA set")
 """
 
@@ -26,7 +26,7 @@ class Suite:
 
     task_shots: per-task shots that replace ``shots`` (e.g. RareAct is zero-shot only); in the
     summary row such a task contributes its score at its largest shots not above the row's.
-    protocol: the preset of the paper the suite comes from (harness.evaluation.protocols), applied to
+    protocol: the preset of the paper the suite comes from (harness.protocols), applied to
     its tasks unless ``run --protocol`` (or a task's own ``protocol`` option) says otherwise.
     """
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar, Sequence
 
 import numpy as np
@@ -51,19 +52,23 @@ class RandomSampler:
             idx = rng_for("support", self.seed, self.task).choice(n, size=self.support_size, replace=False)
             self.pool = [self.support[i] for i in sorted(idx)]
 
-    def check_shots(self, shots: int) -> None:
-        # One pool member may be the query itself and is then excluded.
-        if shots > len(self.pool) - 1 and shots > 0:
+    def check_shots(self, shots: int, queries: Sequence[Example] | None = None) -> None:
+        """Refuse more shots than the pool holds. A query in the pool is never its own demo, so then
+        one fewer; ``queries`` (None: assume they overlap) disjoint from the pool can use all of it."""
+        limit = max_shots(self.pool, queries)
+        if shots > limit and shots > 0:
+            overlap = limit < len(self.pool)
             raise HarnessError(
                 f"task {self.task}: {shots} shots asked for, but the support set has only {len(self.pool)} "
-                f"examples; use fewer shots or a larger support set (task option support_size)"
+                f"examples{' (a query in it is never its own demo: at most ' + str(limit) + ')' if overlap else ''}; "
+                f"use fewer shots or a larger support set (task option support_size)"
             )
 
     def demos(self, query: Example, shots: int) -> list[Example]:
         """``shots`` distinct demos for ``query``; the most recently drawn is placed last."""
         if shots == 0:
             return []
-        self.check_shots(shots)
+        self.check_shots(shots, [query])
         rng = rng_for("demos", self.seed, self.task, query.id, shots)
         # Draw one spare so the query can be dropped if drawn, without a second draw.
         picks = rng.choice(len(self.pool), size=min(shots + 1, len(self.pool)), replace=False)
@@ -73,6 +78,15 @@ class RandomSampler:
 
     def config(self) -> dict:
         return {"name": self.name, "support_size": len(self.pool), "seed": self.seed}
+
+
+def max_shots(pool: Sequence[Example], queries: Sequence[Example] | None = None) -> int:
+    """The most demos a query can get from ``pool``: all of it, less one when a query may be in it."""
+    if queries is not None:
+        ids = {e.id for e in pool}
+        if not any(q.id in ids for q in queries):
+            return len(pool)
+    return len(pool) - 1
 
 
 def sampler_config(sampler) -> dict:
@@ -90,16 +104,18 @@ def sampler_inputs(task, seed: int, queries: Sequence[Example]) -> tuple:
     return ("seeded", seed, query_ids)
 
 
-def build_sampler(task, seed: int, model, queries: Sequence[Example], progress: bool = True):
-    """The sampler a task's options ask for: ``rices`` (see harness.evaluation.rices), else the task's own
-    (``Task.demo_sampler``: seeded random, or class-balanced for classification)."""
-    o = task.options
-    if getattr(o, "sampler", "random") != "rices":
-        return task.demo_sampler(seed)  # random, or the task's own (class-balanced for classification)
-    from pathlib import Path
+# what ``rices_encoder`` names to use the evaluated model's own vision encoder
+OWN_ENCODER = "model"
 
-    from harness.evaluation.rices import RicesSampler, default_cache_dir, make_encoder
 
-    encoder = make_encoder(o.rices_encoder, model)
-    return RicesSampler(task.name, task.support_examples(), queries, encoder, task.support_split, task.eval_split,
-                        Path(o.rices_cache) if o.rices_cache else default_cache_dir(), o.rices_batch_size, progress)
+def check_encoder_path(value: str) -> None:
+    """Fail early (before any model loads) if ``rices_encoder`` names no model folder."""
+    if value == OWN_ENCODER:
+        return
+    p = Path(value)
+    if not (p / "config.json").is_file():
+        raise HarnessError(
+            f"rices_encoder {value!r}: not a Hugging Face model folder (no config.json there); give the local path "
+            f"of a vision model (e.g. a CLIP checkpoint with its preprocessor_config.json), or "
+            f"rices_encoder={OWN_ENCODER} to use the evaluated model's own vision encoder"
+        )
