@@ -355,7 +355,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise HarnessError("export --output names one file: give one cell, or leave --output out (each cell's "
                            "file goes in its folder)")
     for cell in args.cells:
-        path, fmt, n = export_cell(cell, args.data_dir, args.output, args.normalize, args.overwrite)
+        path, fmt, n = export_cell(cell, args.data_dir, args.output, args.normalize, args.overwrite, args.partial)
         print(f"wrote {path} ({n} predictions; {fmt.name} format for {fmt.server}: {fmt.schema})")
     return 0
 
@@ -676,11 +676,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("cells", nargs="+", metavar="CELL",
                    help="finished cell folders (<output>/<label>/<task>/<shots>shot_seed<seed>) or their metrics.json")
     e.add_argument("--output", help="file to write (default: submission_<task>_<split>.<ext> in the cell's folder)")
-    e.add_argument("--data-dir", help="data root of the run (VQAv2 test-dev also reads the test2015 questions; STAR "
-                   "the choices) (default: $HARNESS_DATA)")
+    e.add_argument("--data-dir", help="data root of the run: the split's questions are read to check the cell "
+                   "covers every one (VQAv2 test-dev also reads the test2015 questions; STAR the choices) "
+                   "(default: $HARNESS_DATA)")
     e.add_argument("--normalize", action="store_true",
                    help="VQA formats: apply the VQA answer normaliser first, as OpenFlamingo's fill script does")
     e.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    e.add_argument("--partial", action="store_true",
+                   help="write a cell that predicts only part of its split (--limit/--sample); servers reject it")
     e.add_argument("--include", action="append", default=[], metavar="PATH", help="the plug-ins the run used")
     e.set_defaults(func=cmd_export)
 

@@ -168,7 +168,7 @@ def test_visdial_export_writes_the_ranks_of_every_round(tmp_path):
     run_cli("run", "--model", "demo-majority", "--tasks", "visdial", "--shots", "2", "--seeds", "0",
             "--data-dir", str(root), "--output", str(out), "-q")
     c = cell(out, "visdial")
-    run_cli("export", str(c), "--output", str(tmp_path / "ranks.json"))
+    run_cli("export", str(c), "--data-dir", str(root), "--output", str(tmp_path / "ranks.json"))
     rows = json.loads((tmp_path / "ranks.json").read_text())
     records = journal(c)
     assert len(rows) == len(records) == 6  # every round (rounds=all)
@@ -186,6 +186,28 @@ def test_export_errors_are_one_line(tmp_path):
             "--output", str(out), "-q")
     none = run_cli("export", str(cell(out, "easyvqa", 0)), check=False)
     assert none.returncode == 2 and "task easyvqa has no evaluation server format" in none.stderr
+
+
+def test_export_refuses_a_cell_that_predicts_part_of_its_split_unless_partial(tmp_path):
+    root = tmp_path / "data"
+    write_hateful(root)
+    meme_ids = add_hateful_test(root)
+    out = tmp_path / "out"
+    run_cli("run", "--model", "demo-majority", "--tasks", "hateful_memes", "--task-arg", "eval_split=test_seen",
+            "--limit", "2", "--shots", "0", "--seeds", "0", "--data-dir", str(root), "--output", str(out), "-q")
+    c = cell(out, "hateful_memes", 0)
+    short = run_cli("export", str(c), "--data-dir", str(root), check=False)
+    assert short.returncode == 2 and "predicts 2 of the 4 questions of split test_seen" in short.stderr
+    assert "--partial" in short.stderr and "Traceback" not in short.stderr and not list(c.glob("submission_*"))
+    run_cli("export", str(c), "--data-dir", str(root), "--partial")
+    (sub,) = c.glob("submission_hateful_memes_test_seen.csv")
+    assert [int(line.split(",")[0]) for line in sub.read_text().splitlines()[1:]] == meme_ids[:2]
+    other = tmp_path / "other"
+    write_hateful(other)  # the same file names, without the test split's ids
+    (other / "hateful_memes" / "test_seen.jsonl").write_text(
+        json.dumps({"id": 1, "img": "img/x.png", "text": "t"}) + "\n")
+    wrong = run_cli("export", str(c), "--data-dir", str(other), "--output", str(tmp_path / "x.csv"), check=False)
+    assert wrong.returncode == 2 and "are not questions of split test_seen" in wrong.stderr
 
 
 def test_a_split_with_answers_for_some_queries_only_is_refused():

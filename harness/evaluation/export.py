@@ -55,8 +55,10 @@ class ExportInput:
     normalize: bool = False
 
     def examples(self) -> dict[str, Example]:
-        """The split's examples by id (read from the data only by the formats that need them)."""
-        return {e.id: e for e in self.task.eval_examples(self.split)}
+        """The split's examples by id, read once from the data."""
+        if not hasattr(self, "_examples"):
+            self._examples = {e.id: e for e in self.task.eval_examples(self.split)}
+        return self._examples
 
 
 @dataclass(frozen=True)
@@ -201,8 +203,28 @@ def read_cell(cell: str | Path) -> tuple[Path, dict[str, Any], list[SampleRecord
     return directory, result["config"], read_records(journal, torn_tail_ok=False)
 
 
+def check_coverage(inp: ExportInput, directory: Path, partial: bool) -> None:
+    """The cell must hold a prediction for every question of its split (a server scores them all; a run
+    with --limit or --sample does not), and none of another split (a different data root)."""
+    ids = inp.examples()
+    done = {r.query_id for r in inp.records}
+    foreign = sorted(done - set(ids))
+    if foreign:
+        raise HarnessError(f"export {directory}: {len(foreign)} of its predictions (e.g. {foreign[0]}) are not questions "
+                           f"of split {inp.split} under this data root; pass the run's --data-dir")
+    missing = len(ids) - len(done)
+    if missing and not partial:
+        raise HarnessError(f"export {directory}: the cell predicts {len(done)} of the {len(ids)} questions of split "
+                           f"{inp.split} (a run with --limit/--sample?); the server scores all of them: rerun the cell "
+                           f"without --limit, or pass --partial to write the {len(done)} anyway")
+    if missing:
+        log.warning("export %s: %d of %d questions of split %s have no prediction (--partial)", directory, missing,
+                    len(ids), inp.split)
+
+
 def export_cell(cell: str | Path, data_dir: str | None = None, output: str | Path | None = None,
-                normalize: bool = False, overwrite: bool = False) -> tuple[Path, ServerFormat, int]:
+                normalize: bool = False, overwrite: bool = False, partial: bool = False
+                ) -> tuple[Path, ServerFormat, int]:
     """Write ``cell``'s submission file; returns (path, format, number of rows' predictions)."""
     from harness.registry import get_task_class
 
@@ -222,7 +244,9 @@ def export_cell(cell: str | Path, data_dir: str | None = None, output: str | Pat
     if failed:
         log.warning("export %s: %d of %d samples failed in the run; they get the format's neutral answer "
                     "(rerun the cell to compute them)", directory, failed, len(records))
-    text = fmt.write(ExportInput(task, records, split, normalize))
+    inp = ExportInput(task, records, split, normalize)
+    check_coverage(inp, directory, partial)
+    text = fmt.write(inp)
     target = Path(output) if output else directory / f"submission_{name}_{split}{fmt.suffix}"
     if target.exists() and not overwrite:
         raise HarnessError(f"export: {target} exists; pass --output elsewhere or --overwrite to replace it")
