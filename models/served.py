@@ -378,7 +378,9 @@ class Served(Model):
         async def main() -> list[Any]:
             sem = asyncio.Semaphore(self.options.concurrency)
             limits = self._httpx.Limits(max_connections=self.options.concurrency)
-            bar = _Progress(tqdm(total=len(bodies), desc="requests", leave=False, disable=len(bodies) < 2))
+            # disable=None: tqdm shows it on a terminal only
+            bar = _Progress(tqdm(total=len(bodies), desc="requests", leave=False,
+                                 disable=True if len(bodies) < 2 else None))
             async with self._httpx.AsyncClient(timeout=self.options.timeout, headers=self._headers,
                                                limits=limits) as client:
                 try:
