@@ -39,7 +39,7 @@ from harness.errors import HarnessError, SampleError
 from harness.model import Model
 from harness.registry import register_model
 from harness.store.identity import config_hash
-from harness.types import GenerateRequest, Image, LoglikelihoodRequest, Prompt, Video
+from harness.types import GenerateRequest, LoglikelihoodRequest, Prompt, Video
 
 log = logging.getLogger(__name__)
 
