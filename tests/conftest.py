@@ -16,6 +16,19 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _harness_cache(tmp_path_factory):
+    """Caches between runs (split cache, digests) in a folder of this test session, not ~/.cache:
+    tests never see another session's cache files (a test that needs its own sets HARNESS_CACHE)."""
+    old = os.environ.get("HARNESS_CACHE")
+    os.environ["HARNESS_CACHE"] = str(tmp_path_factory.mktemp("harness_cache"))
+    yield
+    if old is None:
+        os.environ.pop("HARNESS_CACHE", None)
+    else:
+        os.environ["HARNESS_CACHE"] = old
+
+
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, check: bool = True,
             threads: int | None = 1):
     """Run ``python run_eval.py ...`` in a real subprocess, as a user would; ``run`` gets ``--threads

@@ -13,6 +13,7 @@ from typing import ClassVar, Sequence
 
 import numpy as np
 
+from harness.data.split_cache import example_ids
 from harness.errors import HarnessError
 from harness.types import Example
 
@@ -83,7 +84,7 @@ def max_shots(pool: Sequence[Example], queries: Sequence[Example] | None = None)
     """The most demos a query can get from ``pool``: all of it, less one when a query may be in it."""
     if queries is not None:
         ids = {e.id for e in pool}
-        if not any(q.id in ids for q in queries):
+        if not any(q in ids for q in example_ids(queries)):
             return len(pool)
     return len(pool) - 1
 

@@ -114,10 +114,18 @@ def images_in(example) -> int:
 def max_images_per_prompt(task: Task, shots: int) -> int:
     """Most images one prompt of ``task`` at ``shots`` can hold: the query's plus its demos' (the
     ``shots`` largest of the support set; zero-shot text demos carry none)."""
-    query = max(map(images_in, task.eval_examples()), default=0)
+    query = _largest(task.eval_examples(), 1)
     if shots == 0:
         return query
-    return query + sum(sorted(map(images_in, task.support_examples()), reverse=True)[:shots])
+    return query + _largest(task.support_examples(), shots)
+
+
+def _largest(examples, n: int) -> int:
+    """The images of the ``n`` examples with the most (all the same: without building them)."""
+    same = getattr(examples, "media_per_example", None)
+    if same is not None:
+        return same * min(n, len(examples))
+    return sum(sorted(map(images_in, examples), reverse=True)[:n])
 
 
 def check_prompt_media(names: Sequence[str], options: dict[str, Any], task: Task, shots: Sequence[int]) -> None:
