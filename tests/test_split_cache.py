@@ -181,3 +181,17 @@ def test_read_only_cache_still_loads(tmp_path, monkeypatch):
     examples = task(root).support_examples()
     assert list(examples) == by_field(task(root))
     assert data_fingerprint(examples) == old_fingerprint(by_field(task(root)))
+
+
+def test_example_index_looks_up_and_selects_in_split_order(tmp_path, cache):
+    root = write_vqa_fixture(tmp_path / "data", n_train=30, n_val=9)
+    t = task(root)
+    lazy, plain = t.support_examples(), by_field(t, "val2014")
+    index = split_cache.ExampleIndex(lazy, plain, lazy)  # an id in two splits: the first wins
+    reference = by_field(t) + plain
+    assert len(index) == len(reference) and "nope" not in index and index.get("nope") is None
+    assert all(index.get(e.id) == e for e in reference)
+    few = {reference[20].id, reference[3].id, plain[2].id}
+    assert index.select(few) == [reference[3], reference[20], plain[2]]
+    most = {e.id for e in reference[1:]}
+    assert index.select(most) == reference[1:]

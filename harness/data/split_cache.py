@@ -179,3 +179,37 @@ class LazyExamples(Sequence[Example]):
 def example_ids(examples: Sequence[Example]) -> list[str]:
     """The ids of ``examples`` (without building lazily served ones)."""
     return examples.ids() if isinstance(examples, LazyExamples) else [e.id for e in examples]
+
+
+class ExampleIndex:
+    """The examples of one or more splits by id (the first split that has an id wins), each built
+    only when looked up: ``score`` and ``view`` touch the examples they show, not a whole split."""
+
+    def __init__(self, *splits: Sequence[Example]):
+        self._splits = splits
+        self._where: dict[str, tuple[int, int]] = {}
+        for n, examples in enumerate(splits):
+            for i, eid in enumerate(example_ids(examples)):
+                self._where.setdefault(eid, (n, i))
+
+    def __contains__(self, eid: object) -> bool:
+        return eid in self._where
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def get(self, eid: str, default: Example | None = None) -> Example | None:
+        where = self._where.get(eid)
+        return default if where is None else self._splits[where[0]][where[1]]
+
+    def select(self, wanted) -> list[Example]:
+        """The examples whose id is in ``wanted``, in split order (the first split's first)."""
+        out = []
+        for n, examples in enumerate(self._splits):
+            positions = sorted(i for eid, (m, i) in self._where.items() if m == n and eid in wanted)
+            if len(positions) > len(examples) // 8:  # most of it: one pass builds them in bulk
+                keep = set(positions)
+                out.extend(e for i, e in enumerate(examples) if i in keep)
+            else:
+                out.extend(examples[i] for i in positions)
+        return out
