@@ -11,7 +11,7 @@ first queries' file names), then runs, each in a fresh process on one thread, si
 3. the same into another output folder: the second run (split cache warm);
 4. the same with ``--limit L+M``: (4 - 3) / M is the per-query overhead;
 5. (3) again into its own folder: a finished rerun;
-6. ``score`` of (3)'s predictions and ``view`` of (3)'s results.
+6. ``score`` of (3)'s predictions, ``merge`` of a ``--shard 0/2`` + ``1/2`` run, ``view`` of (3)'s results.
 
 It prints each one's CPU seconds (user+sys of the child), peak RSS, and the ratios asked of it:
 first run / json.load (target <= 2), second run's CPU (target <= 6 s) and its peak RSS above a
@@ -136,10 +136,10 @@ def main() -> None:
         py = sys.executable
         files = sorted(str(p) for p in (data / "vqav2").glob("*.json"))
 
-        def run(output: Path, limit: int, root: Path = data) -> dict:
+        def run(output: Path, limit: int, root: Path = data, *extra: str) -> dict:
             return measure([py, "run_eval.py", "run", "--model", "demo-majority", "--tasks", "vqav2", "--shots",
                             str(args.shots), "--seeds", "0", "--limit", str(limit), "--threads", "1", "--quiet",
-                            "--data-dir", str(root), "--output", str(output)], env)
+                            "--data-dir", str(root), "--output", str(output), *extra], env)
 
         rows: dict[str, dict] = {}
         rows["json.load (4 files)"] = measure([py, "-c", JSON_LOAD, *files], env)
@@ -152,6 +152,10 @@ def main() -> None:
         preds = next((out / "second").rglob("predictions.jsonl"))
         rows["score (val split)"] = measure([py, "run_eval.py", "score", "--task", "vqav2", "--data-dir", str(data),
                                              "--predictions", str(preds)], env)
+        for k in (0, 1):
+            run(out / "sharded", args.limit, data, "--shard", f"{k}/2")
+        rows["merge (2 shards)"] = measure([py, "run_eval.py", "merge", str(out / "sharded"), "--data-dir", str(data)],
+                                           env)
         rows["view"] = measure([py, "run_eval.py", "view", str(out / "second"), "--data-dir", str(data),
                                 "--output", str(tmp / "report.html")], env)
 
@@ -171,8 +175,9 @@ def main() -> None:
         print(f"  second run RSS above the baseline run  {second['rss_mb'] - base['rss_mb']:.0f} MB (target < 1024)")
         print(f"  first run RSS / json.load RSS          {first['rss_mb'] / jl['rss_mb']:.2f}")
         print(f"  per-query overhead at {args.shots} shots        {per_query_ms:.3f} ms (target < 0.5)")
-        print(f"  finished rerun / score / view CPU      {rows['finished rerun']['cpu']:.2f} / "
-              f"{rows['score (val split)']['cpu']:.2f} / {rows['view']['cpu']:.2f} s")
+        print(f"  finished rerun / score / merge / view  {rows['finished rerun']['cpu']:.2f} / "
+              f"{rows['score (val split)']['cpu']:.2f} / {rows['merge (2 shards)']['cpu']:.2f} / "
+              f"{rows['view']['cpu']:.2f} s CPU")
     finally:
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
