@@ -22,7 +22,7 @@ from harness.task import Task
 log = logging.getLogger(__name__)
 
 
-def check_sweep_flags(shots: Sequence[int], seeds: Sequence[int], limit: int | None, batch_size: int) -> None:
+def check_sweep_flags(shots: Sequence[int], seeds: Sequence[int], limit: int | None, batch_size: int | str) -> None:
     """--shots, --seeds, --limit and --batch-size: in range and without repeats."""
     bad = [s for s in shots if s < 0]
     if bad:
@@ -33,7 +33,7 @@ def check_sweep_flags(shots: Sequence[int], seeds: Sequence[int], limit: int | N
             raise HarnessError(f"{flag} {' '.join(map(str, values))}: {dup[0]} is given twice; give each once")
     if limit is not None and limit <= 0:
         raise HarnessError(f"--limit {limit}: must be a positive number of eval examples")
-    if batch_size < 1:
+    if batch_size != "auto" and batch_size < 1:
         raise HarnessError(f"--batch-size {batch_size}: must be >= 1")
 
 
