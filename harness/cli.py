@@ -1,8 +1,10 @@
-"""The command line: run, merge, score, compare, view, list.
+"""The command line: run, watch, merge, score, compare, view, list.
 
     harness run --model NAME [--model-arg k=v ...] --tasks vqav2,okvqa --shots 0 4 32 --seeds 0 1 2
+    harness watch CHECKPOINTS --model NAME --tasks vqav2 --shots 0 4 --limit 500   # a training run's checkpoints
     harness score --task vqav2 --predictions preds.json [--split val] [--json]
     harness compare results/A results/B [--format markdown|csv|parquet|latex] [--plot fig.png] [--baseline A]
+    harness compare results/run --series [--plot fig.png]   # metric vs training step
     harness view results/A results/B [--output report.html]
     harness merge results            # finish `run --shard K/N` runs
     harness list tasks|models
@@ -15,6 +17,7 @@ run the same command line.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import inspect
 import json
@@ -147,6 +150,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_sweep_flags(shots, args.seeds, args.limit, args.batch_size)
     if args.sample is not None and args.sample <= 0:
         raise HarnessError(f"--sample must be positive, got {args.sample}")
+    from harness.loggers import make_loggers
+
+    loggers = make_loggers(args.log_to, Path(args.output))  # an unknown or missing logger fails now
+    if loggers and args.shard:
+        raise HarnessError("--log-to with --shard: a shard has no metrics yet; give --log-to to the run "
+                           "command without --shard, which merges the shards and logs the metrics")
     launch = discover(_shard(args.shard))  # torchrun ranks, --shard K/N or a SLURM array task
     if launch.kind == "torchrun" and not launch.is_main:
         logging.getLogger("harness").setLevel(logging.WARNING)  # rank 0 reports for all
@@ -182,6 +191,14 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"compute the metrics: {program()} merge {shlex.quote(str(output))}{data} (or rerun this command "
               "without --shard)")
         return 0
+    if loggers:
+        from harness.api import log_sweep
+
+        try:
+            log_sweep(loggers, output, models, tasks, spec, args.log_step)
+        finally:
+            for logger in loggers:
+                logger.close()
     table = summary_table(summaries)
     print(render(table, "markdown"), end="")
     print(TABLE_NOTE)
@@ -227,6 +244,69 @@ def _shard(value: str | None) -> tuple[int, int] | str | None:
     if not (n >= 1 and 0 <= k < n):
         raise HarnessError(f"--shard {value!r}: need 0 <= K < N")
     return k, n
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from harness.api import check_request, evaluate
+    from harness.evaluation.watch import Watcher
+    from harness.loggers import make_loggers
+    from harness.store.layout import check_label, safe_name, step_dir
+
+    root = Path(args.folder)
+    if not root.is_dir():
+        raise HarnessError(f"watch {root}: not a folder (give the folder the training run saves its checkpoints in)")
+    model = args.model
+    option = get_model_class(model).checkpoint_option
+    if option is None:
+        raise HarnessError(f"watch --model {model}: this model has no checkpoint option to set to each folder; "
+                           f"use a model that loads checkpoints (see `list models`)")
+    items = list(args.model_arg or [])
+    if any(i.split("=", 1)[0].split(":")[-1].strip() == option for i in items):
+        raise HarnessError(f"watch: --model-arg {option}=... is set to each checkpoint folder by watch; leave it out")
+    label = check_label(args.label or safe_name(f"{model}@{root.resolve().name}"))
+    task_list = _names(args.tasks, "--tasks")
+    if not task_list:
+        raise HarnessError("watch: give --tasks (the tasks to evaluate each checkpoint on)")
+    task_args = _flag_task_args(args, task_list) + list(args.task_arg or [])
+    request = dict(model=model, model_args=items, label=label, tasks=task_list, shots=args.shots, seeds=args.seeds,
+                   limit=args.limit, sample=args.sample, task_args=task_args, data_dir=args.data_dir)
+    # everything checked once, before any checkpoint loads (the checkpoint option: this folder for now)
+    check_request(model, task_list, args.shots, args.seeds, args.limit, model_args=[*items, f"{option}={root}"],
+                  task_args=task_args, label=label, data_dir=args.data_dir, batch_size=args.batch_size,
+                  sample=args.sample)
+    output = Path(args.output)
+    loggers = make_loggers(args.log_to, output)
+
+    def one(step: int, folder: Path) -> None:
+        df = evaluate(model, task_list, args.shots, args.seeds, args.limit, step_dir(output, step),
+                      model_args=[*items, f"{option}={folder}"], task_args=task_args, label=label,
+                      data_dir=args.data_dir, batch_size=args.batch_size, sample=args.sample,
+                      overwrite=args.overwrite, progress=not args.quiet, log_to=loggers, step=step)
+        prim = df[df["primary"]].groupby(["task", "shots"])["value"].mean()
+        print(f"step {step} ({folder.name}): " + ", ".join(f"{t} {s}-shot {v:.2f}" for (t, s), v in prim.items()),
+              flush=True)
+
+    watcher = Watcher(root, output, one, request, label, settle=args.settle)
+    total = 0
+    try:
+        if args.once:
+            total = watcher.run_once()
+        else:
+            idle = f", exiting after {args.idle_exit:g}s with nothing new" if args.idle_exit is not None else \
+                " (Ctrl-C stops)"
+            log.info("watching %s every %gs%s", root, args.interval, idle)
+            for n in watcher.loop(args.interval, args.idle_exit):
+                total += n
+    except KeyboardInterrupt:
+        log.info("watch stopped")
+    finally:
+        for logger in loggers:
+            logger.close()
+    out = shlex.quote(str(output))
+    failed = f"; {len(watcher.failed)} failed (above), retried when they change" if watcher.failed else ""
+    print(f"{total} checkpoint(s) evaluated{failed}; results under {output}/step-N/{label}/; "
+          f"the series: {program()} compare {out} --series")
+    return 1 if watcher.failed else 0
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
@@ -293,6 +373,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     fmt = args.format or _format_of(args.output)
     if fmt == "parquet" and not args.output:
         raise HarnessError("--format parquet writes a file: add --output FILE.parquet")
+    if args.series:
+        return _compare_series(args, fmt)
     text = []
     if fmt in ("csv", "parquet") and not args.baseline:
         from harness.reporting.tidy import tidy
@@ -324,20 +406,46 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare_series(args: argparse.Namespace, fmt: str) -> int:
+    """compare --series: rows = checkpoints by step, columns = task x shots; --plot: metric vs step."""
+    from harness.reporting.report import TABLE_NOTE
+    from harness.reporting.series import render_series, series, series_table
+
+    if args.baseline:
+        raise HarnessError("--series with --baseline: compare two checkpoints' folders (step-N/...) without --series")
+    if fmt == "latex":
+        raise HarnessError("--series prints markdown, csv or parquet (the tidy table with run and step columns)")
+    if args.spread == "ci" and args.plot:
+        raise HarnessError("--series plots the spread over seeds: --spread std or none")
+    df = series(args.results, metrics=args.metrics, ci=fmt in ("csv", "parquet"))
+    if fmt in ("csv", "parquet"):
+        _emit_table(df, fmt, args.output, None)  # the series plot below, not compare's
+    else:
+        _emit_text(render_series(series_table(df)) + f"\n{TABLE_NOTE}\n", args.output)
+    if args.plot:
+        from harness.reporting.plots import plot_series
+
+        formats = _split_names([args.plot_formats]) if args.plot_formats else []
+        for f in plot_series(df, args.plot, band=args.spread, formats=formats):
+            log.info("wrote %s", f)
+    return 0
+
+
 def _format_of(output: str | None) -> str:
     """--format from --output's suffix when not given: .csv, .parquet, .tex, else markdown."""
     suffix = Path(output).suffix.lower() if output else ""
     return {".csv": "csv", ".parquet": "parquet", ".tex": "latex"}.get(suffix, "markdown")
 
 
-def _emit_table(df, fmt: str, output: str | None, args: argparse.Namespace) -> int:
+def _emit_table(df, fmt: str, output: str | None, args: argparse.Namespace | None) -> int:
     if output:
         _check_folder(output, "--output")
         df.to_parquet(output, index=False) if fmt == "parquet" else df.to_csv(output, index=False)
         log.info("wrote %s (%d rows)", output, len(df))
     else:
         print(df.to_csv(index=False), end="")
-    _plot(args)
+    if args is not None:
+        _plot(args)
     return 0
 
 
@@ -457,6 +565,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace results of another configuration found in a cell's folder (default: refuse, "
                         "naming the cell and what differs; see README 'Results layout')")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    r.add_argument("--log-to", metavar="L1,L2",
+                   help="also log every cell's metrics and the run's configuration to wandb, mlflow and/or "
+                        "tensorboard (comma list; README 'Evaluating during training')")
+    r.add_argument("--log-step", type=int, metavar="N", help="the step the --log-to metrics are logged at")
     r.add_argument("--frames", type=int, help="video tasks: frames per video, chosen uniformly (default 8)")
     r.add_argument("--fps", type=float, help="video tasks: take frames at R per second instead (with --max-frames)")
     r.add_argument("--max-frames", type=int, help="video tasks: cap on frames with --fps (default: --frames)")
@@ -464,6 +576,36 @@ def build_parser() -> argparse.ArgumentParser:
                    help="close-ended tasks: average log-likelihoods over P demo orders (Flamingo: 6)")
     common(r)
     r.set_defaults(func=cmd_run)
+
+    w = sub.add_parser("watch", help="evaluate every checkpoint of a training run as it appears",
+                       description="Evaluate each checkpoint folder in FOLDER (checkpoint-500, step_500, ...: the step "
+                       "is the number its name ends in) once, and new ones as they appear, until stopped (Ctrl-C) or "
+                       "--idle-exit. Results go to OUTPUT/step-N/LABEL/ (compare --series reads them). Resumable: "
+                       "a restarted watch skips the checkpoints it finished (OUTPUT/step-N/LABEL/watch.json) "
+                       "without loading them, and resumes an unfinished one.")
+    w.add_argument("folder", help="the folder the training run saves its checkpoint folders in")
+    w.add_argument("--model", required=True, metavar="NAME",
+                   help="registered model that loads a checkpoint (its path/checkpoint option is set to each folder)")
+    w.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="other model options (see `list models -v`)")
+    w.add_argument("--label", help="name of the results (default: MODEL@FOLDER name, the same at every step)")
+    w.add_argument("--tasks", action="append", metavar="T1,T2", required=True, help="tasks or suites (comma list)")
+    w.add_argument("--shots", type=int, nargs="+", help=f"shots (default: {' '.join(map(str, DEFAULT_SHOTS))})")
+    w.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    w.add_argument("--limit", type=int, help="the first N eval examples (a fixed subset: the same at every step)")
+    w.add_argument("--sample", type=int, metavar="N", help="a random N eval examples per seed (after --limit)")
+    w.add_argument("--batch-size", "--batch_size", type=int, default=8)
+    w.add_argument("--output", default="results", help="results folder (default: results/)")
+    w.add_argument("--interval", type=float, default=60.0, metavar="S", help="seconds between looks (default 60)")
+    w.add_argument("--settle", type=float, default=30.0, metavar="S",
+                   help="a checkpoint is taken once none of its files changed for S seconds (default 30)")
+    w.add_argument("--idle-exit", type=float, metavar="S", help="stop after S seconds with nothing new to evaluate")
+    w.add_argument("--once", action="store_true", help="evaluate what is there now and exit")
+    w.add_argument("--overwrite", action="store_true", help="as run --overwrite")
+    w.add_argument("--log-to", metavar="L1,L2", help="also log each checkpoint's metrics at its step to wandb, mlflow "
+                   "and/or tensorboard (comma list)")
+    w.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    common(w)
+    w.set_defaults(func=cmd_watch)
 
     m = sub.add_parser("merge", help="finish `run --shard` runs: merge their journals, write metrics and summaries",
                        description="Merge the shard journals under RESULTS (from `run --shard K/N` or `--shard slurm`) "
@@ -511,6 +653,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--plot-formats", metavar="F1,F2", help="the same figure in more formats beside --plot, e.g. pdf,svg")
     c.add_argument("--plot-layout", choices=["grid", "per-task"], default="grid",
                    help="one figure with a panel per task (default), or FILE_<task>.png per task")
+    c.add_argument("--series", action="store_true",
+                   help="a training run's checkpoints over time (results in step-N folders, from harness.training or "
+                        "`watch`): rows = checkpoints by step, columns = task x shots; with --plot, each metric vs "
+                        "step, one line per shot count, a band of ±1 std over seeds")
     c.add_argument("--baseline", metavar="LABEL|FOLDER",
                    help="add each other checkpoint's paired difference from this one (a checkpoint as the "
                         "table names it, or its results folder): 95%% interval, p-value, Holm-marked rows "
@@ -575,10 +721,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    logging.basicConfig(
-        level=logging.DEBUG if getattr(args, "verbose", False) and args.command != "list" else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    with _logging_to_stderr(logging.DEBUG if getattr(args, "verbose", False) and args.command != "list"
+                            else logging.INFO):
+        return _dispatch(args)
+
+
+@contextlib.contextmanager
+def _logging_to_stderr(level: int):
+    """Log to this call's ``sys.stderr`` for the length of one command, then put the root logger back:
+    ``main`` can run many times in one process (tests, notebooks) without handlers piling up."""
+    root = logging.getLogger()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(level)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run the parsed command, turning the user's mistakes into one ``error:`` line and exit status 2."""
     try:
         load_builtins()
         for path in getattr(args, "include", []) or []:

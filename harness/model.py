@@ -53,6 +53,9 @@ class Model:
     #: bump it when this adapter's outputs change (a fix to decoding or prompt rendering): it is part
     #: of every cell's identity, so a rerun computes new cells instead of reusing the old outputs.
     version: ClassVar[int] = 1
+    #: the option naming the checkpoint on disk (``path``, ``checkpoint``), or None: what ``watch``
+    #: sets to each checkpoint folder it finds.
+    checkpoint_option: ClassVar[str | None] = None
 
     def __init__(self, options: Mapping[str, Any] | None = None):
         self.name = self.registry_name or type(self).__name__

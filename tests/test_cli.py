@@ -199,7 +199,7 @@ def test_entry_point_plugin(tmp_path):
     shutil.copy(ROOT / "examples" / "my_model.py", site / "harness_demo_plugin.py")
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: harness-demo-plugin\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text("[harness.models]\nconstant = harness_demo_plugin\n")
-    proc = run_cli("list", "models", env={"PYTHONPATH": f"{ROOT}:{site}"})
+    proc = run_cli("list", "models", env={"PYTHONPATH": f"{ROOT}:{site}"}, process=True)  # entry points: a fresh process
     assert "constant" in proc.stdout
 
 

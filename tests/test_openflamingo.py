@@ -159,7 +159,10 @@ def test_encode_media_equals_package_features(reference, adapter):
     ours = adapter.encode_media(imgs)
     assert ours.shape == theirs.shape == (3, 64, 64)
     assert torch.allclose(ours, theirs, atol=1e-5)
-    assert adapter.encode_media(imgs[:1]) is not None and imgs[0].path in adapter._features  # cached by path
+    from harness.store.identity import media_key
+
+    assert adapter.encode_media(imgs[:1]) is not None
+    assert media_key(imgs[0]) in adapter._features  # cached by (path, size, mtime)
 
 
 def test_two_shot_vqa_prompt_renders_as_openflamingo(reference, adapter):

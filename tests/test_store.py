@@ -5,11 +5,13 @@ User-facing cases go through the real CLI in-process (``harness.cli.main``)."""
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from harness.cli import main
@@ -235,7 +237,11 @@ def test_compare_and_summary_average_the_seeds_of_a_sample_run(tmp_path, capsys)
     run_ok("compare", str(out), "--format", "csv")
     table = capsys.readouterr().out
     assert "[cfg" not in table
-    assert f"{summary[0]['mean']:.2f} ({summary[0]['std']:.2f}) n=3" in table
+    rows = pd.read_csv(io.StringIO(table))
+    rows = rows[rows["primary"]]
+    assert len(rows) == 1  # the three seeds are one setting, not three
+    assert rows["mean"].iloc[0] == pytest.approx(summary[0]["mean"]) and rows["std"].iloc[0] == pytest.approx(summary[0]["std"])
+    assert rows["n"].iloc[0] == 3
 
 
 def test_hf_feature_cache_mb_is_not_identity_and_device_is_resolved(tmp_path, monkeypatch):
@@ -282,10 +288,13 @@ def test_summary_covers_every_cell_of_the_label_and_equals_compare(tmp_path, cap
     assert {(s["shots"], tuple(s["seeds"])) for s in summary} == {(0, (0, 1)), (2, (0, 1)), (4, (1,))}
     capsys.readouterr()
     run_ok("compare", str(out), "--format", "csv")
-    table = capsys.readouterr().out
+    rows = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    rows = rows[rows["primary"]].set_index("shots")
+    assert sorted(rows.index) == sorted(s["shots"] for s in summary)
     for s in summary:
-        shown = f"{s['mean']:.2f}" + (f" ({s['std']:.2f})" if len(s["seeds"]) > 1 else "") + f" n={s['n']}"
-        assert shown in table
+        assert rows.loc[s["shots"], "mean"] == pytest.approx(s["mean"]) and rows.loc[s["shots"], "n"] == s["n"]
+        if len(s["seeds"]) > 1:
+            assert rows.loc[s["shots"], "std"] == pytest.approx(s["std"])
 
 
 @pytest.mark.parametrize("label", ["..", ".", "a/b", "../up", ".hidden", ""])

@@ -33,8 +33,8 @@ def check_sweep_flags(shots: Sequence[int], seeds: Sequence[int], limit: int | N
             raise HarnessError(f"{flag} {' '.join(map(str, values))}: {dup[0]} is given twice; give each once")
     if limit is not None and limit <= 0:
         raise HarnessError(f"--limit {limit}: must be a positive number of eval examples")
-    if batch_size != "auto" and batch_size < 1:
-        raise HarnessError(f"--batch-size {batch_size}: must be >= 1")
+    if batch_size != "auto" and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise HarnessError(f"--batch-size {batch_size}: must be an integer >= 1 or auto")
 
 
 def _positive(v: Any) -> bool:

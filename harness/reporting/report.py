@@ -20,7 +20,7 @@ import pandas as pd
 
 from harness.errors import HarnessError
 from harness.store.identity import config_diff, environment_diff, setting_key as _setting_key  # noqa: F401
-from harness.store.layout import read_json
+from harness.store.layout import read_json, step_of
 from harness.store.results import read_cells as _read_cells
 from harness.evaluation.suites import add_suite_rows
 
@@ -77,9 +77,11 @@ def load_results(paths: Sequence[str | Path]) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     # Same label in two folders (two checkpoints run with the same model name): tell them apart.
     clash = df.groupby("label")["source"].nunique()
-    df["checkpoint"] = [
-        f"{Path(s).name}/{lab}" if clash[lab] > 1 else lab for s, lab in zip(df["source"], df["label"])
-    ]
+    df["run"] = [f"{Path(s).name}/{lab}" if clash[lab] > 1 else lab for s, lab in zip(df["source"], df["label"])]
+    # Evaluations along a training run (<output>/step-N/<label>/, harness.training and watch): one
+    # checkpoint per step of the run.
+    df["step"] = pd.array([step_of(f) for f in df["file"]], dtype="Int64")
+    df["checkpoint"] = [run if pd.isna(step) else f"{run} step-{step}" for run, step in zip(df["run"], df["step"])]
     _split_settings(df)
     _note_environments(df)
     return df

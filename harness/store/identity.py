@@ -9,6 +9,7 @@ settings, and fingerprints of the data. Its key (:func:`config_key`) names it; a
 - :func:`setting_key`   which cells ``compare`` and ``summary.json`` average over seeds
 - :func:`pairing_fields` / :func:`pairing_mismatch`  which cells ``compare --baseline`` pairs
 - :func:`config_diff`   what differs, readable, for refusals and warnings
+- :func:`checkpoint_fingerprint` / :func:`state_dict_digest`  a model's weights on disk / in memory
 """
 
 from __future__ import annotations
@@ -272,6 +273,25 @@ def file_digests(files: Sequence[Path]) -> list[str]:
     if cache != before:
         _write_cache(cache_file, cache)
     return digests
+
+
+def state_dict_digest(module: Any, extra: Any = None) -> str:
+    """Identity of a model held in memory (no checkpoint on disk, e.g. one being trained): sha256
+    (16 hex digits) of every tensor of ``module.state_dict()`` (name, dtype, shape, bytes, in name
+    order) plus ``extra`` (e.g. the architecture config) when given. Computed once, when its adapter
+    is built (``Flamingo.from_module``, ``HF.from_objects``): weights changed later need a new one."""
+    import torch
+
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach()
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        flat = t.reshape(-1).contiguous().cpu()
+        if flat.numel():
+            h.update(flat.view(torch.uint8).numpy())
+    if extra is not None:
+        h.update(repr(extra).encode())
+    return h.hexdigest()[:16]
 
 
 def _read_cache(path: Path) -> dict[str, list]:

@@ -67,3 +67,25 @@ def write_json(path: Path, obj: Any) -> None:
 def read_json(path: Path) -> Any:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+# ---- evaluations along a training run: <output>/step-<N>/<label>/... ------------------------------
+#: the folder of one training step's results (harness.training, ``watch``); ``compare --series`` reads it
+STEP_PREFIX = "step-"
+
+
+def step_dir(output: Path, step: int) -> Path:
+    return Path(output) / f"{STEP_PREFIX}{int(step)}"
+
+
+def step_of(cell_file: str | Path) -> int | None:
+    """The training step of a cell (its metrics.json or folder): the name of the folder above its
+    label, ``<output>/step-<N>/<label>/<task>/<cell>/``, when that is ``step-<N>``; else None."""
+    p = Path(cell_file)
+    folder = p.parent if p.suffix == ".json" else p
+    if len(folder.parts) < 4:
+        return None
+    name = folder.parents[2].name
+    if name.startswith(STEP_PREFIX) and name[len(STEP_PREFIX):].isdigit():
+        return int(name[len(STEP_PREFIX):])
+    return None
