@@ -10,7 +10,9 @@ import time
 import pytest
 
 from harness.evaluation.batch_size import parse_batch_size, run_auto
+from harness.errors import HarnessError
 from harness.evaluation.runner import CellSpec, Runner
+from harness.evaluation.validate import check_sweep_flags
 from harness.registry import get_model_class, get_task_class
 import models  # noqa: F401
 import tasks  # noqa: F401
@@ -18,10 +20,13 @@ import tasks  # noqa: F401
 
 def test_parse_batch_size():
     assert parse_batch_size("auto") == "auto" and parse_batch_size("AUTO ") == "auto"
-    assert parse_batch_size("4") == 4
-    for bad, says in (("0", "must be >= 1"), ("-2", "must be >= 1"), ("fast", "integer >= 1 or auto")):
-        with pytest.raises(argparse.ArgumentTypeError, match=says):
-            parse_batch_size(bad)
+    assert parse_batch_size("4") == 4 and parse_batch_size("0") == 0  # the range: check_sweep_flags
+    with pytest.raises(argparse.ArgumentTypeError, match="integer >= 1 or auto"):
+        parse_batch_size("fast")
+    check_sweep_flags([0], [0], None, "auto")
+    for bad in (0, -2, "fast", True):
+        with pytest.raises(HarnessError, match=f"--batch-size {bad}: must be an integer >= 1 or auto"):
+            check_sweep_flags([0], [0], None, bad)
 
 
 class Timed:

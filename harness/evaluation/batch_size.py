@@ -27,16 +27,14 @@ CANDIDATES = (1, 2, 4, 8, 16, 32, 64)
 
 
 def parse_batch_size(text: str) -> BatchSize:
-    """``--batch-size``: an integer >= 1, or ``auto``."""
+    """``--batch-size``: an integer or ``auto`` (its range is checked with the other run flags,
+    harness.evaluation.validate.check_sweep_flags)."""
     if text.strip().lower() == AUTO:
         return AUTO
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a batch size: give an integer >= 1 or auto") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value}: a batch size must be >= 1 (or auto)")
-    return value
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
