@@ -97,6 +97,10 @@ def test_changed_source_file_is_parsed_again(tmp_path, cache):
     after = list(task(root).support_examples())
     assert after == by_field(task(root)) and after != before
     assert any("yep" in e.answers for e in after)
+    assert len(list(cache.glob("*.arrow"))) == 1  # the earlier version's cache is gone
+    other = write_vqa_fixture(tmp_path / "other", n_train=5, n_val=6)  # another data root: both kept
+    assert len(task(other).support_examples()) == 5
+    assert len(list(cache.glob("*.arrow"))) == 2 and len(list(task(root).support_examples())) == 12
     assert len(list(cache.glob("*.arrow"))) == 2
 
 

@@ -13,7 +13,8 @@ harness.store.identity.file_digests). A cache file that cannot be read, or whose
 the checksum recorded when it was written, is rebuilt from the sources: never wrong data.
 
 Files: ``<cache_dir>/splits/<label>-<key>.arrow`` and ``.json`` (key, checksum, memo), where
-``cache_dir`` is ``$HARNESS_CACHE`` or ``~/.cache/harness``. Deleting the folder is always safe.
+``cache_dir`` is ``$HARNESS_CACHE`` or ``~/.cache/harness``. When files change, the cache of their
+earlier contents is deleted as the new one is written. Deleting the folder is always safe.
 """
 
 from __future__ import annotations
@@ -87,10 +88,31 @@ def load_or_build(kind: str, version: int, files: Sequence[Path], label: str,
                 "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "memo": {}}
         _write_atomic(arrow, data)
         _write_atomic(meta_path, json.dumps(meta).encode())  # last: it vouches for the Arrow file
+        _drop_older_versions(directory, stem, label, meta["files"])
     except OSError as exc:  # a read-only cache only costs parsing again next time
         log.debug("split cache %s not written: %s", arrow, exc)
         return CachedSplit(table)
     return CachedSplit(table, meta_path, meta)
+
+
+def _drop_older_versions(directory: Path, stem: str, label: str, files: list[str]) -> None:
+    """Delete this label's caches of earlier contents of the same files (the files changed since):
+    a cache of other files (another data root) stays."""
+    prefix = re.sub(r"[^A-Za-z0-9_.-]+", "_", label) + "-"
+    for meta_path in directory.glob(f"{prefix}*.json"):
+        if meta_path.stem == stem or len(meta_path.stem) != len(stem):
+            continue
+        try:
+            if json.loads(meta_path.read_text(encoding="utf-8")).get("files") != files:
+                continue
+        except (OSError, ValueError, AttributeError):
+            continue
+        for path in (meta_path.with_suffix(".arrow"), meta_path):
+            try:
+                path.unlink()
+            except OSError:
+                pass
+        log.debug("split cache: removed %s (an earlier version of %s)", meta_path.stem, ", ".join(files))
 
 
 def _read(arrow: Path, meta_path: Path, key: str) -> CachedSplit | None:
