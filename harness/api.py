@@ -60,11 +60,12 @@ def check_request(model: str | Model, tasks: str | Sequence[str], shots: Sequenc
     """Every check :func:`evaluate` makes before a model loads (``watch`` makes them once, up front):
     names, shots, seeds, options, labels, the tasks' data and prompt sizes. Raises HarnessError."""
     from harness.cli import DEFAULT_SHOTS, _targeted, build_tasks
-    from harness.evaluation.suites import expand
+    from harness.suites import expand
     from harness.evaluation.sweep import SweepSpec
     from harness.evaluation.validate import (check_model_options, check_prompt_media, check_sweep_flags,
                                              check_task, max_images_per_prompt)
-    from harness.registry import load_builtins, task_names
+    from harness.registry import task_names
+    from harness.plugins import load_builtins
     from harness.store.layout import check_label
 
     load_builtins()

@@ -37,7 +37,8 @@ from harness.errors import HarnessError
 from harness.options import describe_options, parse_key_values
 from harness.peer_flags import peer_flag_hint
 from harness.program import program
-from harness.registry import get_model_class, get_task_class, include, load_builtins, model_names, task_names
+from harness.registry import get_model_class, get_task_class, model_names, task_names
+from harness.plugins import include, load_builtins
 from harness.evaluation.validate import check_model_options, check_prompt_media, check_sweep_flags, check_task
 
 log = logging.getLogger("harness")
@@ -129,7 +130,7 @@ def _flag_task_args(args: argparse.Namespace, names: Sequence[str]) -> list[str]
 # ---- subcommands ---------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
     from harness.reporting.report import TABLE_NOTE, render, summary_table
-    from harness.evaluation.suites import expand
+    from harness.suites import expand
     from harness.evaluation.sweep import SweepSpec, run_sweep
 
     model_list = _names(args.model, "--model") or list(DEFAULT_MODELS)
@@ -498,7 +499,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             if doc and not doc.startswith(cls.Options.__name__ + "("):  # not the dataclass's generated one
                 print(textwrap.indent(doc, " " * 18))
     if args.what == "tasks":
-        from harness.evaluation.suites import suites
+        from harness.suites import suites
 
         print("\nsuites (--tasks NAME; shots default to the published ones):")
         for suite in suites():
@@ -664,7 +665,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--bootstrap-seed", type=int, default=0,
                    help="seed of the bootstrap and permutation draws (default 0: reproducible output)")
     c.add_argument("--include", action="append", default=[], metavar="PATH",
-                   help="a plug-in file defining suites (harness.evaluation.suites.define_suite) whose summary rows to add")
+                   help="a plug-in file defining suites (harness.suites.define_suite) whose summary rows to add")
     c.set_defaults(func=cmd_compare)
 
     v = sub.add_parser("view", help="write a self-contained HTML results viewer (table, plots, samples, images)",

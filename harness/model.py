@@ -72,7 +72,7 @@ class Model:
         """The torch device of this process for the ``device`` option: ``cuda`` and ``auto`` become
         ``cuda:$LOCAL_RANK`` (one GPU per torchrun rank; ``auto`` is the CPU without CUDA). The
         option itself, and so the result identity, stays as given."""
-        from harness.evaluation.distributed import resolve_device
+        from harness.devices import resolve_device
 
         return resolve_device(str(getattr(self.options, "device", "cpu")))
 

@@ -20,7 +20,7 @@ from harness.data.split_cache import example_ids
 from harness.errors import DataError, HarnessError
 from harness.metrics.stats import mean_with_ci
 from harness.options import build_options
-from harness.evaluation.prompts import PromptTemplate, pick_template
+from harness.prompts import PromptTemplate, pick_template
 from harness.types import Example, GenerationConfig, SampleRecord
 
 
@@ -65,7 +65,7 @@ class TaskOptions:
 
     def __post_init__(self) -> None:
         if self.sampler == "rices":
-            from harness.evaluation.rices import check_encoder_path
+            from harness.sampling import check_encoder_path
 
             if not self.rices_encoder:
                 raise HarnessError("sampler=rices needs rices_encoder=PATH (a local Hugging Face vision model, "
@@ -289,7 +289,7 @@ class Task:
     def demo_sampler(self, seed: int):
         """The sampler that picks each query's demos (random from the support set; a task may
         override it, e.g. class-balanced demos for classification)."""
-        from harness.evaluation.sampling import RandomSampler
+        from harness.sampling import RandomSampler
 
         return RandomSampler(self.name, self.support_examples(), seed, self.options.support_size)
 

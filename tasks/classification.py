@@ -10,8 +10,8 @@ from harness.errors import DataError
 from harness.data.hf_data import Columns
 from harness.metrics.classification import prob_of, roc_auc
 from harness.metrics.stats import mean_with_ci
-from harness.evaluation.prompts import PromptTemplate
-from harness.evaluation.ranking import RankingOptions
+from harness.prompts import PromptTemplate
+from harness.ranking import RankingOptions
 from harness.registry import register_task
 from harness.data.tabular import read_jsonl
 from harness.task import Task, TaskOptions
@@ -32,7 +32,7 @@ HATEFUL_TEMPLATES = {
 
 @dataclass(frozen=True)
 class HatefulMemesOptions(TaskOptions, RankingOptions):
-    """HatefulMemes options: ensemble / length_normalization (harness.evaluation.ranking); image_dir (default <root>)."""
+    """HatefulMemes options: ensemble / length_normalization (harness.ranking); image_dir (default <root>)."""
 
     image_dir: str | None = None
 

@@ -4,7 +4,7 @@ A query's prompt is its demos ``<image>Output:{class name}<|endofchunk|>`` then
 ``<image>Output:``; every class name is scored by the model's log-likelihood after it
 (1,000 per ImageNet query: the reference ``flamingo`` computes the prompt once and reuses its
 key/values for every name, see models/flamingo/scoring.py). Metrics: top-1 and top-5
-accuracy. Demos are class-balanced by default (harness/evaluation/balanced_sampling.py).
+accuracy. Demos are class-balanced by default (harness/balanced_sampling.py).
 
 :class:`ClassNameTask` is the reusable part (a video classification task such as
 Kinetics-700 subclasses it with its own loader and class names).
@@ -17,14 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Mapping, Sequence
 
-from harness.evaluation.balanced_sampling import ClassBalancedSampler
+from harness.balanced_sampling import ClassBalancedSampler
 from harness.errors import DataError, HarnessError
 from harness.metrics.classification import top_k_correct
 from harness.metrics.stats import mean_with_ci
-from harness.evaluation.prompts import PromptTemplate
-from harness.evaluation.ranking import LengthNorm, RankingOptions
+from harness.prompts import PromptTemplate
+from harness.ranking import LengthNorm, RankingOptions
 from harness.registry import register_task
-from harness.evaluation.sampling import RandomSampler
+from harness.sampling import RandomSampler
 from harness.task import Task, TaskOptions
 from harness.types import Example, Image, SampleRecord
 
@@ -37,7 +37,7 @@ CLASSIFICATION_TEMPLATES = {
 
 @dataclass(frozen=True)
 class ClassificationOptions(TaskOptions, RankingOptions):
-    """Classification options: ensemble / length_normalization (harness.evaluation.ranking; default ``tokens``, the mean
+    """Classification options: ensemble / length_normalization (harness.ranking; default ``tokens``, the mean
     token log-prob of the class name, as OpenFlamingo's ImageNet evaluation);
     ``sampler``: ``class_balanced`` demos (default) or ``random`` (OpenFlamingo's evaluate.py);
     ``keep_top``: how many top classes each prediction record keeps with their scores."""

@@ -19,7 +19,7 @@ from typing import Any, Literal, Sequence
 from harness.errors import DataError
 from harness.metrics.vizwiz import unanswerability, vizwiz_accuracy
 from harness.metrics.vqa import vqa_accuracy
-from harness.evaluation.prompts import PromptTemplate
+from harness.prompts import PromptTemplate
 from harness.registry import register_task
 from harness.task import read_json, require
 from harness.types import Example, GenerationConfig, Image, SampleRecord

@@ -16,8 +16,8 @@ from harness.errors import DataError, HarnessError
 from harness.data.hf_data import Columns
 from harness.metrics.stats import mean_with_ci
 from harness.metrics.video_qa import exact_match, ivqa_accuracy
-from harness.evaluation.postprocess import vqa_answer
-from harness.evaluation.ranking import RankingOptions
+from tasks.postprocess import vqa_answer
+from harness.ranking import RankingOptions
 from harness.registry import register_task
 from harness.data.tabular import read_csv
 from harness.task import Task, TaskOptions, read_json, require
@@ -187,7 +187,7 @@ class IVQA(OpenVideoQA):
 
 @dataclass(frozen=True)
 class NextQAOptions(VideoOptions, RankingOptions):
-    """NExT-QA MC options: the video options plus ensemble / length_normalization (see harness.evaluation.ranking)."""
+    """NExT-QA MC options: the video options plus ensemble / length_normalization (see harness.ranking)."""
 
 
 class VideoMultipleChoice(VideoTask):

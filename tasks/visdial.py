@@ -18,8 +18,8 @@ from typing import Any, Literal, Mapping, Sequence
 from harness.errors import DataError, HarnessError
 from harness.metrics.stats import mean_with_ci
 from harness.metrics.visdial import ndcg, ranks_from_scores, sparse_metrics
-from harness.evaluation.prompts import PromptTemplate
-from harness.evaluation.ranking import RankingOptions
+from harness.prompts import PromptTemplate
+from harness.ranking import RankingOptions
 from harness.registry import register_task
 from harness.task import Task, TaskOptions, read_json, require
 from harness.types import Example, Image, SampleRecord

@@ -16,8 +16,8 @@ from harness.errors import DataError
 from harness.data.hf_data import Columns, answer_strings
 from harness.metrics.stats import mean_with_ci
 from harness.metrics.vqa import vqa_accuracy
-from harness.evaluation.postprocess import vqa_answer
-from harness.evaluation.prompts import PromptTemplate
+from tasks.postprocess import vqa_answer
+from harness.prompts import PromptTemplate
 from harness.registry import register_task
 from harness.task import Task, TaskOptions, read_json, require
 from harness.types import Example, GenerationConfig, Image, SampleRecord

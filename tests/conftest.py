@@ -3,6 +3,7 @@ data in the official schemas."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -27,6 +28,41 @@ def _harness_cache(tmp_path_factory):
         os.environ.pop("HARNESS_CACHE", None)
     else:
         os.environ["HARNESS_CACHE"] = old
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _builtins():
+    """The tests are a composition root like the command line: the built-in tasks and models exist."""
+    from harness import plugins
+
+    plugins.load_builtins()
+
+
+@contextlib.contextmanager
+def scoped_registrations():
+    """Plug-ins registered inside (tasks, models, suites, --include modules) are gone afterwards."""
+    from harness import plugins, registry, suites
+
+    plugins.load_builtins()
+    tables = [registry._TASKS, registry._MODELS, suites._SUITES]
+    saved_tables = [dict(t) for t in tables]
+    saved_modules = set(sys.modules)
+    try:
+        yield
+    finally:
+        for table, saved in zip(tables, saved_tables):
+            table.clear()
+            table.update(saved)
+        for name in set(sys.modules) - saved_modules:  # plug-in files: a later --include imports them afresh
+            if name.startswith("harness_plugin_"):
+                del sys.modules[name]
+
+
+@pytest.fixture(autouse=True)
+def _no_registration_leaks(_builtins):
+    """Each test starts from the built-ins only, whatever an earlier test included."""
+    with scoped_registrations():
+        yield
 
 
 IMPORT_TIME_VARS = ("HF_", "HUGGINGFACE_", "TRANSFORMERS_", "HARNESS_FRAME_CACHE_")
@@ -66,13 +102,8 @@ def _run_in_process(args: list[str], cwd: Path | None, env: dict | None) -> subp
     import io
     import traceback
 
-    from harness import cli, registry
-    from harness.evaluation import suites
+    from harness import cli
 
-    registry.load_builtins()
-    tables = [registry._TASKS, registry._MODELS, suites._SUITES]
-    saved_tables = [dict(t) for t in tables]
-    saved_modules = set(sys.modules)
     saved_env = dict(os.environ)
     saved_cwd = os.getcwd()
     saved_argv = sys.argv
@@ -81,7 +112,7 @@ def _run_in_process(args: list[str], cwd: Path | None, env: dict | None) -> subp
     os.environ.update({"TOKENIZERS_PARALLELISM": "false", **(env or {})})
     os.chdir(cwd or ROOT)
     try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with scoped_registrations(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
                 code = cli.main(args)
             except SystemExit as exc:  # argparse's usage errors
@@ -94,13 +125,25 @@ def _run_in_process(args: list[str], cwd: Path | None, env: dict | None) -> subp
         os.chdir(saved_cwd)
         os.environ.clear()
         os.environ.update(saved_env)
-        for table, saved in zip(tables, saved_tables):
-            table.clear()
-            table.update(saved)
-        for name in set(sys.modules) - saved_modules:  # plug-in files: a later --include imports them afresh
-            if name.startswith("harness_plugin_"):
-                del sys.modules[name]
     return subprocess.CompletedProcess(["run_eval.py", *args], code, out.getvalue(), err.getvalue())
+
+
+#: a quick run on the bundled easy-VQA data, for bad-input cases to add one thing to
+EASY = ["run", "--model", "demo-majority", "--tasks", "easyvqa", "--limit", "4", "-q"]
+
+
+def cli_error(capsys, *args: str) -> str:
+    """Run the CLI in this process, assert exit status 2 and one ``error:`` line without a traceback;
+    return the line."""
+    from harness.cli import main
+
+    capsys.readouterr()
+    assert main(list(args)) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, err
+    return lines[0]
 
 
 def build_tiny_idefics(directory: Path, seed: int = 0) -> Path:

@@ -10,7 +10,7 @@ import pytest
 
 from conftest_benchmarks import IMAGENET_CLASSES, tiny_flamingo_model, write_benchmark_data
 from harness.errors import DataError, HarnessError
-from harness.evaluation.prompts import PromptBuilder
+from harness.prompts import PromptBuilder
 from tests.conftest import run_cli
 
 
@@ -113,7 +113,7 @@ def test_open_ended_tasks_with_support_prior_and_a_suite(data_root, tmp_path):
     """support-prior answers 'stop' / 'nokia' on TextVQA (100 and 60: 80) and 'unanswerable' on VizWiz
     (50; answerability AP 50, F1 66.67); a plug-in suite of the two averages them (65)."""
     plugin = tmp_path / "my_suite.py"
-    plugin.write_text("from harness.evaluation.suites import define_suite\n"
+    plugin.write_text("from harness.suites import define_suite\n"
                       "define_suite('mini', tasks=['textvqa', 'vizwiz'], shots=[0, 2], description='two VQA tasks')\n")
     out = tmp_path / "results"
     proc = run_cli("run", "--include", str(plugin), "--model", "support-prior", "--tasks", "mini",

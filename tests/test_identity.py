@@ -171,6 +171,7 @@ def _lock_holder_script(lock: Path) -> str:
             "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('locked', flush=True)\ntime.sleep(600)\n")
 
 
+@pytest.mark.slow
 def test_cell_lock_second_run_skips_then_picks_up_and_stale_lock_never_blocks(tmp_path):
     out = tmp_path / "res"
     args = ["run", "--model", "demo-majority", "--tasks", "easyvqa", "--shots", "0", "2", "--seeds", "0",
@@ -199,6 +200,7 @@ def test_cell_lock_second_run_skips_then_picks_up_and_stale_lock_never_blocks(tm
     assert "| easyvqa | accuracy |" in stdout
 
 
+@pytest.mark.slow
 def test_two_concurrent_runs_compute_each_cell_once(tmp_path):
     out = tmp_path / "res"
     args = ["run", "--model", "flamingo", "--tasks", "easyvqa", "--shots", "0", "2", "--seeds", "0", "1",
@@ -227,6 +229,7 @@ def test_time_of_a_resumed_cell_sums_its_parts(tmp_path):
     assert m["compute_time_s"] >= m["wall_time_s"]
 
 
+@pytest.mark.slow
 def test_run_eval_without_subcommand_prints_help_and_launcher_uses_repo_venv(tmp_path):
     proc = run_cli(check=False, process=True)  # the launcher script itself
     assert proc.returncode == 0 and "run_eval.py [-h]" in proc.stdout

@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -107,17 +106,12 @@ def test_markdown_is_unchanged(results):
 
 # ---- LaTeX ---------------------------------------------------------------------------------------------
 def _pdflatex() -> str:
-    """pdflatex with booktabs, installed with apt-get (as root) where missing; else the test is skipped."""
+    """pdflatex with booktabs (``./scripts/setup.sh --tests`` installs it); else the test is skipped."""
     def ready() -> bool:
         return bool(shutil.which("pdflatex")) and subprocess.run(["kpsewhich", "booktabs.sty"],
                                                                  capture_output=True).returncode == 0
-    if not ready() and os.geteuid() == 0 and shutil.which("apt-get"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, env=env)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "texlive-latex-base",
-                        "texlive-latex-recommended", "poppler-utils"], capture_output=True, env=env)
     if not ready():
-        pytest.skip("no pdflatex with booktabs (apt-get install texlive-latex-base texlive-latex-recommended)")
+        pytest.skip("no pdflatex with booktabs: ./scripts/setup.sh --tests installs it (as root)")
     return shutil.which("pdflatex")
 
 

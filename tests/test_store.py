@@ -251,7 +251,8 @@ def test_hf_feature_cache_mb_is_not_identity_and_device_is_resolved(tmp_path, mo
 
     sys.path.insert(0, str(ROOT / "tests"))
     from hf_tiny import build_tiny_hf
-    from harness.registry import get_model_class, load_builtins
+    from harness.registry import get_model_class
+    from harness.plugins import load_builtins
 
     load_builtins()
     path = build_tiny_hf("smolvlm", tmp_path / "smolvlm")
@@ -353,7 +354,8 @@ def test_flamingo_feature_cache_dir_never_serves_stale_features(tmp_path):
     import torch
     from PIL import Image as PILImage
 
-    from harness.registry import get_model_class, load_builtins
+    from harness.registry import get_model_class
+    from harness.plugins import load_builtins
     from harness.types import Image
 
     load_builtins()
@@ -423,7 +425,7 @@ def test_twelve_shots_on_a_disjoint_twelve_example_support_set(tmp_path):
 
 
 def test_a_query_in_the_support_set_still_needs_one_more(capsys):
-    from harness.evaluation.sampling import RandomSampler
+    from harness.sampling import RandomSampler
     from harness.errors import HarnessError
     from harness.types import Example
 

@@ -14,8 +14,8 @@ from conftest_video import (write_hateful, write_ivqa, write_msqa,  # noqa: E402
 from harness.errors import DataError, HarnessError
 from harness.metrics.classification import prob_of, roc_auc
 from harness.metrics.video_qa import exact_match, ivqa_accuracy
-from harness.evaluation.prompts import PromptTemplate
-from harness.evaluation.ranking import continuation_for, demo_orders, rank
+from harness.prompts import PromptTemplate
+from harness.ranking import continuation_for, demo_orders, rank
 from harness.types import Chunk, Example, LoglikelihoodRequest, Prompt, SampleRecord
 from harness.data.video import FrameSelection, SampledVideo
 

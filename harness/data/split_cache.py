@@ -12,8 +12,8 @@ file (read once, then reused while the file's size, mtime, ctime and inode are u
 harness.store.identity.file_digests). A cache file that cannot be read, or whose bytes do not match
 the checksum recorded when it was written, is rebuilt from the sources: never wrong data.
 
-Files: ``<cache_dir>/splits/<label>-<key>.arrow`` and ``.json`` (key, checksum, memo), where
-``cache_dir`` is ``$HARNESS_CACHE`` or ``~/.cache/harness``. When files change, the cache of their
+Files: ``<cache root>/splits/<label>-<key>.arrow`` and ``.json`` (key, checksum, memo), where
+the cache root is ``$HARNESS_CACHE`` or ``~/.cache/harness`` (harness.cache). When files change, the cache of their
 earlier contents is deleted as the new one is written. Deleting the folder is always safe.
 """
 
@@ -22,14 +22,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import pyarrow as pa
 
-from harness.store.identity import cache_dir, config_hash, file_digests
+from harness.cache import atomic_write, cache_root
+from harness.store.identity import config_hash, file_digests
 from harness.types import Example
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def load_or_build(kind: str, version: int, files: Sequence[Path], label: str,
     that returns anything but a ``pyarrow.Table`` (data the columns cannot hold) is returned as it is,
     uncached."""
     key = split_key(kind, version, files)
-    directory = cache_dir() / "splits"
+    directory = cache_root() / "splits"
     stem = f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', label)}-{key}"
     arrow, meta_path = directory / f"{stem}.arrow", directory / f"{stem}.json"
     hit = _read(arrow, meta_path, key)
@@ -86,8 +86,10 @@ def load_or_build(kind: str, version: int, files: Sequence[Path], label: str,
         data = sink.getvalue().to_pybytes()
         meta = {"key": key, "format": FORMAT, "kind": kind, "files": [str(f) for f in files], "rows": table.num_rows,
                 "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "memo": {}}
-        _write_atomic(arrow, data)
-        _write_atomic(meta_path, json.dumps(meta).encode())  # last: it vouches for the Arrow file
+        with atomic_write(arrow, "wb") as f:
+            f.write(data)
+        with atomic_write(meta_path, "wb") as f:  # last: it vouches for the Arrow file
+            f.write(json.dumps(meta).encode())
         _drop_older_versions(directory, stem, label, meta["files"])
     except OSError as exc:  # a read-only cache only costs parsing again next time
         log.debug("split cache %s not written: %s", arrow, exc)
@@ -143,9 +145,8 @@ def _read(arrow: Path, meta_path: Path, key: str) -> CachedSplit | None:
 
 def _write_atomic(path: Path, data: bytes) -> None:
     try:
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        with atomic_write(path, "wb") as f:
+            f.write(data)
     except OSError as exc:
         log.debug("split cache %s not written: %s", path, exc)
 

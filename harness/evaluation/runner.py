@@ -13,11 +13,12 @@ from tqdm import tqdm
 from harness import __version__
 from harness.evaluation.batch_size import AUTO, BatchSize, run_auto
 from harness.evaluation.distributed import Group, WorkQueue, balanced_share
+from harness.evaluation.rices import build_sampler
 from harness.errors import HarnessError, SampleError
 from harness.model import Model
-from harness.evaluation.prompts import PromptBuilder
-from harness.evaluation.ranking import continuation_for, demo_orders, rank
-from harness.evaluation.sampling import build_sampler, rng_for, sampler_config, sampler_inputs
+from harness.prompts import PromptBuilder
+from harness.ranking import continuation_for, demo_orders, rank
+from harness.sampling import rng_for, sampler_config, sampler_inputs
 from harness.store.identity import cell_config, config_key, data_fingerprint, environment
 from harness.store.journal import Journal, predictions_digest, seal
 from harness.store.layout import cell_dir, check_label, write_json

@@ -22,7 +22,7 @@ from harness.errors import HarnessError
 from harness.store.identity import config_diff, environment_diff, setting_key as _setting_key  # noqa: F401
 from harness.store.layout import read_json, step_of
 from harness.store.results import read_cells as _read_cells
-from harness.evaluation.suites import add_suite_rows
+from harness.suites import add_suite_rows
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def summarize(cells: pd.DataFrame) -> pd.DataFrame:
 def compare(paths: Sequence[str | Path], metrics: str = "primary") -> pd.DataFrame:
     """The comparison table as a DataFrame: rows (task, metric), columns (checkpoint, shots),
     cells ``mean (std) n=N``. ``metrics='all'`` adds the breakdowns (e.g. per answer type). A suite
-    (harness.evaluation.suites) whose tasks are all present adds a row: the mean of their primary metrics."""
+    (harness.suites) whose tasks are all present adds a row: the mean of their primary metrics."""
     summary = summarize(load_results(paths))
     if metrics == "primary":
         summary = summary[summary["primary"]]

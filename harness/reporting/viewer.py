@@ -36,7 +36,7 @@ import pandas as pd
 from harness.data.split_cache import ExampleIndex
 from harness.errors import DataError, HarnessError
 from harness.store.journal import read_records
-from harness.evaluation.prompts import PromptTemplate
+from harness.prompts import PromptTemplate
 from harness.types import Example, Media
 
 log = logging.getLogger(__name__)

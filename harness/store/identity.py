@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import subprocess
 import time
 from dataclasses import asdict
@@ -26,6 +25,7 @@ from pathlib import Path
 from itertools import islice
 from typing import Any, Iterable, Sequence
 
+from harness.cache import atomic_write, cache_root, stamped
 from harness.errors import HarnessError
 
 log = logging.getLogger(__name__)
@@ -210,9 +210,7 @@ def environment_diff(envs: Sequence[dict[str, Any] | None]) -> str | None:
 
 
 # ---- fingerprints of files and checkpoints ----------------------------------------------
-def cache_dir() -> Path:
-    """Where the harness keeps small caches between runs: ``$HARNESS_CACHE`` or ``~/.cache/harness``."""
-    return Path(os.environ.get("HARNESS_CACHE") or Path.home() / ".cache" / "harness")
+cache_dir = cache_root  # where the fingerprint cache lives (harness.cache owns the rule)
 
 
 #: A digest is cached only for files not modified in the last few seconds: file timestamps are
@@ -248,7 +246,7 @@ def file_digest(path: Path, cache: dict[str, list] | None = None) -> str:
 def checkpoint_fingerprint(path: str | Path) -> str:
     """Identity of a checkpoint directory or file: a hash of every byte of every file.
 
-    Any changed weight changes it. Digests are cached in ``<cache_dir>/fingerprints.json``
+    Any changed weight changes it. Digests are cached in ``<cache root>/fingerprints.json``
     by path and (size, mtime_ns, ctime_ns, inode), so only new or modified files are read
     (sha256 reads several hundred MB/s; see benchmarks/fingerprint.py).
     """
@@ -264,9 +262,9 @@ def checkpoint_fingerprint(path: str | Path) -> str:
 
 
 def file_digests(files: Sequence[Path]) -> list[str]:
-    """:func:`file_digest` of each file, through the digest cache ``<cache_dir>/fingerprints.json``
+    """:func:`file_digest` of each file, through the digest cache ``<cache root>/fingerprints.json``
     (checkpoints, data files): each file's bytes are read once, until it changes."""
-    cache_file = cache_dir() / "fingerprints.json"
+    cache_file = cache_root() / "fingerprints.json"
     cache = _read_cache(cache_file)
     before = dict(cache)
     digests = [file_digest(Path(f), cache) for f in files]
@@ -305,10 +303,8 @@ def _read_cache(path: Path) -> dict[str, list]:
 def _write_cache(path: Path, cache: dict[str, list]) -> None:
     """Best effort (a read-only home only costs rehashing); atomic, so concurrent runs never tear it."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(cache), encoding="utf-8")
-        os.replace(tmp, path)
+        with atomic_write(path) as f:
+            f.write(json.dumps(cache))
     except OSError as exc:
         log.debug("fingerprint cache %s not written: %s", path, exc)
 
@@ -317,11 +313,4 @@ def media_key(media: Any) -> str:
     """A media item's key for caches that persist between runs: its identity plus, for a local file,
     (size, mtime_ns), so an image replaced in place is never served stale features. Dataset images
     (``hfds://<fingerprint>/...``) are keyed by content already."""
-    ident = media.identity
-    if "://" in ident:
-        return ident
-    try:
-        st = os.stat(ident)
-    except OSError:
-        return ident  # unreadable: the load fails and says so
-    return f"{ident}|{st.st_size}:{st.st_mtime_ns}"
+    return stamped(media.identity)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from harness.cache import atomic_write
 from harness.errors import HarnessError
 
 #: files of one cell folder
@@ -55,13 +55,9 @@ def writing(path: Path) -> Iterator[None]:
 
 def write_json(path: Path, obj: Any) -> None:
     """Write atomically so a killed run never leaves half a metrics file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: two runs may write one file
-    with writing(path):
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, sort_keys=False, default=str)
-            f.write("\n")
-        os.replace(tmp, path)
+    with atomic_write(path) as f:
+        json.dump(obj, f, indent=2, sort_keys=False, default=str)
+        f.write("\n")
 
 
 def read_json(path: Path) -> Any:

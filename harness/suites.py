@@ -7,7 +7,7 @@ of its tasks' primary metrics (each on 0-100), only where every task of the suit
 
 Define your own in a plug-in file (``--include my_suites.py``)::
 
-    from harness.evaluation.suites import define_suite
+    from harness.suites import define_suite
     define_suite("my_vqa", tasks=["vqav2", "okvqa", "textvqa"], shots=[0, 4], description="my VQA set")
 """
 
