@@ -7,6 +7,7 @@
     harness compare results/run --series [--plot fig.png]   # metric vs training step
     harness view results/A results/B [--output report.html]
     harness merge results            # finish `run --shard K/N` runs
+    harness export results/LABEL/vqav2/4shot_seed0   # a test-server submission file
     harness list tasks|models
 
 ``harness`` is the console script ``scripts/setup.sh`` installs into ``.venv`` (``source
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import gc
 import inspect
 import json
@@ -37,6 +39,7 @@ from harness.errors import HarnessError
 from harness.options import describe_options, parse_key_values
 from harness.peer_flags import peer_flag_hint
 from harness.program import program
+from harness.evaluation.deferred import load_or_defer
 from harness.registry import get_model_class, get_task_class, model_names, task_names
 from harness.plugins import include, load_builtins
 from harness.evaluation.validate import check_model_options, check_prompt_media, check_sweep_flags, check_task
@@ -73,7 +76,8 @@ def build_tasks(names: Sequence[str], task_args: list[str] | None, data_dir: str
     return [get_task_class(n)(data_dir, opts[n]) for n in names]
 
 
-def build_models(names: Sequence[str], model_args: list[str] | None, labels: list[str] | None):
+def build_models(names: Sequence[str], model_args: list[str] | None, labels: list[str] | None,
+                 defer: bool = False):
     opts = _targeted(model_args, "--model-arg", names)
     labels = list(labels or [])
     if labels and len(labels) != len(names):
@@ -81,20 +85,27 @@ def build_models(names: Sequence[str], model_args: list[str] | None, labels: lis
     out = []
     for i, n in enumerate(names):
         cls = get_model_class(n)
-        log.info("loading model %s", n)
-        try:
-            model = cls(opts[n])
-        except (HarnessError, KeyboardInterrupt):
-            raise
-        except Exception as exc:  # a broken checkpoint (corrupt weights, missing tokenizer files...)
-            log.debug("model %s failed to load", n, exc_info=True)
-            given = ", ".join(f"{k}={v}" for k, v in opts[n].items()) or "default options"
-            first = (str(exc).strip().splitlines() or [""])[0][:300]
-            raise HarnessError(f"model {n} ({given}) could not be loaded: {type(exc).__name__}: {first}. "
-                               f"Is the checkpoint complete and readable? (-v shows the traceback)") from None
+        # a finished rerun needs only the models' identities: a model whose identity is known from an
+        # earlier load loads when a cell needs it (harness.evaluation.deferred)
+        model = load_or_defer(cls, opts[n], functools.partial(_load_model, cls, n, opts[n])) if defer \
+            else _load_model(cls, n, opts[n])
         label = labels[i] if labels else _default_label(n, opts[n])
         out.append((model, label))
     return out
+
+
+def _load_model(cls: type, name: str, options: dict[str, str]):
+    log.info("loading model %s", name)
+    try:
+        return cls(options)
+    except (HarnessError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # a broken checkpoint (corrupt weights, missing tokenizer files...)
+        log.debug("model %s failed to load", name, exc_info=True)
+        given = ", ".join(f"{k}={v}" for k, v in options.items()) or "default options"
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise HarnessError(f"model {name} ({given}) could not be loaded: {type(exc).__name__}: {first}. "
+                           f"Is the checkpoint complete and readable? (-v shows the traceback)") from None
 
 
 def _default_label(name: str, opts: dict[str, str]) -> str:
@@ -125,6 +136,18 @@ def _flag_task_args(args: argparse.Namespace, names: Sequence[str]) -> list[str]
             raise HarnessError(f"{flag} applies to {kind}; none of {', '.join(names)} takes it (see `list tasks -v`)")
         out.extend(f"{n}:{key}={value}" for n in takers)
     return out
+
+
+def _protocol_task_args(protocol: str | None, suite_protocols, names: Sequence[str]) -> list[str]:
+    """``--protocol NAME`` for every task, else each suite's own preset for its tasks, as
+    ``task:protocol=NAME`` items (before the flags and --task-arg, which win over the preset)."""
+    from harness.protocols import get_protocol
+
+    if protocol is not None:
+        if protocol != "none":
+            get_protocol(protocol)  # an unknown name fails here, naming the presets
+        return [f"{n}:protocol={protocol}" for n in names]
+    return [f"{n}:protocol={suite_protocols[n]}" for n in names if n in suite_protocols]
 
 
 # ---- subcommands ---------------------------------------------------------------
@@ -163,12 +186,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     set_threads(args.threads, launch)
     retain_freed_memory()  # before any model allocates: batches reuse freed memory (see allocator.py)
     model_options = check_model_options(model_list, _targeted(args.model_arg, "--model-arg", model_list))
-    tasks = build_tasks(task_list, _flag_task_args(args, task_list) + list(args.task_arg or []), args.data_dir)
+    tasks = build_tasks(task_list, _protocol_task_args(args.protocol, expansion.protocols, task_list)
+                        + _flag_task_args(args, task_list) + list(args.task_arg or []), args.data_dir)
     for task in tasks:
         check_task(task, expansion.shots.get(task.name, shots), args.limit, args.sample)
         check_prompt_media(model_list, model_options, task, expansion.shots.get(task.name, shots))
     _check_rices_models(tasks, model_list)
-    models = build_models(model_list, args.model_arg, args.label)
+    models = build_models(model_list, args.model_arg, args.label, defer=not args.overwrite)
     # The models and the data live for the whole run: keep the cyclic GC from walking them again
     # at every collection (a torchrun merge spent 0.2 s in such passes reading 1,000 records).
     gc.freeze()
@@ -335,6 +359,18 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from harness.evaluation.export import export_cell
+
+    if args.output and len(args.cells) > 1:
+        raise HarnessError("export --output names one file: give one cell, or leave --output out (each cell's "
+                           "file goes in its folder)")
+    for cell in args.cells:
+        path, fmt, n = export_cell(cell, args.data_dir, args.output, args.normalize, args.overwrite, args.partial)
+        print(f"wrote {path} ({n} predictions; {fmt.name} format for {fmt.server}: {fmt.schema})")
+    return 0
+
+
 def format_metrics(metrics: dict) -> str:
     """``score``'s metrics as an aligned two-column table: numbers to 2 decimals, a metric's
     ``<name>_ci95`` beside it, breakdowns (e.g. per answer type) indented under their metric."""
@@ -486,6 +522,15 @@ def cmd_view(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     load_builtins()
+    if args.what == "protocols":
+        from harness.protocols import PROTOCOLS
+
+        for p in sorted(PROTOCOLS.values(), key=lambda p: p.name):
+            print(f"{p.name:16s} {p.description}\n{'':17s}source: {p.source}")
+            if args.verbose:
+                for rule in p.rules:
+                    print(f"{'':18s}{rule.match}: {', '.join(f'{k}={v}' for k, v in rule.options.items())}")
+        return 0
     names, lookup = (task_names(), get_task_class) if args.what == "tasks" else (model_names(), get_model_class)
     for n in names:
         cls = lookup(n)
@@ -505,7 +550,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         for suite in suites():
             missing = [t for t in suite.tasks if t not in names]
             note = f"; not yet registered: {', '.join(missing)}" if missing else ""
-            print(f"{suite.name:16s} {len(suite.tasks)} tasks, shots {' '.join(map(str, suite.shots))}: "
+            preset = f", protocol {suite.protocol}" if suite.protocol else ""
+            print(f"{suite.name:16s} {len(suite.tasks)} tasks, shots {' '.join(map(str, suite.shots))}{preset}: "
                   f"{suite.description}{note}")
             if args.verbose:
                 print(f"{'':18s}{', '.join(suite.tasks)}")
@@ -575,6 +621,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--max-frames", type=int, help="video tasks: cap on frames with --fps (default: --frames)")
     r.add_argument("--ensemble", type=int, metavar="P",
                    help="close-ended tasks: average log-likelihoods over P demo orders (Flamingo: 6)")
+    r.add_argument("--protocol", metavar="NAME",
+                   help="a published protocol's preset for every task: flamingo, openflamingo, idefics (templates, "
+                        "demo selection, decoding, ensembling, video frames; recorded in the config; explicit "
+                        "options win; `none`: no preset, even for a suite's tasks). Default: a suite's tasks get "
+                        "their paper's preset, other tasks none. See docs/protocols.md")
     common(r)
     r.set_defaults(func=cmd_run)
 
@@ -630,6 +681,25 @@ def build_parser() -> argparse.ArgumentParser:
     common(s)
     s.set_defaults(func=cmd_score)
 
+    e = sub.add_parser("export", help="write a finished cell's predictions as its benchmark server's submission file",
+                       description="Write the exact file the benchmark's evaluation server takes (VQAv2/OK-VQA/TextVQA "
+                       "results JSON, VizWiz JSON, HatefulMemes CSV, STAR JSON, VisDial ranks JSON) from a finished "
+                       "cell, e.g. a run on a test-server split (no answers: no metric, predictions kept). Formats "
+                       "and schemas: docs/benchmarks.md, 'Test-server splits'.")
+    e.add_argument("cells", nargs="+", metavar="CELL",
+                   help="finished cell folders (<output>/<label>/<task>/<shots>shot_seed<seed>) or their metrics.json")
+    e.add_argument("--output", help="file to write (default: submission_<task>_<split>.<ext> in the cell's folder)")
+    e.add_argument("--data-dir", help="data root of the run: the split's questions are read to check the cell "
+                   "covers every one (VQAv2 test-dev also reads the test2015 questions; STAR the choices) "
+                   "(default: $HARNESS_DATA)")
+    e.add_argument("--normalize", action="store_true",
+                   help="VQA formats: apply the VQA answer normaliser first, as OpenFlamingo's fill script does")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    e.add_argument("--partial", action="store_true",
+                   help="write a cell that predicts only part of its split (--limit/--sample); servers reject it")
+    e.add_argument("--include", action="append", default=[], metavar="PATH", help="the plug-ins the run used")
+    e.set_defaults(func=cmd_export)
+
     c = sub.add_parser("compare", help="compare result folders in one table")
     c.add_argument("results", nargs="+", help="results folders (or metrics.json files)")
     c.add_argument("--format", choices=["markdown", "csv", "parquet", "latex"],
@@ -683,8 +753,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="plug-in tasks the results used (to find their images)")
     v.set_defaults(func=cmd_view)
 
-    ls = sub.add_parser("list", help="list registered tasks or models (plug-ins included)")
-    ls.add_argument("what", choices=["tasks", "models"])
+    ls = sub.add_parser("list", help="list registered tasks, models (plug-ins included) or protocol presets")
+    ls.add_argument("what", choices=["tasks", "models", "protocols"])
     ls.add_argument("--include", action="append", default=[], metavar="PATH")
     ls.add_argument("-v", "--verbose", action="store_true", help="show each one's options")
     ls.set_defaults(func=cmd_list)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
+import logging
 import os
 from collections import abc
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from harness.metrics.stats import mean_with_ci
 from harness.options import build_options
 from harness.prompts import PromptTemplate, pick_template
 from harness.types import Example, GenerationConfig, SampleRecord
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,9 @@ class TaskOptions:
                            data root) or ``hf:PATH_OR_ID[@SPLIT]`` (a Hugging Face dataset: save_to_disk
                            folder, parquet folder/glob, or an id in the local cache; see docs/data.md).
     columns:               for ``hf:`` sources, ``field:column,...`` overriding the task's column mapping.
+    protocol:              a published protocol's preset (``flamingo``, ``openflamingo``, ``idefics``:
+                           harness.protocols, docs/protocols.md) setting the options above that
+                           it fixes; options given explicitly win. ``run --protocol NAME`` sets it for every task.
     """
 
     template: str | None = None
@@ -62,6 +68,7 @@ class TaskOptions:
     eval_source: str = hf_data.FILES
     support_source: str = hf_data.FILES
     columns: str | None = None
+    protocol: str | None = None
 
     def __post_init__(self) -> None:
         if self.sampler == "rices":
@@ -93,6 +100,9 @@ class Task:
     primary_metric: ClassVar[str] = "accuracy"
     #: keys of an official-format predictions file: (id field, answer field).
     prediction_keys: ClassVar[tuple[str, str]] = ("question_id", "answer")
+    #: the submission format of the benchmark's evaluation server (harness.evaluation.export.FORMATS), which
+    #: ``run_eval.py export`` writes from a cell; None: no server.
+    server_format: ClassVar[str | None] = None
     #: whether ``load`` needs files under the data root (False for bundled data).
     needs_data_dir: ClassVar[bool] = True
     #: the most shots the benchmark allows (0: zero-shot only, e.g. RareAct has no training split).
@@ -106,7 +116,12 @@ class Task:
 
     def __init__(self, data_dir: str | Path | None = None, options: Mapping[str, Any] | None = None):
         self.name = self.registry_name or type(self).__name__
-        self.options = build_options(self.Options, dict(options or {}), f"task {self.name}")
+        given = dict(options or {})
+        if given.get("protocol") not in (None, "", "none"):  # a preset's options, under the explicit ones
+            from harness.protocols import preset_options
+
+            given = {**preset_options(str(given["protocol"]), type(self), given), **given}
+        self.options = build_options(self.Options, given, f"task {self.name}")
         self._data_dir = Path(data_dir) if data_dir else None
         self._cache: dict[str, Sequence[Example]] = {}
         self._datasets_read: dict[str, dict[str, Any]] = {}  # "location@split" -> what load_source read
@@ -293,6 +308,12 @@ class Task:
 
         return RandomSampler(self.name, self.support_examples(), seed, self.options.support_size)
 
+    def choose(self, candidates: Sequence[str], scores: Mapping[str, float]) -> str:
+        """Close-ended tasks: the predicted candidate from the ranking scores. Default: the highest,
+        ties to the first in candidate order (``torch.max``/``argmax``, as NExT-QA's and most
+        reference code); a task whose reference picks otherwise overrides it (ImageNet: ``torch.topk``)."""
+        return max(candidates, key=lambda c: scores[c])
+
     def ranking_fields(self, example: Example, logprobs: Mapping[str, float], scores: Mapping[str, float],
                        normalization: str) -> dict[str, Any]:
         """Close-ended tasks: what a record keeps of the candidates' scores (default: all of them;
@@ -305,6 +326,32 @@ class Task:
     def score(self, prediction: str, example: Example) -> float:
         """Per-sample score in [0, 1]."""
         raise NotImplementedError
+
+    def has_answers(self, example: Example) -> bool:
+        """Whether ``example`` can be scored: it has reference answers (not so in a test-server split:
+        VQAv2 test-dev, VizWiz test, HatefulMemes test_seen, STAR test...)."""
+        return bool(example.answers)
+
+    def sample_score(self, prediction: str, example: Example) -> float | None:
+        """``score``, or None for an example without answers (its prediction is kept, unscored)."""
+        return self.score(prediction, example) if self.has_answers(example) else None
+
+    def compute_metrics(self, records: Sequence[SampleRecord]) -> dict[str, Any]:
+        """``aggregate``, or, for a split without answers, no metric: the primary metric NaN, ``n`` and
+        ``unscored`` saying why and how to get a number (the benchmark's server, ``export``). A split
+        with answers for some queries and not others is an error (it would be scored on a subset)."""
+        unscored = sum(1 for r in records if r.score is None and not r.error)
+        if not unscored:
+            return self.aggregate(records)
+        if unscored < sum(1 for r in records if not r.error):
+            raise HarnessError(f"task {self.name}: {unscored} of {len(records)} queries of split {self.eval_split} "
+                               f"have no reference answers and the others do; score a split with answers for "
+                               f"all, or none (a test-server split)")
+        note = (f"split {self.eval_split} has no answers (a test-server split): no metric; the {len(records)} "
+                f"predictions are kept; write the server's submission file with `python run_eval.py export "
+                f"<cell folder>` (docs/benchmarks.md, 'Test-server splits')")
+        log.warning("task %s: %s", self.name, note)
+        return {self.primary_metric: float("nan"), "n": len(records), "unscored": note}
 
     def record_fields(self, example: Example) -> dict[str, Any]:
         """Task fields stored with each prediction (answers, types...)."""
@@ -321,11 +368,14 @@ class Task:
 
     def config(self) -> dict[str, Any]:
         """Everything about the task that changes its numbers, recorded in results."""
+        options = dataclasses.asdict(self.options)
+        if options.get("protocol") is None:  # no preset: the configuration reads as before presets existed
+            options.pop("protocol", None)
         return {
             "name": self.name,
             "version": self.version,
             "kind": self.kind,
-            "options": dataclasses.asdict(self.options),
+            "options": options,
             "support_split": self.support_split,
             "eval_split": self.eval_split,
             "sources": self.source_config(),

@@ -140,7 +140,15 @@ class COCOVQATask(VQATask):
 
     @staticmethod
     def full_split(split: str) -> str:
-        return split if any(c.isdigit() for c in split) else f"{split}2014"
+        """``val`` -> ``val2014``; the test-server splits are 2015's (``test-dev`` -> ``test-dev2015``)."""
+        if any(c.isdigit() for c in split):
+            return split
+        return f"{split}2015" if split.startswith("test") else f"{split}2014"
+
+    @staticmethod
+    def image_split(split: str) -> str:
+        """The image folder and file prefix of a split: test-dev2015's images are test2015's."""
+        return "test2015" if split.startswith("test") else split
 
     #: version of the columns this loader puts in the split cache: bump it when ``_columns`` changes.
     columns_version = 1
@@ -152,10 +160,12 @@ class COCOVQATask(VQATask):
         layout = self._layout()
         qpath = self.root / self.questions_file.format(split=split)
         apath = self.root / self.annotations_file.format(split=split)
+        image_dir = Path(self.options.image_dir) if self.options.image_dir else self.root / split
+        if split.startswith("test") and qpath.is_file() and not apath.is_file():
+            return self._parse(qpath, apath, split, layout, image_dir)  # a test-server split: questions only
         for path, what in ((qpath, "questions"), (apath, "annotations")):
             if not path.is_file():  # before the cache key, which reads them
                 raise DataError(f"task {self.name} {what} ({split}): file not found: {path}\nExpected layout: {layout}")
-        image_dir = Path(self.options.image_dir) if self.options.image_dir else self.root / split
         data = split_cache.load_or_build("coco_vqa", self.columns_version, [qpath, apath], f"{self.name}-{split}",
                                          lambda: self._parse(qpath, apath, split, layout, image_dir))
         if not isinstance(data, split_cache.CachedSplit):
@@ -169,9 +179,15 @@ class COCOVQATask(VQATask):
         unusual data), the field-by-field path: it raises the error that names the record and field,
         or returns the examples (not cached)."""
         qdata = read_json(qpath, f"task {self.name} questions ({split})", layout)
-        adata = read_json(apath, f"task {self.name} annotations ({split})", layout)
         questions = require(qdata, "questions", qpath, "the top-level object", layout)
-        annotations = require(adata, "annotations", apath, "the top-level object", layout)
+        if split.startswith("test") and not apath.is_file():
+            # a test-server split: questions only; predictions are kept unscored and exported
+            annotations = None
+        else:
+            adata = read_json(apath, f"task {self.name} annotations ({split})", layout)
+            annotations = require(adata, "annotations", apath, "the top-level object", layout)
+        if annotations is None:
+            return self._unanswered(questions, qpath, split, layout)
         if not isinstance(questions, list) or not isinstance(annotations, list):
             raise DataError(f"{qpath} / {apath}: 'questions' and 'annotations' must be lists\nExpected layout: {layout}")
         table = _columns(questions, annotations)
@@ -226,6 +242,22 @@ class COCOVQATask(VQATask):
                 f"(first question_id: {missing[0]}); questions and annotations are joined by question_id"
             )
         return examples
+
+    def _unanswered(self, questions, qpath: Path, split: str, layout: str) -> list[Example]:
+        """The questions of a split without annotations (VQAv2 test-dev2015 / test2015), unscored."""
+        if not isinstance(questions, list):
+            raise DataError(f"{qpath}: 'questions' must be a list\nExpected layout: {layout}")
+        images = self.image_split(split)
+        image_dir = Path(self.options.image_dir) if self.options.image_dir else self.root / images
+        out = []
+        for i, q in enumerate(questions):
+            qid = require(q, "question_id", qpath, f"question #{i}", layout)
+            image_id = require(q, "image_id", qpath, f"question #{i} (question_id {qid})", layout)
+            text = require(q, "question", qpath, f"question #{i} (question_id {qid})", layout)
+            out.append(Example(id=str(qid), media=(Image(str(image_dir / f"COCO_{images}_{int(image_id):012d}.jpg")),),
+                               fields={"question": text}, answers=(), target="",
+                               meta={"image_id": image_id, "question_type": None, "answer_type": None}))
+        return out
 
 
 def _columns(questions: list, annotations: list):
@@ -286,6 +318,7 @@ class VQAv2(COCOVQATask):
 
     questions_file = "v2_OpenEnded_mscoco_{split}_questions.json"
     annotations_file = "v2_mscoco_{split}_annotations.json"
+    server_format = "vqav2"
 
 
 @dataclass(frozen=True)
@@ -300,6 +333,7 @@ class OKVQA(COCOVQATask):
     """OK-VQA (Marino et al. 2019), same schema as VQAv2."""
 
     Options = OKVQAOptions
+    server_format = "vqa"
     questions_file = "OpenEnded_mscoco_{split}_questions.json"
     annotations_file = "mscoco_{split}_annotations.json"
 

@@ -11,7 +11,8 @@ COMPOSITION_ROOT = {"harness/plugins.py", "harness/cli.py", "harness/api.py", "h
                     "harness/__main__.py"}
 PLUGIN_API = ["harness/task.py", "harness/model.py", "harness/registry.py", "harness/prompts.py",
               "harness/sampling.py", "harness/balanced_sampling.py", "harness/ranking.py", "harness/suites.py",
-              "harness/devices.py", "harness/options.py", "harness/types.py", "harness/errors.py", "harness/cache.py"]
+              "harness/devices.py", "harness/options.py", "harness/types.py", "harness/errors.py", "harness/cache.py",
+              "harness/protocols.py"]
 
 
 def imports(path: Path) -> set[str]:
@@ -53,7 +54,8 @@ def test_only_the_composition_root_imports_the_builtin_packages():
 def test_the_plugin_api_imports_only_the_foundations():
     allowed = ("harness.errors", "harness.types", "harness.options", "harness.store", "harness.cache", "harness.data",
                "harness.metrics", "harness.registry", "harness.prompts", "harness.sampling", "harness.ranking",
-               "harness.devices", "harness.suites", "harness.balanced_sampling", "harness.task", "harness.model")
+               "harness.devices", "harness.suites", "harness.balanced_sampling", "harness.task", "harness.model",
+               "harness.protocols")
     offenders = {}
     for rel in PLUGIN_API:
         bad = sorted(m for m in imports(ROOT / rel) if m.startswith("harness.") and not m.startswith(allowed))

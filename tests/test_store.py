@@ -130,6 +130,7 @@ def test_journal_reader_is_strict_about_the_middle_and_lenient_about_a_torn_tail
     ('{"query_id": "q9", "score": 1, "raw_output": "a", "demo_ids": "d1"}', "demo_ids must be a list"),
     ('{"query_id": "q9", "score": 1, "raw_output": "a", "error": 3}', "error must be a string or null"),
     ('{"query_id": "q9", "raw_output": "a"}', "has no 'score'"),
+    ('{"query_id": "q9", "score": "NaN", "raw_output": "a"}', 'score must be a number, got "NaN" (null: unscored)'),
 ])
 def test_journal_reader_refuses_lines_that_are_not_records(tmp_path, line, words):
     p = tmp_path / "predictions.jsonl"
@@ -435,3 +436,10 @@ def test_a_query_in_the_support_set_still_needs_one_more(capsys):
     with pytest.raises(HarnessError, match="at most 11"):
         s.check_shots(12, [pool[3]])
     assert len(s.demos(Example("q", (), {}, ("a",), "a"), 12)) == 12
+
+
+def test_journal_reader_keeps_an_unscored_record_of_a_test_server_split(tmp_path):
+    p = tmp_path / "predictions.jsonl"
+    p.write_text(_records(1)[0] + "\n" + '{"query_id": "q9", "score": null, "raw_output": "a", "prediction": "a"}\n')
+    first, unscored = read_records(p)
+    assert first.score is not None and unscored.score is None and unscored.prediction == "a"

@@ -2,8 +2,10 @@
 
 For each query, the ``shots`` support examples whose image features are most similar
 (cosine) to the query's are its demonstrations, ordered so the most similar is LAST,
-next to the query; the query itself (same id) is never one of them. Ties go to the
-earlier support example. Demos are a pure function of (task, query, shots, encoder):
+next to the query; the query itself (same id) is never one of them. Equal similarities
+(the rule with VQA support sets: several questions per image share its features) are ordered as
+OpenFlamingo's ``RICES.find`` orders them: ``torch.argsort(descending=True)`` of the float32
+similarity (harness.metrics.ties.rices_order), so the same features give the same demos. Demos are a pure function of (task, query, shots, encoder):
 no seed, the same on 1 or N processes and for any batch size.
 
 Features come from a vision encoder:
@@ -39,6 +41,7 @@ from tqdm import tqdm
 
 from harness.cache import atomic_write, cache_root, file_stamp
 from harness.errors import HarnessError, MediaError
+from harness.metrics.ties import rices_order
 from harness.sampling import OWN_ENCODER, check_encoder_path  # noqa: F401 (re-exported)
 from harness.store.layout import safe_name
 from harness.types import Example, Media
@@ -313,11 +316,16 @@ def example_features(examples: Sequence[Example], feats: MediaFeatures) -> np.nd
     """One unit vector per example: the mean of its media's features, renormalised (zero if none)."""
     dim = feats.matrix.shape[1]
     out = np.zeros((len(examples), dim), dtype=np.float32)
+    several = np.zeros(len(examples), dtype=bool)
     for n, e in enumerate(examples):
         if e.media:
             out[n] = feats.matrix[[feats.index[m.identity] for m in e.media]].mean(0)
+            several[n] = len(e.media) > 1
+    # One media item: its feature as normalised once (as OpenFlamingo keeps it; normalising again
+    # would move its bits); several: their mean, renormalised.
     norms = np.linalg.norm(out, axis=1, keepdims=True)
-    return out / np.where(norms > 0, norms, 1.0)
+    renorm = out / np.where(norms > 0, norms, 1.0)
+    return np.where(several[:, None], renorm, out).astype(np.float32)
 
 
 # ---- the sampler ------------------------------------------------------------------------
@@ -359,13 +367,13 @@ class RicesSampler:
             )
 
     def ranking(self, query: Example) -> np.ndarray:
-        """Support indices from most to least similar to ``query`` (ties: earlier first), query excluded."""
+        """Support indices from most to least similar to ``query`` (ties as OpenFlamingo's torch
+        argsort), query excluded."""
         vec = self.query_vectors.get(query.id)
         if vec is None:
             raise HarnessError(f"task {self.task}: RICES has no features for query {query.id} "
                                f"(it is not one of the queries the sampler was built for)")
-        sims = self.support_matrix @ vec  # one matrix product per query: independent of batching
-        order = np.argsort(-sims, kind="stable")
+        order = rices_order(vec, self.support_matrix)  # one product per query: independent of batching
         return order[self._ids[order] != query.id]
 
     def demos(self, query: Example, shots: int) -> list[Example]:
@@ -378,7 +386,9 @@ class RicesSampler:
 
     def config(self) -> dict[str, Any]:
         return {"name": "rices", "encoder": self.encoder.describe(), "support_size": len(self.pool),
-                "support_split": self.support_split, "feature_version": FEATURE_VERSION}
+                "support_split": self.support_split, "feature_version": FEATURE_VERSION,
+                # equal similarities ordered as OpenFlamingo's RICES.find (was: stable, earlier first)
+                "ties": "torch.argsort"}
 
 
 def build_sampler(task, seed: int, model, queries: Sequence[Example], progress: bool = True):

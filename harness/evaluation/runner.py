@@ -328,7 +328,7 @@ class Runner:
                 f"{plan.desc}: every sample failed; first error: {failures[0]['error']} "
                 f"(details in {journal.path})"
             )
-        metrics = task.aggregate(records)
+        metrics = task.compute_metrics(records)  # aggregate(), or no metric for a split without answers
         # Corpus-level metrics (CIDEr) set per-sample scores only in aggregate(): store the final ones,
         # in eval order.
         journal.rewrite(records)
@@ -462,7 +462,7 @@ class Runner:
         if isinstance(out, SampleError):
             return SampleRecord(raw_output="", prediction="", score=0.0, error=str(out), **common)
         prediction = task.postprocess(out, q)
-        return SampleRecord(raw_output=out, prediction=prediction, score=task.score(prediction, q), **common)
+        return SampleRecord(raw_output=out, prediction=prediction, score=task.sample_score(prediction, q), **common)
 
     def _ranked_record(self, task, q, demos, prompts, cands, conts, outs, norm) -> SampleRecord:
         common = dict(
@@ -476,9 +476,10 @@ class Runner:
                                 fields=task.record_fields(q), **common)
         per_order = [[float(o) for o in outs[i : i + len(cands)]] for i in range(0, len(outs), len(cands))]
         counts = [self.model.count_tokens(c) for c in conts] if norm == "tokens" else None
-        prediction, logprobs, scores = rank(cands, conts, per_order, norm, counts)
+        _, logprobs, scores = rank(cands, conts, per_order, norm, counts)
+        prediction = task.choose(cands, scores)  # ties as the task's reference breaks them
         fields = {**task.record_fields(q), **task.ranking_fields(q, logprobs, scores, norm), "n_orders": len(prompts)}
-        return SampleRecord(raw_output=prediction, prediction=prediction, score=task.score(prediction, q),
+        return SampleRecord(raw_output=prediction, prediction=prediction, score=task.sample_score(prediction, q),
                             fields=fields, **common)
 
 

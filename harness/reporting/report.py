@@ -157,6 +157,8 @@ def _pivot(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def _cell(r: Any) -> str:
+    if r.mean != r.mean:  # NaN: a split without answers (test server: `export`), or an undefined metric
+        return f"no metric n={r.n}"
     std = f" ({r.std:.2f})" if r.seeds > 1 else ""
     failed = getattr(r, "failed", 0)
     note = f" ({failed} failed{' over ' + str(r.seeds) + ' seeds' if r.seeds > 1 else ''})" if failed else ""

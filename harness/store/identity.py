@@ -23,7 +23,7 @@ from dataclasses import asdict
 from functools import lru_cache
 from pathlib import Path
 from itertools import islice
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from harness.cache import atomic_write, cache_root, stamped
 from harness.errors import HarnessError
@@ -314,3 +314,40 @@ def media_key(media: Any) -> str:
     (size, mtime_ns), so an image replaced in place is never served stale features. Dataset images
     (``hfds://<fingerprint>/...``) are keyed by content already."""
     return stamped(media.identity)
+
+
+# ---- a model's identity before it loads ----------------------------------------------------
+def preload_key(name: str, version: int, options: Mapping[str, Any]) -> str:
+    """What determines a model adapter's :meth:`~harness.model.Model.config` without loading it: the
+    adapter (name, version), every option (defaults included), the content of every file an option
+    names (:func:`checkpoint_fingerprint`, cached by stat) and the code and libraries
+    (:func:`environment`). Equal keys give equal configs, so a finished rerun need not load weights."""
+    paths = {}
+    for k, v in sorted(options.items()):
+        if isinstance(v, str) and v and Path(v).exists():
+            paths[k] = checkpoint_fingerprint(v)
+    blob = json.dumps({"name": name, "version": version, "options": dict(options), "files": paths,
+                       "environment": environment()}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def _model_configs_file() -> Path:
+    return cache_dir() / "model_configs.json"
+
+
+def known_model_config(key: str) -> dict[str, Any] | None:
+    """What was recorded of a model with this :func:`preload_key` when it last loaded, or None."""
+    found = _read_cache(_model_configs_file()).get(key)
+    return found if isinstance(found, dict) else None
+
+
+def remember_model_config(key: str, config: dict[str, Any], keep: int = 256) -> None:
+    """Record a loaded model's config (and what planning reads of it) under its :func:`preload_key`
+    (best effort; the newest ``keep``)."""
+    path = _model_configs_file()
+    cache = _read_cache(path)
+    if cache.get(key) == config:
+        return
+    cache.pop(key, None)
+    cache[key] = config
+    _write_cache(path, dict(list(cache.items())[-keep:]))

@@ -115,9 +115,9 @@ def record_from_json(obj: Any, path: Path, n: int) -> SampleRecord:
     qid = obj["query_id"]
     if isinstance(qid, bool) or not isinstance(qid, (str, int)):
         raise _bad(path, n, f"query_id must be a string, got {json.dumps(qid)}")
-    score = obj["score"]
-    if isinstance(score, bool) or not isinstance(score, (int, float)) or math.isinf(score):
-        raise _bad(path, n, f"score must be a number, got {json.dumps(score)}")
+    score = obj["score"]  # null: a query without reference answers (a test-server split), kept unscored
+    if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float)) or math.isinf(score)):
+        raise _bad(path, n, f"score must be a number, got {json.dumps(score)} (null: unscored)")
     for key in ("prompt", "raw_output", "prediction"):
         if key in obj and not isinstance(obj[key], str):
             raise _bad(path, n, f"{key} must be a string, got {json.dumps(obj[key])[:80]}")
