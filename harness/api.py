@@ -55,7 +55,7 @@ class Request:
 
 def check_request(model: str | Model, tasks: str | Sequence[str], shots: Sequence[int] | None, seeds: Sequence[int],
                   limit: int | None, *, model_args=None, task_args=None, label: str | None = None,
-                  data_dir: str | None = None, batch_size: int = 8, sample: int | None = None,
+                  data_dir: str | None = None, batch_size: int | str = 8, sample: int | None = None,
                   overwrite: bool = False) -> Request:
     """Every check :func:`evaluate` makes before a model loads (``watch`` makes them once, up front):
     names, shots, seeds, options, labels, the tasks' data and prompt sizes. Raises HarnessError."""
@@ -116,7 +116,7 @@ def evaluate(
     task_args: Mapping[str, Any] | Sequence[str] | None = None,
     label: str | None = None,
     data_dir: str | None = None,
-    batch_size: int = 8,
+    batch_size: int | str = 8,
     sample: int | None = None,
     overwrite: bool = False,
     progress: bool = False,

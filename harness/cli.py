@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Sequence
 
 from harness import __version__
+from harness.evaluation.batch_size import parse_batch_size
 from harness.evaluation.allocator import retain_freed_memory
 from harness.evaluation.distributed import discover, set_threads, start_group
 from harness.errors import HarnessError
@@ -595,7 +596,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--sample", type=int, metavar="N",
                    help="evaluate a random subset of N eval examples, a different one per seed "
                         "(OpenFlamingo's --num_samples); after --limit if both are given")
-    r.add_argument("--batch-size", "--batch_size", type=int, default=8)
+    r.add_argument("--batch-size", "--batch_size", type=parse_batch_size, default=8, metavar="N|auto",
+                   help="queries per model call (default 8), or auto: the fastest of 1, 2, 4, 8... on each cell's "
+                        "first batches (recorded in metrics.json; outputs do not depend on it)")
     r.add_argument("--output", default="results", help="results folder (default: results/); reruns resume")
     r.add_argument("--shard", metavar="K/N|slurm",
                    help="evaluate only shard K of N (balanced by prompt length; one of N independent processes, "

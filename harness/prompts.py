@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from harness.errors import HarnessError
@@ -60,15 +60,25 @@ class PromptBuilder:
     """
 
     template: PromptTemplate
+    #: demo chunks already built, by (id of the example, text only): the pool's demos recur in
+    #: thousands of prompts. The example is kept with its chunk, so its id is never reused meanwhile.
+    _demo_chunks: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def build(self, demos: Sequence[Example], query: Example, text_only_demos: bool = False) -> Prompt:
-        chunks = []
-        for d in demos:
-            text = self.template.format_demo(d)
-            media = () if text_only_demos else tuple(d.media)
-            chunks.append(Chunk(media=media, text=text, answer=self.template.answer_part(d, text)))
+        chunks = [self._demo_chunk(d, text_only_demos) for d in demos]
         chunks.append(Chunk(media=tuple(query.media), text=self.template.format_query(query)))
         return Prompt(chunks=tuple(chunks), separator=self.template.separator)
+
+    def _demo_chunk(self, d: Example, text_only: bool) -> Chunk:
+        hit = self._demo_chunks.get((id(d), text_only))
+        if hit is not None and hit[0] is d:
+            return hit[1]
+        text = self.template.format_demo(d)
+        chunk = Chunk(media=() if text_only else tuple(d.media), text=text, answer=self.template.answer_part(d, text))
+        if len(self._demo_chunks) >= 1 << 16:  # demos built afresh each time (a lazily served split): bounded
+            self._demo_chunks.clear()
+        self._demo_chunks[(id(d), text_only)] = (d, chunk)
+        return chunk
 
 
 def pick_template(templates: Mapping[str, PromptTemplate], name: str, owner: str) -> PromptTemplate:

@@ -14,6 +14,7 @@ from typing import ClassVar, Sequence
 
 import numpy as np
 
+from harness.data.split_cache import example_ids
 from harness.errors import HarnessError
 from harness.types import Example
 
@@ -51,11 +52,12 @@ class RandomSampler:
         else:
             idx = rng_for("support", self.seed, self.task).choice(n, size=self.support_size, replace=False)
             self.pool = [self.support[i] for i in sorted(idx)]
+        self._pool_ids = frozenset(e.id for e in self.pool)  # per query, "is it in the pool?" is a lookup
 
     def check_shots(self, shots: int, queries: Sequence[Example] | None = None) -> None:
         """Refuse more shots than the pool holds. A query in the pool is never its own demo, so then
         one fewer; ``queries`` (None: assume they overlap) disjoint from the pool can use all of it."""
-        limit = max_shots(self.pool, queries)
+        limit = max_shots(self.pool, queries, getattr(self, "_pool_ids", None))
         if shots > limit and shots > 0:
             overlap = limit < len(self.pool)
             raise HarnessError(
@@ -80,11 +82,12 @@ class RandomSampler:
         return {"name": self.name, "support_size": len(self.pool), "seed": self.seed}
 
 
-def max_shots(pool: Sequence[Example], queries: Sequence[Example] | None = None) -> int:
+def max_shots(pool: Sequence[Example], queries: Sequence[Example] | None = None,
+              pool_ids: frozenset[str] | None = None) -> int:
     """The most demos a query can get from ``pool``: all of it, less one when a query may be in it."""
     if queries is not None:
-        ids = {e.id for e in pool}
-        if not any(q.id in ids for q in queries):
+        ids = pool_ids if pool_ids is not None and len(pool_ids) == len(pool) else {e.id for e in pool}
+        if not any(q in ids for q in example_ids(queries)):
             return len(pool)
     return len(pool) - 1
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
+import pyarrow as pa
+
+from harness.data import split_cache
 from harness.errors import DataError
 from harness.data.hf_data import Columns, answer_strings
 from harness.metrics.stats import mean_with_ci
@@ -145,11 +150,34 @@ class COCOVQATask(VQATask):
         """The image folder and file prefix of a split: test-dev2015's images are test2015's."""
         return "test2015" if split.startswith("test") else split
 
-    def load(self, split: str) -> list[Example]:
+    #: version of the columns this loader puts in the split cache: bump it when ``_columns`` changes.
+    columns_version = 1
+
+    def load(self, split: str) -> Sequence[Example]:
+        """The split's examples, served lazily from the split cache (harness.data.split_cache): the
+        JSON is parsed and validated once per version of the files."""
         split = self.full_split(split)
         layout = self._layout()
         qpath = self.root / self.questions_file.format(split=split)
         apath = self.root / self.annotations_file.format(split=split)
+        image_dir = Path(self.options.image_dir) if self.options.image_dir else self.root / split
+        if split.startswith("test") and qpath.is_file() and not apath.is_file():
+            return self._parse(qpath, apath, split, layout, image_dir)  # a test-server split: questions only
+        for path, what in ((qpath, "questions"), (apath, "annotations")):
+            if not path.is_file():  # before the cache key, which reads them
+                raise DataError(f"task {self.name} {what} ({split}): file not found: {path}\nExpected layout: {layout}")
+        data = split_cache.load_or_build("coco_vqa", self.columns_version, [qpath, apath], f"{self.name}-{split}",
+                                         lambda: self._parse(qpath, apath, split, layout, image_dir))
+        if not isinstance(data, split_cache.CachedSplit):
+            return data  # values the columns do not hold (e.g. string image ids): plain Examples, uncached
+        prefix, choice = os.path.join(str(image_dir), ""), self.options.answer_choice
+        return split_cache.LazyExamples(data, partial(_coco_vqa_examples, prefix, split, choice),
+                                        params=["coco_vqa", prefix, split, choice], media_per_example=1)
+
+    def _parse(self, qpath: Path, apath: Path, split: str, layout: str, image_dir: Path):
+        """The split's columns (a pyarrow Table), validated as columns. Where that does not hold (bad or
+        unusual data), the field-by-field path: it raises the error that names the record and field,
+        or returns the examples (not cached)."""
         qdata = read_json(qpath, f"task {self.name} questions ({split})", layout)
         questions = require(qdata, "questions", qpath, "the top-level object", layout)
         if split.startswith("test") and not apath.is_file():
@@ -162,7 +190,13 @@ class COCOVQATask(VQATask):
             return self._unanswered(questions, qpath, split, layout)
         if not isinstance(questions, list) or not isinstance(annotations, list):
             raise DataError(f"{qpath} / {apath}: 'questions' and 'annotations' must be lists\nExpected layout: {layout}")
+        table = _columns(questions, annotations)
+        if table is None:
+            return self._examples_by_field(questions, annotations, qpath, apath, split, layout, image_dir)
+        return table
 
+    def _examples_by_field(self, questions: list, annotations: list, qpath: Path, apath: Path, split: str,
+                           layout: str, image_dir: Path) -> list[Example]:
         ann_by_qid: dict[Any, dict] = {}
         for i, ann in enumerate(annotations):
             qid = require(ann, "question_id", apath, f"annotation #{i}", layout)
@@ -175,7 +209,6 @@ class COCOVQATask(VQATask):
                 raise DataError(f"{apath}: question_id {qid} is annotated twice (annotation #{i}); ids must be unique")
             ann_by_qid[qid] = ann
 
-        image_dir = Path(self.options.image_dir) if self.options.image_dir else self.root / split
         examples, missing = [], []
         for i, q in enumerate(questions):
             qid = require(q, "question_id", qpath, f"question #{i}", layout)
@@ -225,6 +258,58 @@ class COCOVQATask(VQATask):
                                fields={"question": text}, answers=(), target="",
                                meta={"image_id": image_id, "question_type": None, "answer_type": None}))
         return out
+
+
+def _columns(questions: list, annotations: list):
+    """The joined split as columns (id, image_id, question, answers, question_type, answer_type), or
+    None when any record is malformed or holds values the columns cannot (then the caller's
+    field-by-field path reports the first bad record, or builds the examples as they are)."""
+    try:
+        ann_qids = [a["question_id"] for a in annotations]
+        answer_lists = [a["answers"] for a in annotations]
+        if not all(type(x) is list and x for x in answer_lists):
+            return None
+        answers = [[str(x["answer"]) for x in lst] for lst in answer_lists]
+        qtypes = [a.get("question_type") for a in annotations]
+        atypes = [a.get("answer_type") for a in annotations]
+        index = dict(zip(ann_qids, range(len(ann_qids))))
+        if len(index) != len(ann_qids):
+            return None  # annotated twice
+        qids = [q["question_id"] for q in questions]
+        image_ids = [q["image_id"] for q in questions]
+        texts = [q["question"] for q in questions]
+        rows = [index.get(qid) for qid in qids]
+    except (KeyError, TypeError, AttributeError, IndexError):
+        return None
+    if (None in rows or not all(type(x) is int and x >= 0 for x in image_ids)
+            or not all(type(x) is str for x in texts)
+            or not all(x is None or type(x) is str for x in qtypes)
+            or not all(x is None or type(x) is str for x in atypes)):
+        return None
+    try:
+        return pa.table({
+            "id": pa.array([str(q) for q in qids], pa.string()),
+            "image_id": pa.array(image_ids, pa.int64()),
+            "question": pa.array(texts, pa.string()),
+            "answers": pa.array([answers[r] for r in rows], pa.list_(pa.string())),
+            "question_type": pa.array([qtypes[r] for r in rows], pa.string()),
+            "answer_type": pa.array([atypes[r] for r in rows], pa.string()),
+        })
+    except (pa.ArrowException, OverflowError):
+        return None
+
+
+def _coco_vqa_examples(prefix: str, split: str, answer_choice: str, table) -> list[Example]:
+    """The Examples of a slice of the columns (as the field-by-field path builds them)."""
+    cols = [table.column(c).to_pylist() for c in ("id", "image_id", "question", "answers", "question_type",
+                                                   "answer_type")]
+    out = []
+    for qid, image_id, text, answers, qtype, atype in zip(*cols):
+        answers = tuple(answers)
+        out.append(Example(id=qid, media=(Image(f"{prefix}COCO_{split}_{image_id:012d}.jpg"),),
+                           fields={"question": text}, answers=answers, target=choose_answer(answers, answer_choice),
+                           meta={"image_id": image_id, "question_type": qtype, "answer_type": atype}))
+    return out
 
 
 @register_task("vqav2")

@@ -18,6 +18,19 @@ if str(ROOT) not in sys.path:
 
 
 @pytest.fixture(autouse=True, scope="session")
+def _harness_cache(tmp_path_factory):
+    """Caches between runs (split cache, digests) in a folder of this test session, not ~/.cache:
+    tests never see another session's cache files (a test that needs its own sets HARNESS_CACHE)."""
+    old = os.environ.get("HARNESS_CACHE")
+    os.environ["HARNESS_CACHE"] = str(tmp_path_factory.mktemp("harness_cache"))
+    yield
+    if old is None:
+        os.environ.pop("HARNESS_CACHE", None)
+    else:
+        os.environ["HARNESS_CACHE"] = old
+
+
+@pytest.fixture(autouse=True, scope="session")
 def _builtins():
     """The tests are a composition root like the command line: the built-in tasks and models exist."""
     from harness import plugins

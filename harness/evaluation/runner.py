@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterable, Sequence, TypeVar
 from tqdm import tqdm
 
 from harness import __version__
+from harness.evaluation.batch_size import AUTO, BatchSize, run_auto
 from harness.evaluation.distributed import Group, WorkQueue, balanced_share
 from harness.evaluation.rices import build_sampler
 from harness.errors import HarnessError, SampleError
@@ -29,6 +30,9 @@ log = logging.getLogger(__name__)
 
 R = TypeVar("R")
 
+#: the batch size of --batch-size auto under torchrun (the ranks must agree on the batches)
+AUTO_UNDER_TORCHRUN = 8
+
 
 @dataclass(frozen=True)
 class CellSpec:
@@ -37,7 +41,8 @@ class CellSpec:
     shots: int
     seed: int
     limit: int | None = None
-    batch_size: int = 8
+    #: queries per model call, or ``auto`` (harness.evaluation.batch_size: the fastest on the cell's first batches)
+    batch_size: BatchSize = 8
     #: (k, n): evaluate only shard k of n (balanced by prompt length); see Journal for the merge.
     shard: tuple[int, int] | None = None
     #: evaluate a random subset of N eval examples, a different one per seed (OpenFlamingo's --num_samples).
@@ -109,6 +114,8 @@ class _Cell:
     #: torchrun: the cell's shared counter; the ranks claim its batches first come, first served
     queue: WorkQueue | None = None
     shown: int = 0  # samples computed by all ranks that the bar has counted (torchrun)
+    #: --batch-size auto: what was measured and chosen (recorded in metrics.json)
+    batch_choice: dict[str, Any] | None = None
 
     @property
     def text_only(self) -> bool:
@@ -340,6 +347,7 @@ class Runner:
             "wall_time_s": wall,  # this process's part
             # this run's counters (cache hits, vision encodes): outside the config, they vary by run
             "model_stats": {k: v - stats_before.get(k, 0) for k, v in stats().items()},
+            **({"batch_size": cell.batch_choice} if cell.batch_choice is not None else {}),
             # cache sizes and places this run used: outside the config, they never change an output
             "model_runtime_options": getattr(self.model, "runtime_config", dict)(),
             "config_key": plan.key,
@@ -400,15 +408,26 @@ class Runner:
             requests.append(GenerateRequest(cell.builder.build(demos, q, cell.text_only), gen, q, tuple(demos)))
         # Longest prompts first: batches of similar length pad less, and OOM shows up early.
         requests.sort(key=lambda r: -len(self.model.render_prompt(r.prompt)))
-        size = cell.spec.batch_size
-        batches = [requests[start : start + size] for start in range(0, len(requests), size)]
         records: list[SampleRecord] = []
-        for i in cell.claims(len(batches)):
-            outputs = _call_batch(self.model.generate, batches[i])
-            batch_records = [self._generated_record(cell.task, r, o) for r, o in zip(batches[i], outputs)]
+
+        def compute(batch: list[GenerateRequest]) -> None:
+            outputs = _call_batch(self.model.generate, batch)
+            batch_records = [self._generated_record(cell.task, r, o) for r, o in zip(batch, outputs)]
             cell.journal.append(batch_records)
             records.extend(batch_records)
             cell.advance(len(batch_records))
+
+        size = cell.spec.batch_size
+        if size == AUTO:
+            if cell.queue is None:
+                cell.batch_choice = run_auto(requests, compute, lambda r: len(self.model.render_prompt(r.prompt)))
+                return records
+            # torchrun ranks claim batches by index: they must agree on them, so no timing decides
+            log.info("--batch-size auto: under torchrun every rank uses batches of %d", AUTO_UNDER_TORCHRUN)
+            size = AUTO_UNDER_TORCHRUN
+        batches = [requests[start : start + size] for start in range(0, len(requests), size)]
+        for i in cell.claims(len(batches)):
+            compute(batches[i])
         return records
 
     def _rank(self, cell: "_Cell", todo: list[Example], template) -> list[SampleRecord]:

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from harness.data.split_cache import ExampleIndex
 from harness.errors import DataError
 from harness.data.predictions import journal_task, load_journal, load_predictions
 from harness.task import Task
@@ -39,14 +40,14 @@ def score_predictions(task: Task, path: str | Path, split: str | None = None) ->
         raise DataError(f"task {task.name} split {split or task.eval_split} has no answers (a test-server split): "
                         f"there is nothing to score here; `python run_eval.py export CELL` writes the server's "
                         f"submission file from a run on it")
-    by_id = {e.id: e for e in examples}
+    by_id = ExampleIndex(examples)  # builds only the examples that have predictions
     unknown = [k for k in preds if k not in by_id]
     if unknown:
         raise DataError(
             f"{path}: {len(unknown)} predictions have ids not in task {task.name} split "
             f"{split or task.eval_split} (first: {unknown[0]}); is this the right task and split?"
         )
-    records = [_record(task, ex, preds[ex.id]) for ex in examples if ex.id in preds]
+    records = [_record(task, ex, preds[ex.id]) for ex in by_id.select(preds)]
     if not records:
         raise DataError(f"{path}: no predictions to score")
     missing = len(examples) - len(records)

@@ -23,7 +23,7 @@ class SweepSpec:
     shots: tuple[int, ...] = (0, 4, 32)
     seeds: tuple[int, ...] = (0, 1, 2)
     limit: int | None = None
-    batch_size: int = 8
+    batch_size: int | str = 8  # or "auto" (harness.evaluation.batch_size)
     shard: tuple[int, int] | str | None = None
     #: per-task shots (suites' published shots); tasks not named here use ``shots``.
     task_shots: Mapping[str, tuple[int, ...]] | None = None

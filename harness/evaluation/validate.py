@@ -22,7 +22,7 @@ from harness.task import Task
 log = logging.getLogger(__name__)
 
 
-def check_sweep_flags(shots: Sequence[int], seeds: Sequence[int], limit: int | None, batch_size: int) -> None:
+def check_sweep_flags(shots: Sequence[int], seeds: Sequence[int], limit: int | None, batch_size: int | str) -> None:
     """--shots, --seeds, --limit and --batch-size: in range and without repeats."""
     bad = [s for s in shots if s < 0]
     if bad:
@@ -33,8 +33,8 @@ def check_sweep_flags(shots: Sequence[int], seeds: Sequence[int], limit: int | N
             raise HarnessError(f"{flag} {' '.join(map(str, values))}: {dup[0]} is given twice; give each once")
     if limit is not None and limit <= 0:
         raise HarnessError(f"--limit {limit}: must be a positive number of eval examples")
-    if batch_size < 1:
-        raise HarnessError(f"--batch-size {batch_size}: must be >= 1")
+    if batch_size != "auto" and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise HarnessError(f"--batch-size {batch_size}: must be an integer >= 1 or auto")
 
 
 def _positive(v: Any) -> bool:
@@ -114,10 +114,18 @@ def images_in(example) -> int:
 def max_images_per_prompt(task: Task, shots: int) -> int:
     """Most images one prompt of ``task`` at ``shots`` can hold: the query's plus its demos' (the
     ``shots`` largest of the support set; zero-shot text demos carry none)."""
-    query = max(map(images_in, task.eval_examples()), default=0)
+    query = _largest(task.eval_examples(), 1)
     if shots == 0:
         return query
-    return query + sum(sorted(map(images_in, task.support_examples()), reverse=True)[:shots])
+    return query + _largest(task.support_examples(), shots)
+
+
+def _largest(examples, n: int) -> int:
+    """The images of the ``n`` examples with the most (all the same: without building them)."""
+    same = getattr(examples, "media_per_example", None)
+    if same is not None:
+        return same * min(n, len(examples))
+    return sum(sorted(map(images_in, examples), reverse=True)[:n])
 
 
 def check_prompt_media(names: Sequence[str], options: dict[str, Any], task: Task, shots: Sequence[int]) -> None:

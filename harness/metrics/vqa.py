@@ -27,6 +27,7 @@ The same normalisation applies as for ten answers.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Literal, Sequence
 
 NormalizeMode = Literal["official", "always"]
@@ -104,6 +105,12 @@ def normalize_answer(text: str) -> str:
     return process_digit_article(process_punctuation(_clean(text)))
 
 
+@lru_cache(maxsize=1 << 16)
+def _normalized(text: str) -> str:
+    """process_digit_article(process_punctuation(text)), remembered: a split's answers repeat ("yes", "2")."""
+    return process_digit_article(process_punctuation(text))
+
+
 def _clean(text: str) -> str:
     return text.replace("\n", " ").replace("\t", " ").strip()
 
@@ -121,8 +128,8 @@ def vqa_accuracy(prediction: str, answers: Sequence[str], mode: NormalizeMode = 
     if not gts:
         raise ValueError("vqa_accuracy needs at least one reference answer")
     if mode == "always" or len(set(gts)) > 1:
-        gts = [process_digit_article(process_punctuation(a)) for a in gts]
-        pred = process_digit_article(process_punctuation(pred))
+        gts = [_normalized(a) for a in gts]
+        pred = _normalized(pred)
     if len(gts) != N_ANNOTATORS:
         matches = sum(1 for a in gts if a == pred)
         return float(matches > 0) if non_ten == "exact" else min(1.0, matches / 3.0)

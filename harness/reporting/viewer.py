@@ -33,6 +33,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
+from harness.data.split_cache import ExampleIndex
 from harness.errors import DataError, HarnessError
 from harness.store.journal import read_records
 from harness.prompts import PromptTemplate
@@ -55,7 +56,7 @@ class ViewerInfo:
 class _TaskData:
     """What the viewer needs of one task configuration: examples by id and a demo formatter."""
 
-    examples: dict[str, Example] = field(default_factory=dict)
+    examples: ExampleIndex = field(default_factory=ExampleIndex)
     template: PromptTemplate | None = None
     error: str = ""
 
@@ -139,10 +140,9 @@ def _task_data(config: dict[str, Any], data_dir: str | None) -> _TaskData:
         out.template = None
     try:
         task = get_task_class(tcfg["name"])(data_dir, tcfg.get("options") or {})
-        for split in dict.fromkeys([tcfg.get("support_split") or task.support_split,
-                                    tcfg.get("eval_split") or task.eval_split]):
-            for ex in task.examples(split):
-                out.examples.setdefault(ex.id, ex)
+        splits = dict.fromkeys([tcfg.get("support_split") or task.support_split,
+                                tcfg.get("eval_split") or task.eval_split])
+        out.examples = ExampleIndex(*(task.examples(split) for split in splits))  # built as looked up
         if out.template is None:
             out.template = task.template(None)[1]
     except (HarnessError, KeyError, OSError, ValueError) as exc:

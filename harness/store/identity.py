@@ -22,7 +22,8 @@ import time
 from dataclasses import asdict
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from itertools import islice
+from typing import Any, Iterable, Mapping, Sequence
 
 from harness.cache import atomic_write, cache_root, stamped
 from harness.errors import HarnessError
@@ -63,9 +64,28 @@ def cell_config(*, model: dict[str, Any], label: str, task: dict[str, Any], temp
 
 def data_fingerprint(examples: Sequence[Any]) -> str:
     """Hash of what a cell's numbers depend on in its examples: ids, prompt fields, answers,
-    demo targets and media identities (not the media bytes)."""
-    return config_hash([[e.id, dict(e.fields), list(e.answers), e.target, [m.identity for m in e.media]]
-                        for e in examples])
+    demo targets and media identities (not the media bytes).
+
+    A split read through the split cache (harness.data.split_cache) keeps it with its cache
+    (``memo``), so a full split is hashed once, not on every run."""
+    memo = getattr(examples, "memo", None)
+    if callable(memo):
+        return memo("data_fingerprint/1", lambda: _data_fingerprint(examples))
+    return _data_fingerprint(examples)
+
+
+def _data_fingerprint(examples: Iterable[Any], chunk: int = 20_000) -> str:
+    # config_hash of the whole list, streamed: json.dumps of a list is its items' dumps joined by
+    # ", " inside brackets, so hashing chunk by chunk gives the same digest without one huge string.
+    h = hashlib.sha256(b"[")
+    it, sep = iter(examples), ""
+    while part := list(islice(it, chunk)):
+        text = json.dumps([[e.id, dict(e.fields), list(e.answers), e.target, [m.identity for m in e.media]]
+                           for e in part], sort_keys=True, default=str)
+        h.update((sep + text[1:-1]).encode())
+        sep = ", "
+    h.update(b"]")
+    return h.hexdigest()[:16]
 
 
 # ---- what compare averages over seeds, what --baseline pairs on -----------------------
@@ -226,7 +246,7 @@ def file_digest(path: Path, cache: dict[str, list] | None = None) -> str:
 def checkpoint_fingerprint(path: str | Path) -> str:
     """Identity of a checkpoint directory or file: a hash of every byte of every file.
 
-    Any changed weight changes it. Digests are cached in ``<cache_dir>/fingerprints.json``
+    Any changed weight changes it. Digests are cached in ``<cache root>/fingerprints.json``
     by path and (size, mtime_ns, ctime_ns, inode), so only new or modified files are read
     (sha256 reads several hundred MB/s; see benchmarks/fingerprint.py).
     """
@@ -234,16 +254,23 @@ def checkpoint_fingerprint(path: str | Path) -> str:
     if not p.exists():
         raise HarnessError(f"checkpoint not found: {p}")
     files = sorted(x for x in p.rglob("*") if x.is_file()) if p.is_dir() else [p]
-    cache_file = cache_dir() / "fingerprints.json"
+    h = hashlib.sha256()
+    for f, digest in zip(files, file_digests(files)):
+        rel = f.relative_to(p) if p.is_dir() else Path(f.name)
+        h.update(f"{rel.as_posix()}\0{digest}\0".encode())
+    return h.hexdigest()[:16]
+
+
+def file_digests(files: Sequence[Path]) -> list[str]:
+    """:func:`file_digest` of each file, through the digest cache ``<cache root>/fingerprints.json``
+    (checkpoints, data files): each file's bytes are read once, until it changes."""
+    cache_file = cache_root() / "fingerprints.json"
     cache = _read_cache(cache_file)
     before = dict(cache)
-    h = hashlib.sha256()
-    for f in files:
-        rel = f.relative_to(p) if p.is_dir() else Path(f.name)
-        h.update(f"{rel.as_posix()}\0{file_digest(f, cache)}\0".encode())
+    digests = [file_digest(Path(f), cache) for f in files]
     if cache != before:
         _write_cache(cache_file, cache)
-    return h.hexdigest()[:16]
+    return digests
 
 
 def state_dict_digest(module: Any, extra: Any = None) -> str:
