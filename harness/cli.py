@@ -287,7 +287,7 @@ def format_metrics(metrics: dict) -> str:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from harness.reporting.report import TABLE_NOTE, compare, render
+    from harness.reporting.report import TABLE_NOTES, compare, render
 
     fmt = args.format or _format_of(args.output)
     if fmt == "parquet" and not args.output:
@@ -301,12 +301,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
         from harness.reporting.latex import latex_table
         from harness.reporting.tidy import tidy
 
-        df = tidy(args.results, metrics=args.metrics, ci=args.spread == "ci")
+        df = tidy(args.results, metrics=args.metrics, ci=args.spread in ("ci", "ci-demos"))
         text.append(latex_table(df, spread=args.spread, bold_best=args.bold_best, caption=args.caption,
                                 label=args.tex_label, fit=args.tex_fit))
     elif fmt == "markdown":
-        text.append(render(compare(args.results, metrics=args.metrics), "markdown"))
-        text.append(f"\n{TABLE_NOTE}\n")
+        text.append(render(compare(args.results, metrics=args.metrics, spread=args.spread), "markdown"))
+        text.append(f"\n{TABLE_NOTES[args.spread]}\n")
     if args.baseline:
         from harness.reporting.paired import paired_compare, render_paired
 
@@ -495,9 +495,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "(needed for parquet)")
     c.add_argument("--metrics", choices=["primary", "all"], default="primary",
                    help="only each task's main metric, or breakdowns too")
-    c.add_argument("--spread", choices=["std", "ci", "none"], default="std",
-                   help="what LaTeX cells show after the mean and the plots' band: std over seeds (default), the "
-                        "95%% interval over queries, or nothing")
+    c.add_argument("--spread", choices=["std", "ci", "ci-demos", "none"], default="std",
+                   help="what cells show after the mean (markdown, LaTeX) and the plots' band: std over seeds "
+                        "(default), the 95%% interval over queries (ci), the 95%% interval over queries and "
+                        "demonstration draws (ci-demos: two-level bootstrap, 2+ seeds), or nothing")
     c.add_argument("--bold-best", action="store_true", help="LaTeX: bold the best mean of each row at each shot count")
     c.add_argument("--tex-fit", action="store_true",
                    help="LaTeX: scale the table to the text width (\\resizebox; needs \\usepackage{graphicx})")

@@ -28,6 +28,7 @@ from harness.errors import HarnessError
 from harness.metrics.stats import N_PERM, holm, paired_difference
 from harness.store.identity import pairing_fields, pairing_mismatch  # noqa: F401  (moved; importable here)
 from harness.store.journal import read_records
+from harness.store.results import metric_scale
 
 ALPHA = 0.05
 
@@ -72,13 +73,7 @@ def records_mismatch(a: CellRecords, b: CellRecords) -> str | None:
 
 def score_scale(cell: CellRecords) -> float | None:
     """100 or 1 if the cell's metric is the mean of its per-sample scores on that scale, else None."""
-    if len(cell.scores) == 0 or cell.value is None or math.isnan(cell.value):
-        return None
-    mean = float(cell.scores.mean())
-    for scale in (100.0, 1.0):
-        if abs(mean * scale - cell.value) <= 1e-6 * max(1.0, abs(cell.value)):
-            return scale
-    return None
+    return metric_scale(cell.scores, cell.value)
 
 
 def resolve_baseline(cells: pd.DataFrame, baseline: str) -> str:
