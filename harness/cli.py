@@ -293,7 +293,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if fmt == "parquet" and not args.output:
         raise HarnessError("--format parquet writes a file: add --output FILE.parquet")
     text = []
-    if fmt in ("csv", "parquet") and not args.baseline:
+    paired_wanted = args.baseline is not None or args.baseline_shots is not None
+    if fmt in ("csv", "parquet") and not paired_wanted:
         from harness.reporting.tidy import tidy
 
         return _emit_table(tidy(args.results, metrics=args.metrics), fmt, args.output, args)
@@ -307,14 +308,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
     elif fmt == "markdown":
         text.append(render(compare(args.results, metrics=args.metrics, spread=args.spread), "markdown"))
         text.append(f"\n{TABLE_NOTES[args.spread]}\n")
-    if args.baseline:
+    if paired_wanted:
         from harness.reporting.paired import paired_compare, render_paired
 
-        paired = paired_compare(args.results, args.baseline, seed=args.bootstrap_seed)
+        paired = paired_compare(args.results, args.baseline, seed=args.bootstrap_seed,
+                                baseline_shots=args.baseline_shots)
         if fmt in ("csv", "parquet"):  # one table per file: the paired one, which has both means
             return _emit_table(paired, fmt, args.output, args)
         if fmt == "markdown":
-            text.append(f"\nPaired differences vs {paired['baseline'].iloc[0]} (95% paired bootstrap CI over queries, "
+            versus = (f"{args.baseline_shots} shots of the same checkpoint" if args.baseline_shots is not None
+                      else paired['baseline'].iloc[0])
+            text.append(f"\nPaired differences vs {versus} (95% paired bootstrap CI over queries, "
                         f"sign-flip permutation p, * = significant after Holm over the {paired['p'].notna().sum()} "
                         "tested rows; see docs/statistics.md)\n\n")
         text.append(render_paired(paired, fmt))
@@ -513,6 +517,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add each other checkpoint's paired difference from this one (a checkpoint as the "
                         "table names it, or its results folder): 95%% interval, p-value, Holm-marked rows "
                         "(with --format csv only this paired table is printed)")
+    c.add_argument("--baseline-shots", type=int, metavar="N",
+                   help="paired differences between shot counts of one checkpoint: each other shot count against "
+                        "N shots (e.g. 0), of every checkpoint or of --baseline's only; needs nested demos "
+                        "(--task-arg nested_shots=N at run time), otherwise the rows say why they are not paired")
     c.add_argument("--bootstrap-seed", type=int, default=0,
                    help="seed of the bootstrap and permutation draws (default 0: reproducible output)")
     c.add_argument("--include", action="append", default=[], metavar="PATH",

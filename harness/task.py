@@ -43,6 +43,10 @@ class TaskOptions:
                            data root) or ``hf:PATH_OR_ID[@SPLIT]`` (a Hugging Face dataset: save_to_disk
                            folder, parquet folder/glob, or an id in the local cache; see docs/data.md).
     columns:               for ``hf:`` sources, ``field:column,...`` overriding the task's column mapping.
+    nested_shots:          0 (default, as OpenFlamingo): each shot count draws its own demos. N: nested
+                           demos: for each (query, seed) the k-shot demos are the first k of its N-shot draw
+                           (N = the largest shot count), so shot counts compare like with like and
+                           ``compare --baseline-shots`` can pair them (docs/statistics.md).
     """
 
     template: str | None = None
@@ -60,8 +64,14 @@ class TaskOptions:
     eval_source: str = hf_data.FILES
     support_source: str = hf_data.FILES
     columns: str | None = None
+    nested_shots: int = 0
 
     def __post_init__(self) -> None:
+        if self.nested_shots < 0:
+            raise HarnessError(f"nested_shots must be >= 0 (0: independent draws per shot count), got {self.nested_shots}")
+        if self.nested_shots and self.sampler == "rices":
+            raise HarnessError("nested_shots is for random demos; RICES demos are already nested (the k most "
+                               "similar images); drop nested_shots")
         if self.sampler == "rices":
             from harness.evaluation.rices import check_encoder_path
 
@@ -255,6 +265,10 @@ class Task:
         if self.max_shots is not None and shots > self.max_shots:
             raise HarnessError(f"task {self.name} is evaluated with at most {self.max_shots} shots "
                                f"(it has no split to draw demonstrations from); got --shots {shots}")
+        nested = getattr(self.options, "nested_shots", 0)
+        if nested and shots > nested:
+            raise HarnessError(f"task {self.name}: --shots {shots} is above nested_shots={nested} (every shot count "
+                               f"takes the first k of the {nested}-shot draw); pass --task-arg nested_shots={shots}")
 
     def zero_shot_demos(self) -> int:
         """Demos shown at 0 shots (text only). OpenFlamingo's evaluate.py uses two for every task,
@@ -284,7 +298,8 @@ class Task:
         override it, e.g. class-balanced demos for classification)."""
         from harness.evaluation.sampling import RandomSampler
 
-        return RandomSampler(self.name, self.support_examples(), seed, self.options.support_size)
+        return RandomSampler(self.name, self.support_examples(), seed, self.options.support_size,
+                             self.options.nested_shots)
 
     def ranking_fields(self, example: Example, logprobs: Mapping[str, float], scores: Mapping[str, float],
                        normalization: str) -> dict[str, Any]:
@@ -318,11 +333,22 @@ class Task:
             "name": self.name,
             "version": self.version,
             "kind": self.kind,
-            "options": dataclasses.asdict(self.options),
+            "options": identity_options(self.options),
             "support_split": self.support_split,
             "eval_split": self.eval_split,
             "sources": self.source_config(),
         }
+
+
+#: options added after results existed: left out of a cell's identity while at these defaults, so
+#: results computed before the option keep their key (a rerun resumes them instead of refusing).
+_NEW_OPTION_DEFAULTS: dict[str, Any] = {"nested_shots": 0, "exclude_overlap": False, "context_overflow": "refuse"}
+
+
+def identity_options(options: Any) -> dict[str, Any]:
+    """A task's options as its cells' identity records them (see ``_NEW_OPTION_DEFAULTS``)."""
+    return {k: v for k, v in dataclasses.asdict(options).items()
+            if not (k in _NEW_OPTION_DEFAULTS and v == _NEW_OPTION_DEFAULTS[k])}
 
 
 def read_json(path: Path, what: str, layout: str) -> Any:

@@ -84,3 +84,81 @@ def test_summary_and_compare_show_the_two_level_interval(easyvqa_run):
 
     df = tidy([easyvqa_run])
     assert (df["ci_demos_high"] - df["ci_demos_low"] > 0).all()
+
+
+# ---- 2. nested demos ----------------------------------------------------------------------------
+def _examples(n: int, prefix: str = "s", target=lambda i: str(i % 3)):
+    from harness.types import Example
+
+    return [Example(f"{prefix}{i}", (), {"question": "q"}, (target(i),), target(i)) for i in range(n)]
+
+
+@pytest.mark.parametrize("balanced", [False, True])
+def test_nested_demos_are_prefixes_of_the_largest_draw(balanced):
+    from harness.evaluation.balanced_sampling import ClassBalancedSampler
+    from harness.evaluation.sampling import RandomSampler
+
+    cls = ClassBalancedSampler if balanced else RandomSampler
+    support, queries = _examples(200), _examples(30, "q") + _examples(5)  # 5 queries are also in the support
+    for seed in (0, 1):
+        nested = cls("t", support, seed, 100, nested_shots=16)
+        flat = cls("t", support, seed, 100)
+        for q in queries:
+            largest = nested.demos(q, 16)
+            assert len(largest) == 16 and q.id not in [d.id for d in largest]
+            for k in (1, 2, 4, 8):
+                assert nested.demos(q, k) == largest[:k]
+        # the default is unchanged: independent draws per shot count (the old draw, exactly)
+        assert flat.demos(queries[0], 4) != flat.demos(queries[0], 8)[:4]
+        assert flat.demos(queries[0], 4) == cls("t", support, seed, 100).draw(queries[0], 4)
+    with pytest.raises(Exception, match="nested_shots=16"):
+        cls("t", support, 0, 100, nested_shots=16).demos(queries[0], 32)
+
+
+@pytest.fixture(scope="module")
+def nested_runs(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("nested")
+    common = ("--model", "demo-majority", "--tasks", "easyvqa", "--shots", "0", "2", "4", "--seeds", "0", "1",
+              "--limit", "60", "-q")
+    run_cli("run", *common, "--task-arg", "nested_shots=4", "--output", str(root / "nested"))
+    run_cli("run", *common, "--output", str(root / "flat"))
+    return root / "nested", root / "flat"
+
+
+def _demo_ids(out: Path, shots: int, seed: int) -> dict[str, list[str]]:
+    (f,) = out.glob(f"*/easyvqa/{shots}shot_seed{seed}/predictions.jsonl")
+    return {r["query_id"]: r["demo_ids"] for r in map(json.loads, f.read_text().splitlines())}
+
+
+def test_nested_run_records_the_option_and_pairs_shot_counts(nested_runs):
+    nested, flat = nested_runs
+    for seed in (0, 1):
+        four = _demo_ids(nested, 4, seed)
+        for shots in (0, 2):  # the 0-shot text demos are the first 2 of the same draw
+            assert all(four[q][: len(d)] == d and len(d) == 2 for q, d in _demo_ids(nested, shots, seed).items())
+    (m,) = nested.glob("*/easyvqa/2shot_seed0/metrics.json")
+    cfg = json.loads(m.read_text())["config"]
+    assert cfg["task"]["options"]["nested_shots"] == 4 and cfg["sampler"]["nested_shots"] == 4
+    (m,) = flat.glob("*/easyvqa/2shot_seed0/metrics.json")
+    cfg = json.loads(m.read_text())["config"]  # default: identity as before the option existed
+    assert "nested_shots" not in cfg["task"]["options"] and "nested_shots" not in cfg["sampler"]
+
+    out = run_cli("compare", str(nested), "--baseline-shots", "0").stdout
+    assert "Paired differences vs 0 shots of the same checkpoint" in out
+    from harness.reporting.paired import paired_compare
+
+    df = paired_compare([nested], None, baseline_shots=0)
+    assert list(df["shots"]) == [2, 4] and (df["seeds"] == 2).all() and (df["n"] == 60).all()
+    assert df["p"].notna().all() and (df["ci_low"] <= df["delta"]).all() and (df["delta"] <= df["ci_high"]).all()
+    assert df["note"].eq("").all()
+    # independent draws: 4 shots are refused, with the fix; 2 shots happen to be the 0-shot text demos' own
+    # draw (both draw 2 demos under the same key), which is nested, so that row is tested
+    flat_df = paired_compare([flat], None, baseline_shots=0).set_index("shots")
+    assert np.isnan(flat_df.loc[4, "p"]) and "nested_shots=N" in flat_df.loc[4, "note"]
+    assert not np.isnan(flat_df.loc[2, "p"])
+
+
+def test_shots_above_nested_shots_are_refused_before_any_model_loads(tmp_path):
+    proc = run_cli("run", "--model", "demo-majority", "--tasks", "easyvqa", "--shots", "8", "--seeds", "0",
+                   "--limit", "5", "--task-arg", "nested_shots=4", "--output", str(tmp_path / "r"), "-q", check=False)
+    assert proc.returncode != 0 and "nested_shots=8" in proc.stderr and "Traceback" not in proc.stderr
