@@ -47,6 +47,10 @@ class TaskOptions:
                            demos: for each (query, seed) the k-shot demos are the first k of its N-shot draw
                            (N = the largest shot count), so shot counts compare like with like and
                            ``compare --baseline-shots`` can pair them (docs/statistics.md).
+    context_overflow:      ``refuse`` (default): a cell whose longest prompt (plus the tokens to generate)
+                           exceeds the model's context length is refused before any query, with the numbers;
+                           ``drop_front``: each prompt that does not fit loses demos from its front, and
+                           every sample records ``n_demos`` delivered.
     """
 
     template: str | None = None
@@ -65,6 +69,7 @@ class TaskOptions:
     support_source: str = hf_data.FILES
     columns: str | None = None
     nested_shots: int = 0
+    context_overflow: Literal["refuse", "drop_front"] = "refuse"
 
     def __post_init__(self) -> None:
         if self.nested_shots < 0:

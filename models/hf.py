@@ -431,6 +431,27 @@ class HF(Model):
             out["mm_encoder_outputs"] = self._features.encoder_outputs(images)
         return out
 
+    # ---- what the model sees: token counts ---------------------------------------------------
+    def context_length(self) -> int | None:
+        text = getattr(self.hf_config, "text_config", None) or self.hf_config
+        n = getattr(text, "max_position_embeddings", None) or getattr(self.hf_config, "max_position_embeddings", None)
+        return int(n) if n else None
+
+    def prompt_length(self, prompt: Prompt) -> tuple[int, int] | None:
+        """Tokens and image/video tokens of the prompt's input ids, from the processor itself (so a
+        family's image-token expansion is counted as the model gets it)."""
+        ids = self._process([self.render_prompt(prompt)], [self._prompt_media(prompt)])["input_ids"][0]
+        media_ids = set()
+        for attr in ("image_token_id", "video_token_id"):
+            tid = getattr(self.processor, attr, None)
+            if tid is None:
+                tok = getattr(self.processor, attr.replace("_id", ""), None)
+                tid = self.tokenizer.convert_tokens_to_ids(tok) if isinstance(tok, str) else None
+            if isinstance(tid, int) and tid != self.tokenizer.unk_token_id:
+                media_ids.add(tid)
+        n_media = sum(int((ids == t).sum()) for t in media_ids)
+        return int(ids.shape[0]), n_media
+
     # ---- generation -----------------------------------------------------------------------
     def generate(self, requests: Sequence[GenerateRequest]) -> list[str]:
         torch = self.torch

@@ -162,3 +162,67 @@ def test_shots_above_nested_shots_are_refused_before_any_model_loads(tmp_path):
     proc = run_cli("run", "--model", "demo-majority", "--tasks", "easyvqa", "--shots", "8", "--seeds", "0",
                    "--limit", "5", "--task-arg", "nested_shots=4", "--output", str(tmp_path / "r"), "-q", check=False)
     assert proc.returncode != 0 and "nested_shots=8" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ---- 3. delivered shots and the context-length check ---------------------------------------------
+@pytest.fixture(scope="module")
+def short_context_qwen(tmp_path_factory) -> Path:
+    """A tiny Qwen2-VL whose context is 200 tokens: easyvqa's 0-shot prompts fit (<= 174 + 5 to generate),
+    its 2-shot prompts (194-210 + 5) do not all fit."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from hf_tiny import build_tiny_hf
+
+    d = build_tiny_hf("qwen2_vl", tmp_path_factory.mktemp("qwen") / "m")
+    cfg = json.loads((d / "config.json").read_text())
+
+    def shrink(obj):
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                if k == "max_position_embeddings":
+                    obj[k] = 200
+                else:
+                    shrink(v)
+
+    shrink(cfg)
+    (d / "config.json").write_text(json.dumps(cfg))
+    return d
+
+
+def _hf_run(model_dir: Path, out: Path, *extra: str) -> tuple[int, str]:
+    import contextlib
+    import io
+
+    from harness.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = main(["run", "-q", "--model", "hf", "--model-arg", f"path={model_dir}", "--tasks", "easyvqa",
+                   "--shots", "0", "2", "--seeds", "0", "--limit", "3", "--output", str(out), *extra])
+    return rc, err.getvalue()
+
+
+def test_context_overflow_is_refused_with_the_numbers_before_any_query(short_context_qwen, tmp_path):
+    rc, err = _hf_run(short_context_qwen, tmp_path / "r")
+    assert rc != 0
+    line = next(x for x in err.splitlines() if x.startswith("error:"))
+    assert "2 shots need 215 tokens" in line and "takes 200" in line and "48 of them image tokens" in line
+    assert "context_overflow=drop_front" in line
+    assert not list((tmp_path / "r").rglob("predictions.jsonl"))  # not even the 0-shot cell ran
+
+
+def test_drop_front_delivers_fewer_demos_and_records_them(short_context_qwen, tmp_path):
+    rc, err = _hf_run(short_context_qwen, tmp_path / "r", "--task-arg", "context_overflow=drop_front")
+    assert rc == 0, err
+    (two,) = (tmp_path / "r").rglob("2shot_seed0/predictions.jsonl")
+    records = [json.loads(x) for x in two.read_text().splitlines()]
+    delivered = sorted(r["n_demos"] for r in records)
+    assert delivered == [1, 1, 2]  # the two long prompts lost their first demo, the short one kept both
+    for r in records:
+        assert len(r["demo_ids"]) == r["n_demos"] and r["prompt_tokens"] + 5 <= 200
+        assert r["image_tokens"] == 16 * (1 + r["n_demos"])  # 16 tokens per image in this tiny Qwen2-VL
+    (m,) = (tmp_path / "r").rglob("2shot_seed0/metrics.json")
+    assert json.loads(m.read_text())["config"]["task"]["options"]["context_overflow"] == "drop_front"
+    (zero,) = (tmp_path / "r").rglob("0shot_seed0/predictions.jsonl")
+    assert all(json.loads(x)["image_tokens"] == 16 for x in zero.read_text().splitlines())
