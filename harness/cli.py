@@ -5,6 +5,7 @@
     harness compare results/A results/B [--format markdown|csv|parquet|latex] [--plot fig.png] [--baseline A]
     harness view results/A results/B [--output report.html]
     harness merge results            # finish `run --shard K/N` runs
+    harness check-data --tasks vqav2,okvqa   # demo/eval image overlap per task
     harness list tasks|models
 
 ``harness`` is the console script ``scripts/setup.sh`` installs into ``.venv`` (``source
@@ -157,6 +158,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         check_task(task, expansion.shots.get(task.name, shots), args.limit, args.sample)
         check_prompt_media(model_list, model_options, task, expansion.shots.get(task.name, shots))
     _check_rices_models(tasks, model_list)
+    _report_overlap(tasks)
     models = build_models(model_list, args.model_arg, args.label)
     # The models and the data live for the whole run: keep the cyclic GC from walking them again
     # at every collection (a torchrun merge spent 0.2 s in such passes reading 1,000 records).
@@ -191,6 +193,40 @@ def cmd_run(args: argparse.Namespace) -> int:
     data = f" --data-dir {shlex.quote(args.data_dir)}" if args.data_dir else ""
     out = shlex.quote(str(output))
     print(f"browse the samples: {program()} view {out}{data} --output {shlex.quote(f'{output}/report.html')}")
+    return 0
+
+
+def _report_overlap(tasks) -> None:
+    """Before a run: demo/eval image overlap per task. With exclude_overlap the full check (already run
+    to build the support set); otherwise the cheap same-file check, pointing to check-data for the rest."""
+    from harness.data.overlap import same_file_count
+
+    for task in tasks:
+        if getattr(task.options, "exclude_overlap", False):
+            log.info("%s; excluded from the support set (exclude_overlap)", task.demo_overlap().line())
+        elif task.max_shots != 0:
+            n = same_file_count(task.support_examples(), task.eval_examples())
+            if n:
+                log.warning("task %s: %d support examples show the same image file as an eval example (a demo can "
+                            "show the query's picture); `check-data` also finds re-encoded copies, "
+                            "--task-arg exclude_overlap=true removes them", task.name, n)
+
+
+def cmd_check_data(args: argparse.Namespace) -> int:
+    """Per task: support examples whose image is also an eval image (same file/bytes or near-duplicate)."""
+    tasks = build_tasks(_names(args.tasks, "--tasks"), list(args.task_arg or []), args.data_dir)
+    for task in tasks:
+        if task.max_shots == 0:
+            print(f"task {task.name}: zero-shot only (no support set)")
+            continue
+        report = task.demo_overlap(progress=not args.quiet)
+        print(report.line())
+        for ex_id, (how, image) in list(report.matches.items())[: args.show]:
+            print(f"  support {ex_id}: {how} of eval image {image}")
+        if report.count > args.show:
+            print(f"  ... {report.count - args.show} more")
+        if report.count and not getattr(task.options, "exclude_overlap", False):
+            print(f"  exclude them from the support set with --task-arg {task.name}:exclude_overlap=true")
     return 0
 
 
@@ -541,6 +577,17 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--include", action="append", default=[], metavar="PATH",
                    help="plug-in tasks the results used (to find their images)")
     v.set_defaults(func=cmd_view)
+
+    cd = sub.add_parser("check-data", help="report support examples whose image is also an eval image",
+                        description="For each task, compare the support split's images with the eval split's: "
+                        "the same file or bytes, or a near-duplicate (resized, re-encoded) by two perceptual "
+                        "hashes (harness.data.overlap). Nothing is changed; --task-arg exclude_overlap=true "
+                        "makes a run drop them from the support set.")
+    cd.add_argument("--tasks", action="append", required=True, metavar="T1,T2", help="registered tasks (comma list)")
+    cd.add_argument("--show", type=int, default=5, metavar="N", help="matches listed per task (default 5)")
+    cd.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    common(cd)
+    cd.set_defaults(func=cmd_check_data)
 
     ls = sub.add_parser("list", help="list registered tasks or models (plug-ins included)")
     ls.add_argument("what", choices=["tasks", "models"])

@@ -51,6 +51,9 @@ class TaskOptions:
                            exceeds the model's context length is refused before any query, with the numbers;
                            ``drop_front``: each prompt that does not fit loses demos from its front, and
                            every sample records ``n_demos`` delivered.
+    exclude_overlap:       drop from the support split every example whose image is also an eval image (same
+                           file or bytes, or a near-duplicate by perceptual hash: harness.data.overlap), so no
+                           demo shows a query's picture; ``check-data`` reports the overlap without changing it.
     """
 
     template: str | None = None
@@ -70,6 +73,7 @@ class TaskOptions:
     columns: str | None = None
     nested_shots: int = 0
     context_overflow: Literal["refuse", "drop_front"] = "refuse"
+    exclude_overlap: bool = False
 
     def __post_init__(self) -> None:
         if self.nested_shots < 0:
@@ -123,6 +127,8 @@ class Task:
         self._data_dir = Path(data_dir) if data_dir else None
         self._cache: dict[str, list[Example]] = {}
         self._datasets_read: dict[str, dict[str, Any]] = {}  # "location@split" -> what load_source read
+        self._overlap = None  # harness.data.overlap.Overlap, computed once
+        self._support_kept: list[Example] | None = None
         # Parsed now so a bad source or mapping fails before any model loads.
         self._sources = {role: hf_data.parse_source(getattr(self.options, f"{role}_source"),
                                                     f"task {self.name} option {role}_source")
@@ -187,9 +193,27 @@ class Task:
         return self.options.eval_split or self.default_eval_split
 
     def support_examples(self) -> list[Example]:
+        """The support split the demos come from (less its eval-image overlap with ``exclude_overlap``)."""
+        if not getattr(self.options, "exclude_overlap", False):
+            return self._support_split_examples()
+        if self._support_kept is None:  # one list object: callers key caches by its id
+            shared = self.demo_overlap().matches
+            self._support_kept = [e for e in self._support_split_examples() if e.id not in shared]
+        return self._support_kept
+
+    def _support_split_examples(self) -> list[Example]:
         if self._sources["support"] is None:
             return self.examples(self.support_split)
         return self._source_examples("support")
+
+    def demo_overlap(self, progress: bool = True):
+        """Support examples whose image is also an image of the (whole) eval split: a
+        :class:`harness.data.overlap.Overlap`, computed once per task."""
+        if self._overlap is None:
+            from harness.data.overlap import find_overlap
+
+            self._overlap = find_overlap(self.name, self._support_split_examples(), self.eval_examples(), progress)
+        return self._overlap
 
     def eval_examples(self, split: str | None = None) -> list[Example]:
         if self._sources["eval"] is None:
@@ -342,6 +366,8 @@ class Task:
             "support_split": self.support_split,
             "eval_split": self.eval_split,
             "sources": self.source_config(),
+            **({"overlap_excluded": self.demo_overlap().count} if getattr(self.options, "exclude_overlap", False)
+               else {}),
         }
 
 

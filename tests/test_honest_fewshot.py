@@ -226,3 +226,95 @@ def test_drop_front_delivers_fewer_demos_and_records_them(short_context_qwen, tm
     assert json.loads(m.read_text())["config"]["task"]["options"]["context_overflow"] == "drop_front"
     (zero,) = (tmp_path / "r").rglob("0shot_seed0/predictions.jsonl")
     assert all(json.loads(x)["image_tokens"] == 16 for x in zero.read_text().splitlines())
+
+
+# ---- 4. demo/eval image overlap -------------------------------------------------------------------
+SAMPLES = ["astronaut", "camera", "coffee", "chelsea", "rocket", "immunohistochemistry", "coins", "horse", "moon",
+           "page", "text", "hubble_deep_field"]
+
+
+def _sample(name: str):
+    import skimage.data
+    from PIL import Image
+
+    arr = getattr(skimage.data, name)()
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8) * 255
+    return Image.fromarray(arr).convert("RGB")
+
+
+def test_perceptual_hashes_match_a_resized_reencoded_copy_and_not_other_pictures(tmp_path):
+    from harness.data.overlap import MAX_DISTANCE, hamming, hash_image
+    from harness.types import Image
+
+    hashes = {}
+    for name in SAMPLES:
+        _sample(name).save(tmp_path / f"{name}.png")
+        hashes[name] = hash_image(Image(str(tmp_path / f"{name}.png")))
+    coffee = _sample("coffee")
+    coffee.resize((coffee.width * 3 // 5, coffee.height * 3 // 5)).save(tmp_path / "copy.jpg", quality=70)
+    copy = hash_image(Image(str(tmp_path / "copy.jpg")))
+    assert copy.digest != hashes["coffee"].digest  # other bytes...
+    assert hamming(copy.dhash, hashes["coffee"].dhash) <= MAX_DISTANCE  # ...the same picture
+    assert hamming(copy.phash, hashes["coffee"].phash) <= MAX_DISTANCE
+    for i, a in enumerate(SAMPLES):  # twelve different pictures: never both hashes within the threshold
+        for b in SAMPLES[i + 1:]:
+            assert (hamming(hashes[a].dhash, hashes[b].dhash) > MAX_DISTANCE
+                    or hamming(hashes[a].phash, hashes[b].phash) > MAX_DISTANCE), (a, b)
+
+
+@pytest.fixture
+def overlapping_data(tmp_path) -> Path:
+    """my_vqa (examples/my_task.py) with 8 train and 4 test images; train1 is test0's file copied byte for
+    byte, train2 is test1 resized to 60% and re-encoded as JPEG; the other pictures all differ."""
+    root = tmp_path / "data"
+    images = root / "my_vqa" / "images"
+    images.mkdir(parents=True)
+    test_names, train_names = ["camera", "coffee", "coins", "horse"], ["astronaut", None, None, "chelsea", "rocket",
+                                                                      "immunohistochemistry", "moon", "page"]
+    for i, name in enumerate(test_names):
+        _sample(name).save(images / f"test{i}.png")
+    for i, name in enumerate(train_names):
+        if i == 1:
+            (images / "train1.png").write_bytes((images / "test0.png").read_bytes())
+        elif i == 2:
+            im = _sample("coffee")
+            im.resize((im.width * 3 // 5, im.height * 3 // 5)).save(images / "train2.jpg", quality=70)
+        else:
+            _sample(name).save(images / f"train{i}.png")
+    for split, n in (("train", 8), ("test", 4)):
+        lines = [json.dumps({"id": f"{split}{i}", "image": next(f"images/{p.name}" for p in images.glob(f"{split}{i}.*")),
+                             "question": "What is it?", "answers": ["thing"] * 3}) for i in range(n)]
+        (root / "my_vqa" / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_check_data_reports_same_bytes_and_reencoded_copies(overlapping_data):
+    example = str(Path(__file__).parent.parent / "examples" / "my_task.py")
+    out = run_cli("check-data", "--include", example, "--tasks", "my_vqa", "--data-dir", str(overlapping_data),
+                  "-q").stdout
+    assert "task my_vqa: 2 of 8 support examples show an eval image (4 distinct eval images): " \
+           "near-duplicate 1, same bytes 1" in out
+    assert "support train1: same bytes of eval image" in out and "test0.png" in out
+    assert "support train2: near-duplicate of eval image" in out and "test1.png" in out
+    assert "exclude_overlap=true" in out
+
+
+def test_exclude_overlap_removes_them_from_the_support_set_and_the_identity_says_so(overlapping_data, tmp_path):
+    example = str(Path(__file__).parent.parent / "examples" / "my_task.py")
+    common = ("run", "--include", example, "--model", "demo-majority", "--tasks", "my_vqa", "--data-dir",
+              str(overlapping_data), "--shots", "4", "--seeds", "0", "1", "-q")
+    run_cli(*common, "--task-arg", "exclude_overlap=true", "--output", str(tmp_path / "ex"))
+    run_cli(*common, "--output", str(tmp_path / "all"))
+    used = set()
+    for p in (tmp_path / "ex").rglob("predictions.jsonl"):
+        used |= {d for r in map(json.loads, p.read_text().splitlines()) for d in r["demo_ids"]}
+    assert used and not used & {"train1", "train2"}
+    (m,) = (tmp_path / "ex").rglob("4shot_seed0/metrics.json")
+    cfg = json.loads(m.read_text())["config"]
+    assert cfg["task"]["options"]["exclude_overlap"] is True and cfg["task"]["overlap_excluded"] == 2
+    assert cfg["sampler"]["support_size"] == 6
+    (m,) = (tmp_path / "all").rglob("4shot_seed0/metrics.json")
+    cfg_all = json.loads(m.read_text())["config"]
+    assert "exclude_overlap" not in cfg_all["task"]["options"] and cfg_all["sampler"]["support_size"] == 8
+    assert cfg["data"]["support"] != cfg_all["data"]["support"]
