@@ -130,8 +130,8 @@ def floor_per_query(model, task, shots: int, n_queries: int, batch: int, num_bea
     steps of ``num_beams`` beams, features already cached: seconds per query."""
     import torch
 
-    from harness.evaluation.prompts import PromptBuilder
-    from harness.evaluation.sampling import RandomSampler
+    from harness.prompts import PromptBuilder
+    from harness.sampling import RandomSampler
 
     queries = task.eval_examples()[:batch]
     sampler = RandomSampler(task.name, task.support_examples(), 0, task.options.support_size)
@@ -165,7 +165,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
-    from harness.registry import get_task_class, load_builtins
+    from harness.registry import get_task_class
+    from harness.plugins import load_builtins
     from harness.evaluation.allocator import retain_freed_memory
     from harness.evaluation.runner import CellSpec, Runner
     from models.openflamingo import OpenFlamingo

@@ -62,7 +62,8 @@ def main() -> None:
 
     from harness.data import hf_data
     from harness.data.media import load_image
-    from harness.registry import get_task_class, load_builtins
+    from harness.registry import get_task_class
+    from harness.plugins import load_builtins
 
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(args.dir) if args.dir else Path(tmp) / "ds"

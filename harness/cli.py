@@ -1,11 +1,14 @@
-"""The command line: run, merge, score, compare, view, list.
+"""The command line: run, watch, merge, score, compare, view, list.
 
     harness run --model NAME [--model-arg k=v ...] --tasks vqav2,okvqa --shots 0 4 32 --seeds 0 1 2
+    harness watch CHECKPOINTS --model NAME --tasks vqav2 --shots 0 4 --limit 500   # a training run's checkpoints
     harness score --task vqav2 --predictions preds.json [--split val] [--json]
     harness compare results/A results/B [--format markdown|csv|parquet|latex] [--plot fig.png] [--baseline A]
+    harness compare results/run --series [--plot fig.png]   # metric vs training step
     harness view results/A results/B [--output report.html]
     harness merge results            # finish `run --shard K/N` runs
     harness check-data --tasks vqav2,okvqa   # demo/eval image overlap per task
+    harness export results/LABEL/vqav2/4shot_seed0   # a test-server submission file
     harness list tasks|models
 
 ``harness`` is the console script ``scripts/setup.sh`` installs into ``.venv`` (``source
@@ -16,6 +19,8 @@ run the same command line.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import gc
 import inspect
 import json
@@ -34,7 +39,9 @@ from harness.errors import HarnessError
 from harness.options import describe_options, parse_key_values
 from harness.peer_flags import peer_flag_hint
 from harness.program import program
-from harness.registry import get_model_class, get_task_class, include, load_builtins, model_names, task_names
+from harness.evaluation.deferred import load_or_defer
+from harness.registry import get_model_class, get_task_class, model_names, task_names
+from harness.plugins import include, load_builtins
 from harness.evaluation.validate import check_model_options, check_prompt_media, check_sweep_flags, check_task
 
 log = logging.getLogger("harness")
@@ -69,7 +76,8 @@ def build_tasks(names: Sequence[str], task_args: list[str] | None, data_dir: str
     return [get_task_class(n)(data_dir, opts[n]) for n in names]
 
 
-def build_models(names: Sequence[str], model_args: list[str] | None, labels: list[str] | None):
+def build_models(names: Sequence[str], model_args: list[str] | None, labels: list[str] | None,
+                 defer: bool = False):
     opts = _targeted(model_args, "--model-arg", names)
     labels = list(labels or [])
     if labels and len(labels) != len(names):
@@ -77,20 +85,27 @@ def build_models(names: Sequence[str], model_args: list[str] | None, labels: lis
     out = []
     for i, n in enumerate(names):
         cls = get_model_class(n)
-        log.info("loading model %s", n)
-        try:
-            model = cls(opts[n])
-        except (HarnessError, KeyboardInterrupt):
-            raise
-        except Exception as exc:  # a broken checkpoint (corrupt weights, missing tokenizer files...)
-            log.debug("model %s failed to load", n, exc_info=True)
-            given = ", ".join(f"{k}={v}" for k, v in opts[n].items()) or "default options"
-            first = (str(exc).strip().splitlines() or [""])[0][:300]
-            raise HarnessError(f"model {n} ({given}) could not be loaded: {type(exc).__name__}: {first}. "
-                               f"Is the checkpoint complete and readable? (-v shows the traceback)") from None
+        # a finished rerun needs only the models' identities: a model whose identity is known from an
+        # earlier load loads when a cell needs it (harness.evaluation.deferred)
+        model = load_or_defer(cls, opts[n], functools.partial(_load_model, cls, n, opts[n])) if defer \
+            else _load_model(cls, n, opts[n])
         label = labels[i] if labels else _default_label(n, opts[n])
         out.append((model, label))
     return out
+
+
+def _load_model(cls: type, name: str, options: dict[str, str]):
+    log.info("loading model %s", name)
+    try:
+        return cls(options)
+    except (HarnessError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # a broken checkpoint (corrupt weights, missing tokenizer files...)
+        log.debug("model %s failed to load", name, exc_info=True)
+        given = ", ".join(f"{k}={v}" for k, v in options.items()) or "default options"
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise HarnessError(f"model {name} ({given}) could not be loaded: {type(exc).__name__}: {first}. "
+                           f"Is the checkpoint complete and readable? (-v shows the traceback)") from None
 
 
 def _default_label(name: str, opts: dict[str, str]) -> str:
@@ -123,10 +138,22 @@ def _flag_task_args(args: argparse.Namespace, names: Sequence[str]) -> list[str]
     return out
 
 
+def _protocol_task_args(protocol: str | None, suite_protocols, names: Sequence[str]) -> list[str]:
+    """``--protocol NAME`` for every task, else each suite's own preset for its tasks, as
+    ``task:protocol=NAME`` items (before the flags and --task-arg, which win over the preset)."""
+    from harness.protocols import get_protocol
+
+    if protocol is not None:
+        if protocol != "none":
+            get_protocol(protocol)  # an unknown name fails here, naming the presets
+        return [f"{n}:protocol={protocol}" for n in names]
+    return [f"{n}:protocol={suite_protocols[n]}" for n in names if n in suite_protocols]
+
+
 # ---- subcommands ---------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
     from harness.reporting.report import TABLE_NOTE, render, summary_table
-    from harness.evaluation.suites import expand
+    from harness.suites import expand
     from harness.evaluation.sweep import SweepSpec, run_sweep
 
     model_list = _names(args.model, "--model") or list(DEFAULT_MODELS)
@@ -147,19 +174,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_sweep_flags(shots, args.seeds, args.limit, args.batch_size)
     if args.sample is not None and args.sample <= 0:
         raise HarnessError(f"--sample must be positive, got {args.sample}")
+    from harness.loggers import make_loggers
+
+    loggers = make_loggers(args.log_to, Path(args.output))  # an unknown or missing logger fails now
+    if loggers and args.shard:
+        raise HarnessError("--log-to with --shard: a shard has no metrics yet; give --log-to to the run "
+                           "command without --shard, which merges the shards and logs the metrics")
     launch = discover(_shard(args.shard))  # torchrun ranks, --shard K/N or a SLURM array task
     if launch.kind == "torchrun" and not launch.is_main:
         logging.getLogger("harness").setLevel(logging.WARNING)  # rank 0 reports for all
     set_threads(args.threads, launch)
     retain_freed_memory()  # before any model allocates: batches reuse freed memory (see allocator.py)
     model_options = check_model_options(model_list, _targeted(args.model_arg, "--model-arg", model_list))
-    tasks = build_tasks(task_list, _flag_task_args(args, task_list) + list(args.task_arg or []), args.data_dir)
+    tasks = build_tasks(task_list, _protocol_task_args(args.protocol, expansion.protocols, task_list)
+                        + _flag_task_args(args, task_list) + list(args.task_arg or []), args.data_dir)
     for task in tasks:
         check_task(task, expansion.shots.get(task.name, shots), args.limit, args.sample)
         check_prompt_media(model_list, model_options, task, expansion.shots.get(task.name, shots))
     _check_rices_models(tasks, model_list)
     _report_overlap(tasks)
-    models = build_models(model_list, args.model_arg, args.label)
+    models = build_models(model_list, args.model_arg, args.label, defer=not args.overwrite)
     # The models and the data live for the whole run: keep the cyclic GC from walking them again
     # at every collection (a torchrun merge spent 0.2 s in such passes reading 1,000 records).
     gc.freeze()
@@ -183,6 +217,14 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"compute the metrics: {program()} merge {shlex.quote(str(output))}{data} (or rerun this command "
               "without --shard)")
         return 0
+    if loggers:
+        from harness.api import log_sweep
+
+        try:
+            log_sweep(loggers, output, models, tasks, spec, args.log_step)
+        finally:
+            for logger in loggers:
+                logger.close()
     table = summary_table(summaries)
     print(render(table, "markdown"), end="")
     print(TABLE_NOTE)
@@ -264,6 +306,69 @@ def _shard(value: str | None) -> tuple[int, int] | str | None:
     return k, n
 
 
+def cmd_watch(args: argparse.Namespace) -> int:
+    from harness.api import check_request, evaluate
+    from harness.evaluation.watch import Watcher
+    from harness.loggers import make_loggers
+    from harness.store.layout import check_label, safe_name, step_dir
+
+    root = Path(args.folder)
+    if not root.is_dir():
+        raise HarnessError(f"watch {root}: not a folder (give the folder the training run saves its checkpoints in)")
+    model = args.model
+    option = get_model_class(model).checkpoint_option
+    if option is None:
+        raise HarnessError(f"watch --model {model}: this model has no checkpoint option to set to each folder; "
+                           f"use a model that loads checkpoints (see `list models`)")
+    items = list(args.model_arg or [])
+    if any(i.split("=", 1)[0].split(":")[-1].strip() == option for i in items):
+        raise HarnessError(f"watch: --model-arg {option}=... is set to each checkpoint folder by watch; leave it out")
+    label = check_label(args.label or safe_name(f"{model}@{root.resolve().name}"))
+    task_list = _names(args.tasks, "--tasks")
+    if not task_list:
+        raise HarnessError("watch: give --tasks (the tasks to evaluate each checkpoint on)")
+    task_args = _flag_task_args(args, task_list) + list(args.task_arg or [])
+    request = dict(model=model, model_args=items, label=label, tasks=task_list, shots=args.shots, seeds=args.seeds,
+                   limit=args.limit, sample=args.sample, task_args=task_args, data_dir=args.data_dir)
+    # everything checked once, before any checkpoint loads (the checkpoint option: this folder for now)
+    check_request(model, task_list, args.shots, args.seeds, args.limit, model_args=[*items, f"{option}={root}"],
+                  task_args=task_args, label=label, data_dir=args.data_dir, batch_size=args.batch_size,
+                  sample=args.sample)
+    output = Path(args.output)
+    loggers = make_loggers(args.log_to, output)
+
+    def one(step: int, folder: Path) -> None:
+        df = evaluate(model, task_list, args.shots, args.seeds, args.limit, step_dir(output, step),
+                      model_args=[*items, f"{option}={folder}"], task_args=task_args, label=label,
+                      data_dir=args.data_dir, batch_size=args.batch_size, sample=args.sample,
+                      overwrite=args.overwrite, progress=not args.quiet, log_to=loggers, step=step)
+        prim = df[df["primary"]].groupby(["task", "shots"])["value"].mean()
+        print(f"step {step} ({folder.name}): " + ", ".join(f"{t} {s}-shot {v:.2f}" for (t, s), v in prim.items()),
+              flush=True)
+
+    watcher = Watcher(root, output, one, request, label, settle=args.settle)
+    total = 0
+    try:
+        if args.once:
+            total = watcher.run_once()
+        else:
+            idle = f", exiting after {args.idle_exit:g}s with nothing new" if args.idle_exit is not None else \
+                " (Ctrl-C stops)"
+            log.info("watching %s every %gs%s", root, args.interval, idle)
+            for n in watcher.loop(args.interval, args.idle_exit):
+                total += n
+    except KeyboardInterrupt:
+        log.info("watch stopped")
+    finally:
+        for logger in loggers:
+            logger.close()
+    out = shlex.quote(str(output))
+    failed = f"; {len(watcher.failed)} failed (above), retried when they change" if watcher.failed else ""
+    print(f"{total} checkpoint(s) evaluated{failed}; results under {output}/step-N/{label}/; "
+          f"the series: {program()} compare {out} --series")
+    return 1 if watcher.failed else 0
+
+
 def cmd_merge(args: argparse.Namespace) -> int:
     from harness.evaluation.merge import merge_results
     from harness.reporting.report import render, summary_table
@@ -286,6 +391,18 @@ def cmd_score(args: argparse.Namespace) -> int:
         print(json.dumps(metrics))
     else:
         print(format_metrics(metrics), end="")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from harness.evaluation.export import export_cell
+
+    if args.output and len(args.cells) > 1:
+        raise HarnessError("export --output names one file: give one cell, or leave --output out (each cell's "
+                           "file goes in its folder)")
+    for cell in args.cells:
+        path, fmt, n = export_cell(cell, args.data_dir, args.output, args.normalize, args.overwrite, args.partial)
+        print(f"wrote {path} ({n} predictions; {fmt.name} format for {fmt.server}: {fmt.schema})")
     return 0
 
 
@@ -328,6 +445,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     fmt = args.format or _format_of(args.output)
     if fmt == "parquet" and not args.output:
         raise HarnessError("--format parquet writes a file: add --output FILE.parquet")
+    if args.series:
+        return _compare_series(args, fmt)
     text = []
     paired_wanted = args.baseline is not None or args.baseline_shots is not None
     if fmt in ("csv", "parquet") and not paired_wanted:
@@ -363,20 +482,46 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare_series(args: argparse.Namespace, fmt: str) -> int:
+    """compare --series: rows = checkpoints by step, columns = task x shots; --plot: metric vs step."""
+    from harness.reporting.report import TABLE_NOTE
+    from harness.reporting.series import render_series, series, series_table
+
+    if args.baseline:
+        raise HarnessError("--series with --baseline: compare two checkpoints' folders (step-N/...) without --series")
+    if fmt == "latex":
+        raise HarnessError("--series prints markdown, csv or parquet (the tidy table with run and step columns)")
+    if args.spread == "ci" and args.plot:
+        raise HarnessError("--series plots the spread over seeds: --spread std or none")
+    df = series(args.results, metrics=args.metrics, ci=fmt in ("csv", "parquet"))
+    if fmt in ("csv", "parquet"):
+        _emit_table(df, fmt, args.output, None)  # the series plot below, not compare's
+    else:
+        _emit_text(render_series(series_table(df)) + f"\n{TABLE_NOTE}\n", args.output)
+    if args.plot:
+        from harness.reporting.plots import plot_series
+
+        formats = _split_names([args.plot_formats]) if args.plot_formats else []
+        for f in plot_series(df, args.plot, band=args.spread, formats=formats):
+            log.info("wrote %s", f)
+    return 0
+
+
 def _format_of(output: str | None) -> str:
     """--format from --output's suffix when not given: .csv, .parquet, .tex, else markdown."""
     suffix = Path(output).suffix.lower() if output else ""
     return {".csv": "csv", ".parquet": "parquet", ".tex": "latex"}.get(suffix, "markdown")
 
 
-def _emit_table(df, fmt: str, output: str | None, args: argparse.Namespace) -> int:
+def _emit_table(df, fmt: str, output: str | None, args: argparse.Namespace | None) -> int:
     if output:
         _check_folder(output, "--output")
         df.to_parquet(output, index=False) if fmt == "parquet" else df.to_csv(output, index=False)
         log.info("wrote %s (%d rows)", output, len(df))
     else:
         print(df.to_csv(index=False), end="")
-    _plot(args)
+    if args is not None:
+        _plot(args)
     return 0
 
 
@@ -416,6 +561,15 @@ def cmd_view(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     load_builtins()
+    if args.what == "protocols":
+        from harness.protocols import PROTOCOLS
+
+        for p in sorted(PROTOCOLS.values(), key=lambda p: p.name):
+            print(f"{p.name:16s} {p.description}\n{'':17s}source: {p.source}")
+            if args.verbose:
+                for rule in p.rules:
+                    print(f"{'':18s}{rule.match}: {', '.join(f'{k}={v}' for k, v in rule.options.items())}")
+        return 0
     names, lookup = (task_names(), get_task_class) if args.what == "tasks" else (model_names(), get_model_class)
     for n in names:
         cls = lookup(n)
@@ -429,13 +583,14 @@ def cmd_list(args: argparse.Namespace) -> int:
             if doc and not doc.startswith(cls.Options.__name__ + "("):  # not the dataclass's generated one
                 print(textwrap.indent(doc, " " * 18))
     if args.what == "tasks":
-        from harness.evaluation.suites import suites
+        from harness.suites import suites
 
         print("\nsuites (--tasks NAME; shots default to the published ones):")
         for suite in suites():
             missing = [t for t in suite.tasks if t not in names]
             note = f"; not yet registered: {', '.join(missing)}" if missing else ""
-            print(f"{suite.name:16s} {len(suite.tasks)} tasks, shots {' '.join(map(str, suite.shots))}: "
+            preset = f", protocol {suite.protocol}" if suite.protocol else ""
+            print(f"{suite.name:16s} {len(suite.tasks)} tasks, shots {' '.join(map(str, suite.shots))}{preset}: "
                   f"{suite.description}{note}")
             if args.verbose:
                 print(f"{'':18s}{', '.join(suite.tasks)}")
@@ -494,13 +649,52 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace results of another configuration found in a cell's folder (default: refuse, "
                         "naming the cell and what differs; see README 'Results layout')")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    r.add_argument("--log-to", metavar="L1,L2",
+                   help="also log every cell's metrics and the run's configuration to wandb, mlflow and/or "
+                        "tensorboard (comma list; README 'Evaluating during training')")
+    r.add_argument("--log-step", type=int, metavar="N", help="the step the --log-to metrics are logged at")
     r.add_argument("--frames", type=int, help="video tasks: frames per video, chosen uniformly (default 8)")
     r.add_argument("--fps", type=float, help="video tasks: take frames at R per second instead (with --max-frames)")
     r.add_argument("--max-frames", type=int, help="video tasks: cap on frames with --fps (default: --frames)")
     r.add_argument("--ensemble", type=int, metavar="P",
                    help="close-ended tasks: average log-likelihoods over P demo orders (Flamingo: 6)")
+    r.add_argument("--protocol", metavar="NAME",
+                   help="a published protocol's preset for every task: flamingo, openflamingo, idefics (templates, "
+                        "demo selection, decoding, ensembling, video frames; recorded in the config; explicit "
+                        "options win; `none`: no preset, even for a suite's tasks). Default: a suite's tasks get "
+                        "their paper's preset, other tasks none. See docs/protocols.md")
     common(r)
     r.set_defaults(func=cmd_run)
+
+    w = sub.add_parser("watch", help="evaluate every checkpoint of a training run as it appears",
+                       description="Evaluate each checkpoint folder in FOLDER (checkpoint-500, step_500, ...: the step "
+                       "is the number its name ends in) once, and new ones as they appear, until stopped (Ctrl-C) or "
+                       "--idle-exit. Results go to OUTPUT/step-N/LABEL/ (compare --series reads them). Resumable: "
+                       "a restarted watch skips the checkpoints it finished (OUTPUT/step-N/LABEL/watch.json) "
+                       "without loading them, and resumes an unfinished one.")
+    w.add_argument("folder", help="the folder the training run saves its checkpoint folders in")
+    w.add_argument("--model", required=True, metavar="NAME",
+                   help="registered model that loads a checkpoint (its path/checkpoint option is set to each folder)")
+    w.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="other model options (see `list models -v`)")
+    w.add_argument("--label", help="name of the results (default: MODEL@FOLDER name, the same at every step)")
+    w.add_argument("--tasks", action="append", metavar="T1,T2", required=True, help="tasks or suites (comma list)")
+    w.add_argument("--shots", type=int, nargs="+", help=f"shots (default: {' '.join(map(str, DEFAULT_SHOTS))})")
+    w.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    w.add_argument("--limit", type=int, help="the first N eval examples (a fixed subset: the same at every step)")
+    w.add_argument("--sample", type=int, metavar="N", help="a random N eval examples per seed (after --limit)")
+    w.add_argument("--batch-size", "--batch_size", type=int, default=8)
+    w.add_argument("--output", default="results", help="results folder (default: results/)")
+    w.add_argument("--interval", type=float, default=60.0, metavar="S", help="seconds between looks (default 60)")
+    w.add_argument("--settle", type=float, default=30.0, metavar="S",
+                   help="a checkpoint is taken once none of its files changed for S seconds (default 30)")
+    w.add_argument("--idle-exit", type=float, metavar="S", help="stop after S seconds with nothing new to evaluate")
+    w.add_argument("--once", action="store_true", help="evaluate what is there now and exit")
+    w.add_argument("--overwrite", action="store_true", help="as run --overwrite")
+    w.add_argument("--log-to", metavar="L1,L2", help="also log each checkpoint's metrics at its step to wandb, mlflow "
+                   "and/or tensorboard (comma list)")
+    w.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    common(w)
+    w.set_defaults(func=cmd_watch)
 
     m = sub.add_parser("merge", help="finish `run --shard` runs: merge their journals, write metrics and summaries",
                        description="Merge the shard journals under RESULTS (from `run --shard K/N` or `--shard slurm`) "
@@ -523,6 +717,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="metrics to compute, for tasks that offer a choice (captioning: cider,bleu,rouge,meteor,spice)")
     common(s)
     s.set_defaults(func=cmd_score)
+
+    e = sub.add_parser("export", help="write a finished cell's predictions as its benchmark server's submission file",
+                       description="Write the exact file the benchmark's evaluation server takes (VQAv2/OK-VQA/TextVQA "
+                       "results JSON, VizWiz JSON, HatefulMemes CSV, STAR JSON, VisDial ranks JSON) from a finished "
+                       "cell, e.g. a run on a test-server split (no answers: no metric, predictions kept). Formats "
+                       "and schemas: docs/benchmarks.md, 'Test-server splits'.")
+    e.add_argument("cells", nargs="+", metavar="CELL",
+                   help="finished cell folders (<output>/<label>/<task>/<shots>shot_seed<seed>) or their metrics.json")
+    e.add_argument("--output", help="file to write (default: submission_<task>_<split>.<ext> in the cell's folder)")
+    e.add_argument("--data-dir", help="data root of the run: the split's questions are read to check the cell "
+                   "covers every one (VQAv2 test-dev also reads the test2015 questions; STAR the choices) "
+                   "(default: $HARNESS_DATA)")
+    e.add_argument("--normalize", action="store_true",
+                   help="VQA formats: apply the VQA answer normaliser first, as OpenFlamingo's fill script does")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    e.add_argument("--partial", action="store_true",
+                   help="write a cell that predicts only part of its split (--limit/--sample); servers reject it")
+    e.add_argument("--include", action="append", default=[], metavar="PATH", help="the plug-ins the run used")
+    e.set_defaults(func=cmd_export)
 
     c = sub.add_parser("compare", help="compare result folders in one table")
     c.add_argument("results", nargs="+", help="results folders (or metrics.json files)")
@@ -549,6 +762,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--plot-formats", metavar="F1,F2", help="the same figure in more formats beside --plot, e.g. pdf,svg")
     c.add_argument("--plot-layout", choices=["grid", "per-task"], default="grid",
                    help="one figure with a panel per task (default), or FILE_<task>.png per task")
+    c.add_argument("--series", action="store_true",
+                   help="a training run's checkpoints over time (results in step-N folders, from harness.training or "
+                        "`watch`): rows = checkpoints by step, columns = task x shots; with --plot, each metric vs "
+                        "step, one line per shot count, a band of ±1 std over seeds")
     c.add_argument("--baseline", metavar="LABEL|FOLDER",
                    help="add each other checkpoint's paired difference from this one (a checkpoint as the "
                         "table names it, or its results folder): 95%% interval, p-value, Holm-marked rows "
@@ -560,7 +777,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--bootstrap-seed", type=int, default=0,
                    help="seed of the bootstrap and permutation draws (default 0: reproducible output)")
     c.add_argument("--include", action="append", default=[], metavar="PATH",
-                   help="a plug-in file defining suites (harness.evaluation.suites.define_suite) whose summary rows to add")
+                   help="a plug-in file defining suites (harness.suites.define_suite) whose summary rows to add")
     c.set_defaults(func=cmd_compare)
 
     v = sub.add_parser("view", help="write a self-contained HTML results viewer (table, plots, samples, images)",
@@ -589,8 +806,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(cd)
     cd.set_defaults(func=cmd_check_data)
 
-    ls = sub.add_parser("list", help="list registered tasks or models (plug-ins included)")
-    ls.add_argument("what", choices=["tasks", "models"])
+    ls = sub.add_parser("list", help="list registered tasks, models (plug-ins included) or protocol presets")
+    ls.add_argument("what", choices=["tasks", "models", "protocols"])
     ls.add_argument("--include", action="append", default=[], metavar="PATH")
     ls.add_argument("-v", "--verbose", action="store_true", help="show each one's options")
     ls.set_defaults(func=cmd_list)
@@ -628,10 +845,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    logging.basicConfig(
-        level=logging.DEBUG if getattr(args, "verbose", False) and args.command != "list" else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    with _logging_to_stderr(logging.DEBUG if getattr(args, "verbose", False) and args.command != "list"
+                            else logging.INFO):
+        return _dispatch(args)
+
+
+@contextlib.contextmanager
+def _logging_to_stderr(level: int):
+    """Log to this call's ``sys.stderr`` for the length of one command, then put the root logger back:
+    ``main`` can run many times in one process (tests, notebooks) without handlers piling up."""
+    root = logging.getLogger()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(level)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run the parsed command, turning the user's mistakes into one ``error:`` line and exit status 2."""
     try:
         load_builtins()
         for path in getattr(args, "include", []) or []:

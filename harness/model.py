@@ -53,6 +53,9 @@ class Model:
     #: bump it when this adapter's outputs change (a fix to decoding or prompt rendering): it is part
     #: of every cell's identity, so a rerun computes new cells instead of reusing the old outputs.
     version: ClassVar[int] = 1
+    #: the option naming the checkpoint on disk (``path``, ``checkpoint``), or None: what ``watch``
+    #: sets to each checkpoint folder it finds.
+    checkpoint_option: ClassVar[str | None] = None
 
     def __init__(self, options: Mapping[str, Any] | None = None):
         self.name = self.registry_name or type(self).__name__
@@ -69,7 +72,7 @@ class Model:
         """The torch device of this process for the ``device`` option: ``cuda`` and ``auto`` become
         ``cuda:$LOCAL_RANK`` (one GPU per torchrun rank; ``auto`` is the CPU without CUDA). The
         option itself, and so the result identity, stays as given."""
-        from harness.evaluation.distributed import resolve_device
+        from harness.devices import resolve_device
 
         return resolve_device(str(getattr(self.options, "device", "cpu")))
 

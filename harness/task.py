@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +19,10 @@ from harness.data import hf_data
 from harness.errors import DataError, HarnessError
 from harness.metrics.stats import mean_with_ci
 from harness.options import build_options
-from harness.evaluation.prompts import PromptTemplate, pick_template
+from harness.prompts import PromptTemplate, pick_template
 from harness.types import Example, GenerationConfig, SampleRecord
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,9 @@ class TaskOptions:
     exclude_overlap:       drop from the support split every example whose image is also an eval image (same
                            file or bytes, or a near-duplicate by perceptual hash: harness.data.overlap), so no
                            demo shows a query's picture; ``check-data`` reports the overlap without changing it.
+    protocol:              a published protocol's preset (``flamingo``, ``openflamingo``, ``idefics``:
+                           harness.protocols, docs/protocols.md) setting the options above that
+                           it fixes; options given explicitly win. ``run --protocol NAME`` sets it for every task.
     """
 
     template: str | None = None
@@ -74,6 +80,7 @@ class TaskOptions:
     nested_shots: int = 0
     context_overflow: Literal["refuse", "drop_front"] = "refuse"
     exclude_overlap: bool = False
+    protocol: str | None = None
 
     def __post_init__(self) -> None:
         if self.nested_shots < 0:
@@ -82,7 +89,7 @@ class TaskOptions:
             raise HarnessError("nested_shots is for random demos; RICES demos are already nested (the k most "
                                "similar images); drop nested_shots")
         if self.sampler == "rices":
-            from harness.evaluation.rices import check_encoder_path
+            from harness.sampling import check_encoder_path
 
             if not self.rices_encoder:
                 raise HarnessError("sampler=rices needs rices_encoder=PATH (a local Hugging Face vision model, "
@@ -110,6 +117,9 @@ class Task:
     primary_metric: ClassVar[str] = "accuracy"
     #: keys of an official-format predictions file: (id field, answer field).
     prediction_keys: ClassVar[tuple[str, str]] = ("question_id", "answer")
+    #: the submission format of the benchmark's evaluation server (harness.evaluation.export.FORMATS), which
+    #: ``run_eval.py export`` writes from a cell; None: no server.
+    server_format: ClassVar[str | None] = None
     #: whether ``load`` needs files under the data root (False for bundled data).
     needs_data_dir: ClassVar[bool] = True
     #: the most shots the benchmark allows (0: zero-shot only, e.g. RareAct has no training split).
@@ -123,7 +133,12 @@ class Task:
 
     def __init__(self, data_dir: str | Path | None = None, options: Mapping[str, Any] | None = None):
         self.name = self.registry_name or type(self).__name__
-        self.options = build_options(self.Options, dict(options or {}), f"task {self.name}")
+        given = dict(options or {})
+        if given.get("protocol") not in (None, "", "none"):  # a preset's options, under the explicit ones
+            from harness.protocols import preset_options
+
+            given = {**preset_options(str(given["protocol"]), type(self), given), **given}
+        self.options = build_options(self.Options, given, f"task {self.name}")
         self._data_dir = Path(data_dir) if data_dir else None
         self._cache: dict[str, list[Example]] = {}
         self._datasets_read: dict[str, dict[str, Any]] = {}  # "location@split" -> what load_source read
@@ -325,10 +340,16 @@ class Task:
     def demo_sampler(self, seed: int):
         """The sampler that picks each query's demos (random from the support set; a task may
         override it, e.g. class-balanced demos for classification)."""
-        from harness.evaluation.sampling import RandomSampler
+        from harness.sampling import RandomSampler
 
         return RandomSampler(self.name, self.support_examples(), seed, self.options.support_size,
                              self.options.nested_shots)
+
+    def choose(self, candidates: Sequence[str], scores: Mapping[str, float]) -> str:
+        """Close-ended tasks: the predicted candidate from the ranking scores. Default: the highest,
+        ties to the first in candidate order (``torch.max``/``argmax``, as NExT-QA's and most
+        reference code); a task whose reference picks otherwise overrides it (ImageNet: ``torch.topk``)."""
+        return max(candidates, key=lambda c: scores[c])
 
     def ranking_fields(self, example: Example, logprobs: Mapping[str, float], scores: Mapping[str, float],
                        normalization: str) -> dict[str, Any]:
@@ -342,6 +363,32 @@ class Task:
     def score(self, prediction: str, example: Example) -> float:
         """Per-sample score in [0, 1]."""
         raise NotImplementedError
+
+    def has_answers(self, example: Example) -> bool:
+        """Whether ``example`` can be scored: it has reference answers (not so in a test-server split:
+        VQAv2 test-dev, VizWiz test, HatefulMemes test_seen, STAR test...)."""
+        return bool(example.answers)
+
+    def sample_score(self, prediction: str, example: Example) -> float | None:
+        """``score``, or None for an example without answers (its prediction is kept, unscored)."""
+        return self.score(prediction, example) if self.has_answers(example) else None
+
+    def compute_metrics(self, records: Sequence[SampleRecord]) -> dict[str, Any]:
+        """``aggregate``, or, for a split without answers, no metric: the primary metric NaN, ``n`` and
+        ``unscored`` saying why and how to get a number (the benchmark's server, ``export``). A split
+        with answers for some queries and not others is an error (it would be scored on a subset)."""
+        unscored = sum(1 for r in records if r.score is None and not r.error)
+        if not unscored:
+            return self.aggregate(records)
+        if unscored < sum(1 for r in records if not r.error):
+            raise HarnessError(f"task {self.name}: {unscored} of {len(records)} queries of split {self.eval_split} "
+                               f"have no reference answers and the others do; score a split with answers for "
+                               f"all, or none (a test-server split)")
+        note = (f"split {self.eval_split} has no answers (a test-server split): no metric; the {len(records)} "
+                f"predictions are kept; write the server's submission file with `python run_eval.py export "
+                f"<cell folder>` (docs/benchmarks.md, 'Test-server splits')")
+        log.warning("task %s: %s", self.name, note)
+        return {self.primary_metric: float("nan"), "n": len(records), "unscored": note}
 
     def record_fields(self, example: Example) -> dict[str, Any]:
         """Task fields stored with each prediction (answers, types...)."""
@@ -373,7 +420,7 @@ class Task:
 
 #: options added after results existed: left out of a cell's identity while at these defaults, so
 #: results computed before the option keep their key (a rerun resumes them instead of refusing).
-_NEW_OPTION_DEFAULTS: dict[str, Any] = {"nested_shots": 0, "exclude_overlap": False, "context_overflow": "refuse"}
+_NEW_OPTION_DEFAULTS: dict[str, Any] = {"protocol": None, "nested_shots": 0, "exclude_overlap": False, "context_overflow": "refuse"}
 
 
 def identity_options(options: Any) -> dict[str, Any]:

@@ -187,14 +187,17 @@ class RankRequest:
 
 @dataclass
 class SampleRecord:
-    """One evaluated sample, as written to the predictions journal."""
+    """One evaluated sample, as written to the predictions journal.
+
+    ``score`` is None for a query without reference answers (a test-server split): its prediction
+    is kept, unscored (``Task.sample_score``)."""
 
     query_id: str
     demo_ids: list[str]
     prompt: str
     raw_output: str
     prediction: str
-    score: float
+    score: float | None
     fields: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
 
@@ -221,7 +224,7 @@ class SampleRecord:
             prompt=obj.get("prompt", ""),
             raw_output=obj.get("raw_output", ""),
             prediction=obj.get("prediction", ""),
-            score=float(obj["score"]),
+            score=None if obj["score"] is None else float(obj["score"]),
             fields={k: v for k, v in obj.items() if k not in core},
             error=obj.get("error"),
         )

@@ -19,9 +19,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections import OrderedDict
 from pathlib import Path
 from typing import Callable, Sequence
+
+from harness.cache import ByteLRU, atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -57,26 +58,25 @@ class FeatureCache:
         self.max_items = max_items
         self.directory = Path(directory) / fingerprint if directory else None
         self.device = device
-        self._items: OrderedDict[str, object] = OrderedDict()
-        self._bytes = 0
-        self.counts = {"hits": 0, "misses": 0, "disk_hits": 0, "encodes": 0, "evictions": 0}
+        self._memory = ByteLRU(self.budget_bytes, tensor_bytes, max_items)
+        self.counts = {"disk_hits": 0, "encodes": 0}
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._memory)
 
     def __contains__(self, key: str) -> bool:
-        return key in self._items
+        return key in self._memory
 
     @property
     def nbytes(self) -> int:
-        return self._bytes
+        return self._memory.nbytes
 
     def stats(self) -> dict[str, int]:
         """Cumulative counters (the runner records each cell's difference)."""
-        c = self.counts
-        return {"feature_cache_hits": c["hits"], "feature_cache_misses": c["misses"],
+        m, c = self._memory, self.counts
+        return {"feature_cache_hits": m.hits, "feature_cache_misses": m.misses,
                 "feature_cache_disk_hits": c["disk_hits"], "vision_encodes": c["encodes"],
-                "feature_cache_evictions": c["evictions"]}
+                "feature_cache_evictions": m.evictions}
 
     def get(self, keys: Sequence[str], compute: Callable[[list[int]], Sequence[object]]) -> list[object]:
         """Features for ``keys``, in order. ``compute(indices)`` encodes the items at those
@@ -86,11 +86,10 @@ class FeatureCache:
         for i, key in enumerate(keys):
             if key in found:
                 continue
-            if key in self._items:
-                self.counts["hits"] += 1
-                found[key] = self._items[key]
+            hit = self._memory.lookup(key)  # a miss is then read from disk or encoded
+            if hit is not None:
+                found[key] = hit
                 continue
-            self.counts["misses"] += 1  # not in memory: read from disk or encoded
             disk = self._load(key)
             if disk is not None:
                 self.counts["disk_hits"] += 1
@@ -105,21 +104,8 @@ class FeatureCache:
                 found[keys[i]] = f
                 self._save(keys[i], f)
         for key, f in found.items():
-            self._put(key, f)
+            self._memory.put(key, f)
         return [found[k] for k in keys]
-
-    # ---- memory -------------------------------------------------------------------
-    def _put(self, key: str, value) -> None:
-        if key in self._items:
-            self._items.move_to_end(key)
-            return
-        self._items[key] = value
-        self._bytes += tensor_bytes(value)
-        while self._items and (self._bytes > self.budget_bytes or
-                               (self.max_items is not None and len(self._items) > self.max_items)):
-            _, old = self._items.popitem(last=False)
-            self._bytes -= tensor_bytes(old)
-            self.counts["evictions"] += 1
 
     # ---- disk ---------------------------------------------------------------------
     def _path(self, key: str) -> Path:
@@ -148,8 +134,5 @@ class FeatureCache:
             return
         import torch
 
-        self.directory.mkdir(parents=True, exist_ok=True)
-        path = self._path(key)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save({"key": key, "features": value.detach().cpu().clone()}, tmp)
-        os.replace(tmp, path)  # atomic: readers never see a half-written file
+        with atomic_write(self._path(key), "wb") as f:  # readers never see a half-written file
+            torch.save({"key": key, "features": value.detach().cpu().clone()}, f)

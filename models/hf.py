@@ -19,6 +19,7 @@ expands each image placeholder into the image's tokens). Family quirks live in :
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
@@ -140,34 +141,43 @@ def _parse_processor_args(text: str) -> dict[str, Any]:
 @register_model("hf")
 class HF(Model):
     """Any Hugging Face vision-language model (AutoModelForImageTextToText) from a local directory."""
+    checkpoint_option = "path"  # what `watch` sets to each checkpoint folder
 
     Options = HFOptions
     template_style = "flamingo"
     # cache bounds never change an output (README): outside the identity
     runtime_options = frozenset({"cache_mb", "feature_cache_mb"})
 
-    def __init__(self, options=None):
+    def __init__(self, options=None, *, model=None, processor=None):
         super().__init__(options)
         import torch
 
         self.torch = torch
         o = self.options
-        path = Path(o.path) if o.path else None
-        if path is None or not (path / "config.json").is_file():
-            raise HarnessError(
-                f"model hf: --model-arg path={o.path or '(none)'} is not a model directory (no config.json); give a "
-                f"local directory with the config, weights and processor files, as save_pretrained writes them")
         _check_max_images(o)
-        self.path = path
-        self.where = f"model hf ({path})"
-        self.hf_config = self._load_config()
+        if model is not None:  # in memory (HF.from_objects): its weights are its identity
+            if processor is None or getattr(model, "config", None) is None:
+                raise HarnessError("HF.from_objects: give a transformers model (with .config) and its processor")
+            self.path = None
+            self.where = f"model hf (in-memory {type(model).__name__})"
+            self.hf_config = model.config
+        else:
+            path = Path(o.path) if o.path else None
+            if path is None or not (path / "config.json").is_file():
+                raise HarnessError(
+                    f"model hf: --model-arg path={o.path or '(none)'} is not a model directory (no config.json); give a "
+                    f"local directory with the config, weights and processor files, as save_pretrained writes them")
+            self.path = path
+            self.where = f"model hf ({path})"
+            self.hf_config = self._load_config()
         self.family = FAMILIES.get(self.hf_config.model_type, DEFAULT_FAMILY)
-        self.processor = self._load_processor()
+        # a shallow copy: the image-processor cache below wraps the copy's, never the caller's processor
+        self.processor = copy.copy(processor) if model is not None else self._load_processor()
         self._check_takes_images()
         self.tokenizer = self.processor.tokenizer
         self._apply_image_settings()
         self.format = self._pick_format()
-        self.model = self._load_model()
+        self.model = model.eval() if model is not None else self._load_model()
         self._stop_ids = self._stop_token_ids()
         import inspect
 
@@ -177,13 +187,28 @@ class HF(Model):
                               and getattr(self.processor, "video_processor", None) is not None)
         if self._native_video:
             self.media_kinds = frozenset({"image", "video"})
-        self._fingerprint = checkpoint_fingerprint(path)
+        if model is not None:
+            from harness.store.identity import state_dict_digest
+
+            self._fingerprint = "state-" + state_dict_digest(model, self.hf_config.to_json_string())
+        else:
+            self._fingerprint = checkpoint_fingerprint(self.path)
         self._cache = ByteLRU(o.cache_mb << 20, nbytes)
         self._features = image_features(self.model, self.processor.image_processor, self.hf_config.model_type,
                                         o.feature_cache_mb, self.fingerprint)
         merge = MERGES.get(self.hf_config.model_type)
         if merge is not None and o.cache_mb > 0:
             self.processor.image_processor = CachedImageProcessor(self.processor.image_processor, merge, self._cache)
+
+    @classmethod
+    def from_objects(cls, model, processor, **options) -> "HF":
+        """An adapter around an in-memory transformers model and its processor (e.g. during
+        training): no save or reload. Its identity is a digest of the model's state dict (and
+        config), computed here once; the model is put in eval mode. ``options`` as --model-arg
+        (``path`` is recorded as ``in-memory``; ``device`` defaults to the model's)."""
+        options.setdefault("path", "in-memory")
+        options.setdefault("device", str(getattr(model, "device", "cpu")))
+        return cls(options, model=model, processor=processor)
 
     # ---- loading --------------------------------------------------------------------------
     def _load_config(self):

@@ -1,6 +1,6 @@
 """Caches for the `hf` adapter: demo images recur across thousands of prompts.
 
-- :class:`ByteLRU`: a least-recently-used map bounded in bytes.
+- :class:`ByteLRU` (from :mod:`harness.cache`): a least-recently-used map bounded in bytes.
 - :class:`CachedImageProcessor`: wraps a transformers image processor so that each image is
   processed once (resize, tiling, normalisation) and its pixels are reused in every later prompt.
   The processor's batch output is rebuilt from the per-image outputs by a family's merge rule
@@ -12,38 +12,13 @@ processor settings of the call), never by object id.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from harness.cache import ByteLRU  # noqa: F401 (the adapter's pixel cache)
+
 #: where the adapter writes an image's cache key (its media identity, plus the frame for video)
 KEY = "harness_media_key"
-
-
-class ByteLRU:
-    """Least-recently-used values, at most ``max_bytes`` in all (``size`` measures a value)."""
-
-    def __init__(self, max_bytes: int, size: Callable[[Any], int]):
-        self.max_bytes = max_bytes
-        self.size = size
-        self._items: OrderedDict[Any, tuple[Any, int]] = OrderedDict()
-        self._bytes = 0
-        self.hits = self.misses = 0
-
-    def get(self, key: Any, load: Callable[[], Any]) -> Any:
-        if key in self._items:
-            self._items.move_to_end(key)
-            self.hits += 1
-            return self._items[key][0]
-        self.misses += 1
-        value = load()
-        n = self.size(value)
-        if n <= self.max_bytes:
-            self._items[key] = (value, n)
-            self._bytes += n
-            while self._bytes > self.max_bytes:
-                self._bytes -= self._items.popitem(last=False)[1][1]
-        return value
 
 
 def nbytes(value: Any) -> int:

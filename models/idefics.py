@@ -43,6 +43,7 @@ class IdeficsOptions:
 @register_model("idefics")
 class Idefics(Model):
     """IDEFICS (transformers IdeficsForVisionText2Text) from a local directory (--model-arg path=DIR)."""
+    checkpoint_option = "path"  # what `watch` sets to each checkpoint folder
 
     Options = IdeficsOptions
     template_style = "flamingo"

@@ -1,6 +1,13 @@
 #!/usr/bin/env bash
 # Set up (idempotently), then run the test suite. Exits non-zero when a test fails.
+#   ./scripts/test.sh           both tiers (what .ci/run runs)
+#   ./scripts/test.sh --fast    the fast tier only: in-process tests, no torchrun/SLURM/browser/sweep
+# Other arguments go to pytest (e.g. -k name, -x).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --tests
-exec .venv/bin/python -m pytest -q "$@" tests
+args=()
+for a in "$@"; do
+  if [[ "$a" == "--fast" ]]; then args+=(-m "not slow"); else args+=("$a"); fi
+done
+exec .venv/bin/python -m pytest -q --durations=15 ${args[@]+"${args[@]}"} tests

@@ -33,8 +33,8 @@ from harness.errors import DataError
 from harness.data.hf_data import Columns, answer_strings, file_stem
 from harness.metrics.caption import DEFAULT_METRICS, check_metrics, score_captions
 from harness.metrics.stats import mean_with_ci
-from harness.evaluation.postprocess import caption
-from harness.evaluation.prompts import PromptTemplate
+from tasks.postprocess import caption
+from harness.prompts import PromptTemplate
 from harness.registry import register_task
 from harness.task import Task, TaskOptions, read_json, require
 from harness.types import Example, GenerationConfig, Image, SampleRecord

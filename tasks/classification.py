@@ -10,8 +10,8 @@ from harness.errors import DataError
 from harness.data.hf_data import Columns
 from harness.metrics.classification import prob_of, roc_auc
 from harness.metrics.stats import mean_with_ci
-from harness.evaluation.prompts import PromptTemplate
-from harness.evaluation.ranking import RankingOptions
+from harness.prompts import PromptTemplate
+from harness.ranking import RankingOptions
 from harness.registry import register_task
 from harness.data.tabular import read_jsonl
 from harness.task import Task, TaskOptions
@@ -32,7 +32,7 @@ HATEFUL_TEMPLATES = {
 
 @dataclass(frozen=True)
 class HatefulMemesOptions(TaskOptions, RankingOptions):
-    """HatefulMemes options: ensemble / length_normalization (harness.evaluation.ranking); image_dir (default <root>)."""
+    """HatefulMemes options: ensemble / length_normalization (harness.ranking); image_dir (default <root>)."""
 
     image_dir: str | None = None
 
@@ -49,6 +49,7 @@ class HatefulMemes(Task):
     default_eval_split = "dev_seen"
     primary_metric = "roc_auc"
     prediction_keys = ("id", "label")
+    server_format = "hateful_memes"
     POSITIVE, NEGATIVE = "yes", "no"
     #: the original schema as a dataset (e.g. a save_to_disk of the jsonl files): ``image`` an Image
     #: column, or map ``image:img`` to read file paths relative to ``image_dir`` (default: the dataset folder).
@@ -67,11 +68,16 @@ class HatefulMemes(Task):
                   "(img relative to <data root>/hateful_memes/, e.g. img/42953.png; label 0 or 1)")
         base = Path(self.options.image_dir) if self.options.image_dir else self.root
         out = []
+        unlabelled = split.startswith("test")  # test_seen / test_unseen: labels not public
         for i, row in enumerate(read_jsonl(path, f"task hateful_memes ({split})", layout)):
-            missing = [k for k in ("id", "img", "label", "text") if k not in row]
+            missing = [k for k in ("id", "img", "label", "text") if k not in row and not (k == "label" and unlabelled)]
             if missing:
                 raise DataError(f"{path}: line {i + 1} has no field(s) {', '.join(missing)}"
                                 f" (labels are needed for scoring)\nExpected layout: {layout}")
+            if "label" not in row:  # a test split: the prediction is kept unscored, for export
+                out.append(Example(id=str(row["id"]), media=(Image(str(base / row["img"])),),
+                                   fields={"text": str(row["text"])}))
+                continue
             if row["label"] not in (0, 1):
                 raise DataError(f"{path}: line {i + 1}: label must be 0 or 1, got {row['label']!r}")
             target = self.POSITIVE if row["label"] == 1 else self.NEGATIVE

@@ -4,7 +4,7 @@ A query's prompt is its demos ``<image>Output:{class name}<|endofchunk|>`` then
 ``<image>Output:``; every class name is scored by the model's log-likelihood after it
 (1,000 per ImageNet query: the reference ``flamingo`` computes the prompt once and reuses its
 key/values for every name, see models/flamingo/scoring.py). Metrics: top-1 and top-5
-accuracy. Demos are class-balanced by default (harness/evaluation/balanced_sampling.py).
+accuracy. Demos are class-balanced by default (harness/balanced_sampling.py).
 
 :class:`ClassNameTask` is the reusable part (a video classification task such as
 Kinetics-700 subclasses it with its own loader and class names).
@@ -17,14 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Mapping, Sequence
 
-from harness.evaluation.balanced_sampling import ClassBalancedSampler
+from harness.balanced_sampling import ClassBalancedSampler
 from harness.errors import DataError, HarnessError
-from harness.metrics.classification import top_k_correct
+from harness.metrics.ties import top_k
 from harness.metrics.stats import mean_with_ci
-from harness.evaluation.prompts import PromptTemplate
-from harness.evaluation.ranking import LengthNorm, RankingOptions
+from harness.prompts import PromptTemplate
+from harness.ranking import LengthNorm, RankingOptions
 from harness.registry import register_task
-from harness.evaluation.sampling import RandomSampler
+from harness.sampling import RandomSampler
 from harness.task import Task, TaskOptions
 from harness.types import Example, Image, SampleRecord
 
@@ -37,13 +37,14 @@ CLASSIFICATION_TEMPLATES = {
 
 @dataclass(frozen=True)
 class ClassificationOptions(TaskOptions, RankingOptions):
-    """Classification options: ensemble / length_normalization (harness.evaluation.ranking; default ``tokens``, the mean
+    """Classification options: ensemble / length_normalization (harness.ranking; default ``tokens``, the mean
     token log-prob of the class name, as OpenFlamingo's ImageNet evaluation);
-    ``sampler``: ``class_balanced`` demos (default) or ``random`` (OpenFlamingo's evaluate.py);
+    ``sampler``: ``class_balanced`` demos (default), ``random`` (OpenFlamingo's evaluate.py) or ``rices``
+    (with ``rices_encoder``; Flamingo's ImageNet and Kinetics protocol, ``--protocol flamingo``);
     ``keep_top``: how many top classes each prediction record keeps with their scores."""
 
     length_normalization: LengthNorm = "tokens"
-    sampler: Literal["class_balanced", "random"] = "class_balanced"
+    sampler: Literal["class_balanced", "random", "rices"] = "class_balanced"
     keep_top: int = 5
 
 
@@ -58,6 +59,8 @@ class ClassNameTask(Task):
     templates = CLASSIFICATION_TEMPLATES
     default_template = "openflamingo"
     primary_metric = "top1"
+    #: 2: ties in the ranking broken as torch.topk (OpenFlamingo), over every class.
+    version = 2
     prediction_keys = ("id", "label")
     top_k: ClassVar[tuple[int, ...]] = (1, 5)
 
@@ -72,6 +75,20 @@ class ClassNameTask(Task):
             self._names = list(dict.fromkeys(self.class_names()))
         return self._names
 
+    def _class_order(self, scores: Mapping[str, float], k: int) -> list[int]:
+        """Indices into ``class_names()`` (duplicate names included, as OpenFlamingo's class list) of
+        the ``k`` best classes, in ``torch.topk`` order: ties broken as the reference breaks them."""
+        if not hasattr(self, "_all_names"):
+            self._all_names = list(self.class_names())
+        return top_k([scores[n] for n in self._all_names], k)
+
+    def choose(self, candidates: Sequence[str], scores: Mapping[str, float]) -> str:
+        """Top-1 as OpenFlamingo: the first of ``torch.topk(logprobs, k=5)`` over every class."""
+        if not scores:
+            return ""
+        best = self._class_order(scores, max(self.top_k))[0]
+        return self._all_names[best]
+
     def demo_sampler(self, seed: int):
         cls = ClassBalancedSampler if self.options.sampler == "class_balanced" else RandomSampler
         return cls(self.name, self.support_examples(), seed, self.options.support_size, self.options.nested_shots)
@@ -84,11 +101,26 @@ class ClassNameTask(Task):
 
     def ranking_fields(self, example: Example, logprobs: Mapping[str, float], scores: Mapping[str, float],
                        normalization: str) -> dict[str, Any]:
-        """The top classes with their scores (not all 1,000), and the true class's rank."""
-        ranked = sorted(scores, key=lambda c: -scores[c])
-        top = ranked[: max(self.options.keep_top, max(self.top_k))]
-        return {"top_classes": top, "top_scores": [scores[c] for c in top],
-                "label_rank": ranked.index(example.target) + 1 if example.target in scores else None}
+        """The top classes with their scores (not all 1,000), and the true class's rank.
+
+        The first ``max(top_k)`` (5) are ``torch.topk``'s over every class, as OpenFlamingo ranks
+        them (a duplicated name can fill two places); ``keep_top`` beyond that adds the next ones.
+        ``label_rank`` is the true class's place among those, else 1 + the number of classes scored
+        higher (at least ``max(top_k) + 1``: it was not in the top k)."""
+        k = max(self.top_k)
+        order = self._class_order(scores, k)
+        if self.options.keep_top > k:
+            order += [i for i in self._class_order(scores, self.options.keep_top) if i not in order]
+        names = [self._all_names[i] for i in order]
+        top = names[: max(self.options.keep_top, k)]
+        if example.target not in scores:
+            rank = None
+        elif example.target in names[:k]:
+            rank = names.index(example.target) + 1
+        else:
+            higher = sum(1 for n in self._all_names if scores[n] > scores[example.target])
+            rank = max(k + 1, higher + 1)
+        return {"top_classes": top, "top_scores": [scores[c] for c in top], "label_rank": rank}
 
     def aggregate(self, records: Sequence[SampleRecord]) -> dict[str, Any]:
         """top-k accuracy (0-100) for each k in ``top_k``; a failed sample counts wrong."""

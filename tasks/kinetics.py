@@ -18,12 +18,12 @@ The class names are the sorted distinct labels of ``train.csv`` (700).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar, Sequence
 
 from harness.errors import DataError
 from harness.registry import register_task
 from harness.data.tabular import read_csv
-from harness.types import Example
+from harness.types import Example, SampleRecord
 
 from .imagenet import ClassificationOptions, ClassNameTask
 from .video_qa import VideoOptions, VideoTask
@@ -40,6 +40,9 @@ class Kinetics700(ClassNameTask, VideoTask):
     """Kinetics-700 (2020): rank the 700 action names per clip by log-likelihood; top-1 / top-5 accuracy."""
 
     Options = KineticsOptions
+    #: 2: primary metric top1_top5_mean (Flamingo's), ties broken as torch.topk.
+    version = 2
+    primary_metric = "top1_top5_mean"
     default_support_split = "train"
     default_eval_split = "val"
     video_pattern = "{split_dir}/{label}/{youtube_id}_{time_start:06d}_{time_end:06d}.mp4"
@@ -66,6 +69,15 @@ class Kinetics700(ClassNameTask, VideoTask):
 
     def class_names(self) -> list[str]:
         return sorted({row["label"] for row in self._rows(self.support_split)})
+
+    def aggregate(self, records: Sequence[SampleRecord]) -> dict[str, Any]:
+        """top1, top5 and their mean, ``top1_top5_mean`` (Flamingo's Kinetics-700 number)."""
+        out = super().aggregate(records)
+        if "top1" in out and "top5" in out:
+            out["top1_top5_mean"] = (out["top1"] + out["top5"]) / 2.0
+        else:  # hard labels only (a results file of predictions): no top-5, so no mean
+            out["top1_top5_mean"] = float("nan")
+        return out
 
     def load(self, split: str) -> list[Example]:
         path = self.root / self.SPLIT_FILES.get(split, split)

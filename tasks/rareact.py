@@ -26,8 +26,8 @@ import numpy as np
 from harness.errors import DataError
 from harness.metrics.stats import mean_with_ci
 from harness.metrics.rareact import RareActRow, mean_weighted_ap
-from harness.evaluation.prompts import PromptTemplate
-from harness.evaluation.ranking import RankingOptions
+from harness.prompts import PromptTemplate
+from harness.ranking import RankingOptions
 from harness.registry import register_task
 from harness.data.tabular import read_csv
 from harness.types import Example, SampleRecord

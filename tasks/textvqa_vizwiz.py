@@ -1,9 +1,10 @@
 """TextVQA and VizWiz-VQA: open-ended VQA in their own official file layouts.
 
 Both reuse the VQA family (tasks.vqa.VQATask): the OpenFlamingo/Flamingo prompts, the
-answer post-processing, the demo-answer choice and the official VQA accuracy. What differs:
+answer post-processing and the demo-answer choice. What differs:
 
-- TextVQA (Singh et al. 2019): max 10 new tokens (OpenFlamingo); OCR tokens optionally in the
+- TextVQA (Singh et al. 2019): TextVQA's own accuracy (mmf's ``TextVQAAccuracyEvaluator``, see
+  harness/metrics/textvqa.py); max 10 new tokens (OpenFlamingo); OCR tokens optionally in the
   prompt (``ocr=true``; off by default, as in Flamingo).
 - VizWiz (Gurari et al. 2018): the VizWiz evaluation's accuracy (prediction normalised, references
   as written), accuracy per answer type including ``unanswerable``, and the answerability metrics
@@ -17,9 +18,10 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 
 from harness.errors import DataError
+from harness.metrics.textvqa import textvqa_accuracy
 from harness.metrics.vizwiz import unanswerability, vizwiz_accuracy
 from harness.metrics.vqa import vqa_accuracy
-from harness.evaluation.prompts import PromptTemplate
+from harness.prompts import PromptTemplate
 from harness.registry import register_task
 from harness.task import read_json, require
 from harness.types import Example, GenerationConfig, Image, SampleRecord
@@ -37,10 +39,13 @@ TEXTVQA_LAYOUT = (
 
 @dataclass(frozen=True)
 class TextVQAOptions(VQAOptions):
-    """TextVQA options. ``ocr``: put the image's OCR tokens in the prompt (``OCR:tok1 tok2 ...``
-    before the question); off by default, as Flamingo evaluates. ``image_dir``: default
-    <root>/train_images (val images are there too), <root>/test_images for test."""
+    """TextVQA options. ``normalization``: ``textvqa`` (TextVQA's own evaluator, mmf's
+    TextVQAAccuracyEvaluator: prediction and answers always normalised by EvalAI's answer processor),
+    or the VQA script's ``official`` / ``always``. ``ocr``: put the image's OCR tokens in the prompt
+    (``OCR:tok1 tok2 ...`` before the question); off by default, as Flamingo evaluates. ``image_dir``:
+    default <root>/train_images (val images are there too), <root>/test_images for test."""
 
+    normalization: Literal["textvqa", "official", "always"] = "textvqa"
     ocr: bool = False
     max_ocr_tokens: int = 50
 
@@ -50,8 +55,16 @@ class TextVQA(VQATask):
     """TextVQA (Singh et al. 2019): VQA on text in images; official TextVQA_0.5.1 JSON; 10 new tokens."""
 
     Options = TextVQAOptions
+    #: 2: scored by TextVQA's own evaluator (mmf) instead of the VQA script.
+    version = 2
+    server_format = "vqa"
     generation = GenerationConfig(max_new_tokens=10, num_beams=3, length_penalty=0.0)
     default_support_split, default_eval_split = "train", "val"
+
+    def score(self, prediction: str, example: Example) -> float:
+        if self.options.normalization == "textvqa":
+            return textvqa_accuracy(prediction, example.answers)
+        return vqa_accuracy(prediction, example.answers, self.options.normalization)
 
     def template(self, model_style: str | None = None) -> tuple[str, PromptTemplate]:
         name, tpl = super().template(model_style)
@@ -124,6 +137,9 @@ class VizWiz(VQATask):
     Questions from blind users; the accuracy is the VizWiz evaluation's (harness/metrics/vizwiz.py)."""
 
     Options = VizWizOptions
+    #: 2: the VizWiz API's own contraction table (typographic apostrophes).
+    version = 2
+    server_format = "vizwiz"
     default_support_split, default_eval_split = "train", "val"
     prediction_keys = ("image", "answer")
 

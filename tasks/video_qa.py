@@ -15,9 +15,9 @@ from typing import Any, ClassVar, Mapping, Sequence
 from harness.errors import DataError, HarnessError
 from harness.data.hf_data import Columns
 from harness.metrics.stats import mean_with_ci
-from harness.metrics.video_qa import exact_match, ivqa_accuracy
-from harness.evaluation.postprocess import vqa_answer
-from harness.evaluation.ranking import RankingOptions
+from harness.metrics.video_qa import IVQAMatch, exact_match, ivqa_accuracy
+from tasks.postprocess import vqa_answer
+from harness.ranking import RankingOptions
 from harness.registry import register_task
 from harness.data.tabular import read_csv
 from harness.task import Task, TaskOptions, read_json, require
@@ -149,10 +149,21 @@ class MSRVTTQA(MSQA):
     video_pattern = "video{video_id}.mp4"
 
 
+@dataclass(frozen=True)
+class IVQAOptions(VideoOptions):
+    """iVQA options. ``match``: ``exact`` (the official evaluation, antoyang/just-ask: the prediction
+    equals an annotator's answer as written) or ``vqa`` (after the VQA normalisation on both sides)."""
+
+    match: IVQAMatch = "exact"
+
+
 @register_task("ivqa")
 class IVQA(OpenVideoQA):
     """iVQA (Yang et al. 2021): five answers per question; accuracy min(1, #annotators agreeing / 2)."""
 
+    Options = IVQAOptions
+    #: 2: exact match on the raw answers (just-ask), not after the VQA normalisation.
+    version = 2
     ANSWERS: ClassVar[tuple[str, ...]] = tuple(f"answer{i}" for i in range(1, 6))
     hf_columns = Columns(required={"video_id": "video_id", "question": "question", **{a: a for a in ANSWERS}},
                          optional={"start": "start", "end": "end"}, media=())
@@ -169,7 +180,8 @@ class IVQA(OpenVideoQA):
         return self._example(index, {k: ("" if v is None else str(v)) for k, v in row.items()}, where)
 
     def _example(self, i: int, row, where: str) -> Example:
-        answers = tuple(row[k].strip() for k in self.ANSWERS if row[k] and row[k].strip())
+        # The answers as written (the official count compares raw strings); empty slots dropped.
+        answers = tuple(row[k] for k in self.ANSWERS if row[k] and row[k].strip())
         if not answers:
             raise DataError(f"{where} (video {row['video_id']}) has no answer in answer1..answer5")
         return Example(
@@ -177,17 +189,18 @@ class IVQA(OpenVideoQA):
             media=(self.video(row, where),),
             fields={"question": row["question"]},
             answers=answers,
-            target=Counter(answers).most_common(1)[0][0],  # most annotators; ties: first listed
+            # the demo answer: most annotators; ties: first listed
+            target=Counter(a.strip() for a in answers).most_common(1)[0][0],
             meta={"video_id": row["video_id"]},
         )
 
     def score(self, prediction: str, example: Example) -> float:
-        return ivqa_accuracy(prediction, example.answers)
+        return ivqa_accuracy(prediction, example.answers, self.options.match)
 
 
 @dataclass(frozen=True)
 class NextQAOptions(VideoOptions, RankingOptions):
-    """NExT-QA MC options: the video options plus ensemble / length_normalization (see harness.evaluation.ranking)."""
+    """NExT-QA MC options: the video options plus ensemble / length_normalization (see harness.ranking)."""
 
 
 class VideoMultipleChoice(VideoTask):
@@ -207,7 +220,9 @@ class VideoMultipleChoice(VideoTask):
         return float(prediction == example.target)
 
     def aggregate(self, records: Sequence[SampleRecord]) -> dict[str, Any]:
-        out = super().aggregate(records)
+        stats = mean_with_ci([r.score for r in records])
+        out: dict[str, Any] = {"accuracy": stats["mean"], "accuracy_ci95": [stats["ci95_low"], stats["ci95_high"]],
+                               "n": stats["n"]}
         by_type: dict[str, list[float]] = defaultdict(list)
         for r in records:
             if r.fields.get("type"):
@@ -217,10 +232,23 @@ class VideoMultipleChoice(VideoTask):
         return out
 
 
+#: NExT-QA's question types as its ``eval_mc.py`` groups them (TP counts as TN), then the three families.
+NEXTQA_TYPES = {"CW": "Why", "CH": "How", "TN": "Bef&Aft", "TC": "When", "DC": "Cnt", "DL": "Loc", "DO": "Other"}
+NEXTQA_FAMILIES = {"C": "Acc_C", "T": "Acc_T", "D": "Acc_D"}
+
+
 @register_task("nextqa_mc")
 class NextQAMC(VideoMultipleChoice):
-    """NExT-QA multiple choice (Xiao et al. 2021): rank a0..a4 by log-likelihood; accuracy."""
+    """NExT-QA multiple choice (Xiao et al. 2021): rank a0..a4 by log-likelihood; accuracy of the chosen index.
 
+    As the official ``eval_mc.py``, a prediction is right when its INDEX is the answer's: when two
+    options have the same text (the real val and test CSVs have such rows), ranking gives them the
+    same score, the first of them is chosen (``torch.max``'s tie rule), and it is right only if it
+    is the answer's index. ``accuracy_by_type`` groups types as ``eval_mc.py`` does (TP with TN;
+    C, T, D families)."""
+
+    #: 2: index comparison (eval_mc.py), official type groups; was: answer text.
+    version = 2
     video_pattern = "{video}.mp4"
     CHOICES: ClassVar[tuple[str, ...]] = tuple(f"a{i}" for i in range(5))
     hf_columns = Columns(required={"video": "video", "question": "question", **{c: c for c in CHOICES},
@@ -255,6 +283,31 @@ class NextQAMC(VideoMultipleChoice):
             meta={"video": row["video"], "answer_index": gold, "type": row.get("type")},
         )
 
+    def score(self, prediction: str, example: Example) -> float:
+        """1 when the chosen option's index is the answer's: the chosen option is the first with the
+        prediction's text (ranking breaks ties to the first). A bare index ``0``-``4`` (the official
+        results format) counts as that option when no option has that text."""
+        choices = list(example.fields["choices"])
+        if prediction in choices:
+            index = choices.index(prediction)
+        elif prediction.strip().isdigit() and int(prediction) < len(choices):
+            index = int(prediction)
+        else:
+            return 0.0
+        return float(index == example.meta["answer_index"])
+
+    def aggregate(self, records: Sequence[SampleRecord]) -> dict[str, Any]:
+        out = super().aggregate(records)
+        groups: dict[str, list[float]] = defaultdict(list)
+        for r in records:
+            qtype = {"TP": "TN"}.get(str(r.fields.get("type") or ""), str(r.fields.get("type") or ""))
+            if qtype in NEXTQA_TYPES:
+                groups[NEXTQA_TYPES[qtype]].append(r.score)
+                groups[NEXTQA_FAMILIES[qtype[0]]].append(r.score)
+        if groups:
+            out["accuracy_by_type"] = {k: mean_with_ci(v)["mean"] for k, v in sorted(groups.items())}
+        return out
+
 
 @register_task("star")
 class STAR(VideoMultipleChoice):
@@ -262,15 +315,23 @@ class STAR(VideoMultipleChoice):
 
     ``STAR_{train,val}.json`` = ``[{question_id, question, video_id, start, end, answer, choices: [{choice_id,
     choice}, ...], ...}]``; the clip is ``[start, end]`` seconds of Charades video ``videos/{video_id}.mp4``.
-    The category (Interaction, Sequence, Prediction, Feasibility) is ``question_id``'s prefix. The test split's
-    answers are not public: evaluation is on val.
+    The category (Interaction, Sequence, Prediction, Feasibility) is ``question_id``'s prefix. The primary
+    metric ``mean`` is the leaderboard's "Mean": the mean of the four categories' accuracies (not the mean
+    over questions, which is ``accuracy``). The test split's answers are not public: a run on it keeps the
+    predictions unscored and ``export`` writes the challenge's submission file.
     """
 
+    CATEGORIES: ClassVar[tuple[str, ...]] = ("Interaction", "Sequence", "Prediction", "Feasibility")
+    #: 2: primary metric ``mean`` of the four category accuracies (the leaderboard's), was ``accuracy``.
+    version = 2
+    primary_metric = "mean"
+    server_format = "star"
     video_pattern = "{video_id}.mp4"
     SPLIT_FILES: ClassVar[dict[str, str]] = {"train": "STAR_train.json", "val": "STAR_val.json",
                                               "test": "STAR_test.json"}
-    LAYOUT: ClassVar[str] = ("<data root>/star/STAR_<split>.json (train, val) = [{'question_id', 'question', "
-                             "'video_id', 'start', 'end', 'answer', 'choices': [{'choice_id', 'choice'}, ...]}, ...]; "
+    LAYOUT: ClassVar[str] = ("<data root>/star/STAR_<split>.json (train, val; test without 'answer') = "
+                             "[{'question_id', 'question', 'video_id', 'start', 'end', 'answer', 'choices': "
+                             "[{'choice_id', 'choice'}, ...]}, ...]; "
                              "Charades videos <data root>/star/videos/{video_id}.mp4")
 
     def load(self, split: str) -> list[Example]:
@@ -283,12 +344,14 @@ class STAR(VideoMultipleChoice):
         out = []
         for i, row in enumerate(rows):
             where = f"item #{i}"
-            for key in ("question_id", "question", "video_id", "start", "end", "answer", "choices"):
+            for key in ("question_id", "question", "video_id", "start", "end", "choices"):
                 require(row, key, path, where, self.LAYOUT)
+            if split != "test":  # the test answers are not public: unscored, exported
+                require(row, "answer", path, where, self.LAYOUT)
             choices = tuple(str(require(c, "choice", path, f"{where}.choices", self.LAYOUT)).strip()
                             for c in row["choices"])
-            answer = str(row["answer"]).strip()
-            if answer not in choices:
+            answer = str(row["answer"]).strip() if "answer" in row else None
+            if answer is not None and answer not in choices:
                 raise DataError(f"{path}: {where} ({row['question_id']}): answer {answer!r} is not one of its "
                                 f"choices {list(choices)}")
             video = self.video(row, f"{where} of {path}")
@@ -297,8 +360,18 @@ class STAR(VideoMultipleChoice):
                 id=str(row["question_id"]),
                 media=(clip,),
                 fields={"question": str(row["question"]), "choices": choices},
-                answers=(answer,),
-                target=answer,
+                answers=(answer,) if answer is not None else (),
+                target=answer or "",
                 meta={"video_id": row["video_id"], "type": str(row["question_id"]).split("_")[0]},
             ))
+        return out
+
+    def aggregate(self, records: Sequence[SampleRecord]) -> dict[str, Any]:
+        """``mean``: the mean of the category accuracies (the leaderboard's "Mean"; over the categories
+        present, ``n_categories`` of them), beside ``accuracy`` over questions and ``accuracy_by_type``."""
+        out = super().aggregate(records)
+        by_type = out.get("accuracy_by_type", {})
+        present = [by_type[c] for c in self.CATEGORIES if c in by_type]
+        out["mean"] = sum(present) / len(present) if present else float("nan")
+        out["n_categories"] = len(present)
         return out

@@ -5,8 +5,8 @@ ground-truth answers, as the official task gives them) and the round's question.
 ``answer_options`` are ranked by the model's log-likelihood after the prompt (the reference
 ``flamingo`` computes the prompt once per round, not 100 times: models/flamingo/scoring.py).
 Metrics as the official evaluation: NDCG on the rounds with dense annotations (primary, as
-Flamingo reports), MRR, R@1/5/10 and mean rank of the ground-truth answer
-(harness/metrics/visdial.py).
+Flamingo reports), MRR, R@1/5/10 and mean rank of the ground-truth answer over every round
+(harness/metrics/visdial.py); equal scores are ranked as its ``scores_to_ranks`` (torch's sort).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import Any, Literal, Mapping, Sequence
 from harness.errors import DataError, HarnessError
 from harness.metrics.stats import mean_with_ci
 from harness.metrics.visdial import ndcg, ranks_from_scores, sparse_metrics
-from harness.evaluation.prompts import PromptTemplate
-from harness.evaluation.ranking import RankingOptions
+from harness.prompts import PromptTemplate
+from harness.ranking import RankingOptions
 from harness.registry import register_task
 from harness.task import Task, TaskOptions, read_json, require
 from harness.types import Example, Image, SampleRecord
@@ -45,12 +45,13 @@ VISDIAL_TEMPLATES = {
 
 @dataclass(frozen=True)
 class VisDialOptions(TaskOptions, RankingOptions):
-    """VisDial options. ``rounds``: ``dense`` evaluates the rounds with dense relevance annotations
-    (one per dialogue; NDCG is defined on them; 2,064 in val), ``all`` every round with a ground truth
-    (MRR/R@k on all 20,640 val rounds, NDCG still on the dense ones). ``image_dir``: override the
+    """VisDial options. ``rounds``: ``all`` (default, as the official val evaluation) evaluates every
+    round with a ground truth: MRR/R@k on all 20,640 val rounds, NDCG on the 2,064 with dense
+    relevance annotations; ``dense`` only the densely annotated rounds (10x cheaper; MRR/R@k then
+    come from those rounds alone and are not the official ones). ``image_dir``: override the
     folder of the split's images (file names as in the layout)."""
 
-    rounds: Literal["dense", "all"] = "dense"
+    rounds: Literal["dense", "all"] = "all"
     image_dir: str | None = None
 
 
@@ -73,6 +74,9 @@ class VisDial(Task):
     default_template = "openflamingo"
     default_support_split, default_eval_split = "train", "val"
     primary_metric = "ndcg"
+    server_format = "visdial"
+    #: 2: every round evaluated by default (MRR/R@k as the official val evaluation), ties as torch.sort.
+    version = 2
 
     def _image(self, split: str, image_id: int) -> str:
         if self.options.image_dir:
@@ -124,9 +128,17 @@ class VisDial(Task):
             media = (Image(self._image(split, image_id)),)
             for r_i, rnd in enumerate(rounds):
                 where = f"dialogs[{d_i}] (image_id {image_id}) round {r_i + 1}"
-                if "gt_index" not in rnd or "answer_options" not in rnd:
-                    continue  # test rounds without a ground truth cannot be scored here
+                if "answer_options" not in rnd or ("gt_index" not in rnd and not (is_eval and split == "test")):
+                    continue  # a round without options (test: all but the last) or, outside test, without a truth
                 options = [str(answers[k]) for k in rnd["answer_options"]]
+                if "gt_index" not in rnd:  # test: ranked and exported, unscored
+                    out.append(Example(
+                        id=f"{image_id}_{r_i + 1}", media=media,
+                        fields={"caption": caption, "history": _history(questions, answers, rounds, r_i),
+                                "question": str(questions[require(rnd, 'question', path, where, VISDIAL_LAYOUT)]),
+                                "options": options},
+                        meta={"image_id": image_id, "round_id": r_i + 1}))
+                    continue
                 gt = int(rnd["gt_index"])
                 if not 0 <= gt < len(options):
                     raise DataError(f"{path}: {where}: gt_index {gt} is outside its {len(options)} answer_options")
@@ -158,12 +170,14 @@ class VisDial(Task):
         return float(prediction == example.target)
 
     def record_fields(self, example: Example) -> dict[str, Any]:
-        return {"answer": example.target, **dict(example.meta)}
+        return {"answer": example.target or None, **dict(example.meta)}
 
     def ranking_fields(self, example: Example, logprobs: Mapping[str, float], scores: Mapping[str, float],
                        normalization: str) -> dict[str, Any]:
         """Each option's rank (1 = best), in answer_options order, and the ground truth's."""
         ranks = ranks_from_scores([scores[o] for o in example.fields["options"]])
+        if "gt_index" not in example.meta:  # a test round: no ground truth
+            return {"option_ranks": ranks}
         return {"option_ranks": ranks, "gt_rank": ranks[example.meta["gt_index"]]}
 
     def aggregate(self, records: Sequence[SampleRecord]) -> dict[str, Any]:

@@ -11,8 +11,8 @@ from harness.errors import DataError
 from harness.data.hf_data import Columns, answer_strings
 from harness.metrics.stats import mean_with_ci
 from harness.metrics.vqa import vqa_accuracy
-from harness.evaluation.postprocess import vqa_answer
-from harness.evaluation.prompts import PromptTemplate
+from tasks.postprocess import vqa_answer
+from harness.prompts import PromptTemplate
 from harness.registry import register_task
 from harness.task import Task, TaskOptions, read_json, require
 from harness.types import Example, GenerationConfig, Image, SampleRecord
@@ -135,7 +135,15 @@ class COCOVQATask(VQATask):
 
     @staticmethod
     def full_split(split: str) -> str:
-        return split if any(c.isdigit() for c in split) else f"{split}2014"
+        """``val`` -> ``val2014``; the test-server splits are 2015's (``test-dev`` -> ``test-dev2015``)."""
+        if any(c.isdigit() for c in split):
+            return split
+        return f"{split}2015" if split.startswith("test") else f"{split}2014"
+
+    @staticmethod
+    def image_split(split: str) -> str:
+        """The image folder and file prefix of a split: test-dev2015's images are test2015's."""
+        return "test2015" if split.startswith("test") else split
 
     def load(self, split: str) -> list[Example]:
         split = self.full_split(split)
@@ -143,9 +151,15 @@ class COCOVQATask(VQATask):
         qpath = self.root / self.questions_file.format(split=split)
         apath = self.root / self.annotations_file.format(split=split)
         qdata = read_json(qpath, f"task {self.name} questions ({split})", layout)
-        adata = read_json(apath, f"task {self.name} annotations ({split})", layout)
         questions = require(qdata, "questions", qpath, "the top-level object", layout)
-        annotations = require(adata, "annotations", apath, "the top-level object", layout)
+        if split.startswith("test") and not apath.is_file():
+            # a test-server split: questions only; predictions are kept unscored and exported
+            annotations = None
+        else:
+            adata = read_json(apath, f"task {self.name} annotations ({split})", layout)
+            annotations = require(adata, "annotations", apath, "the top-level object", layout)
+        if annotations is None:
+            return self._unanswered(questions, qpath, split, layout)
         if not isinstance(questions, list) or not isinstance(annotations, list):
             raise DataError(f"{qpath} / {apath}: 'questions' and 'annotations' must be lists\nExpected layout: {layout}")
 
@@ -196,6 +210,22 @@ class COCOVQATask(VQATask):
             )
         return examples
 
+    def _unanswered(self, questions, qpath: Path, split: str, layout: str) -> list[Example]:
+        """The questions of a split without annotations (VQAv2 test-dev2015 / test2015), unscored."""
+        if not isinstance(questions, list):
+            raise DataError(f"{qpath}: 'questions' must be a list\nExpected layout: {layout}")
+        images = self.image_split(split)
+        image_dir = Path(self.options.image_dir) if self.options.image_dir else self.root / images
+        out = []
+        for i, q in enumerate(questions):
+            qid = require(q, "question_id", qpath, f"question #{i}", layout)
+            image_id = require(q, "image_id", qpath, f"question #{i} (question_id {qid})", layout)
+            text = require(q, "question", qpath, f"question #{i} (question_id {qid})", layout)
+            out.append(Example(id=str(qid), media=(Image(str(image_dir / f"COCO_{images}_{int(image_id):012d}.jpg")),),
+                               fields={"question": text}, answers=(), target="",
+                               meta={"image_id": image_id, "question_type": None, "answer_type": None}))
+        return out
+
 
 @register_task("vqav2")
 class VQAv2(COCOVQATask):
@@ -203,6 +233,7 @@ class VQAv2(COCOVQATask):
 
     questions_file = "v2_OpenEnded_mscoco_{split}_questions.json"
     annotations_file = "v2_mscoco_{split}_annotations.json"
+    server_format = "vqav2"
 
 
 @dataclass(frozen=True)
@@ -217,6 +248,7 @@ class OKVQA(COCOVQATask):
     """OK-VQA (Marino et al. 2019), same schema as VQAv2."""
 
     Options = OKVQAOptions
+    server_format = "vqa"
     questions_file = "OpenEnded_mscoco_{split}_questions.json"
     annotations_file = "mscoco_{split}_annotations.json"
 

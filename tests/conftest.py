@@ -3,6 +3,7 @@ data in the official schemas."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -16,22 +17,120 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _builtins():
+    """The tests are a composition root like the command line: the built-in tasks and models exist."""
+    from harness import plugins
+
+    plugins.load_builtins()
+
+
+@contextlib.contextmanager
+def scoped_registrations():
+    """Plug-ins registered inside (tasks, models, suites, --include modules) are gone afterwards."""
+    from harness import plugins, registry, suites
+
+    plugins.load_builtins()
+    tables = [registry._TASKS, registry._MODELS, suites._SUITES]
+    saved_tables = [dict(t) for t in tables]
+    saved_modules = set(sys.modules)
+    try:
+        yield
+    finally:
+        for table, saved in zip(tables, saved_tables):
+            table.clear()
+            table.update(saved)
+        for name in set(sys.modules) - saved_modules:  # plug-in files: a later --include imports them afresh
+            if name.startswith("harness_plugin_"):
+                del sys.modules[name]
+
+
+@pytest.fixture(autouse=True)
+def _no_registration_leaks(_builtins):
+    """Each test starts from the built-ins only, whatever an earlier test included."""
+    with scoped_registrations():
+        yield
+
+
+IMPORT_TIME_VARS = ("HF_", "HUGGINGFACE_", "TRANSFORMERS_", "HARNESS_FRAME_CACHE_")
+CHILD_TIMEOUT = 1200  # seconds: a hung child fails the test instead of blocking CI
+
+
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, check: bool = True,
-            threads: int | None = 1):
-    """Run ``python run_eval.py ...`` in a real subprocess, as a user would; ``run`` gets ``--threads
-    threads`` unless the args set it (None: the harness's own default)."""
-    # One torch thread, set by the flag rather than the environment: on a small shared machine thread
-    # contention makes tiny models 100x slower.
-    full_env = {**{k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}, "PYTHONPATH": str(ROOT),
-                "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+            threads: int | None = 1, process: bool | None = None):
+    """Run the command line ``run_eval.py ...`` as a user would and return a ``CompletedProcess``.
+
+    In this process by default (``harness.cli.main`` with its own stdout/stderr, working folder,
+    environment and plug-in registrations, all put back afterwards): the fast tier. ``process=True``
+    starts a real ``python run_eval.py`` instead, for what only a fresh process shows (the script
+    itself, signals); ``None`` does that only when ``env`` sets a variable that libraries read at
+    import (``PYTHONPATH``, ``HF_*``, ``HARNESS_FRAME_CACHE_*``). ``run`` gets ``--threads threads`` unless the args
+    set it (None: the harness's own default)."""
     if args and args[0] == "run" and "--threads" not in args and threads is not None:
         args = (*args, "--threads", str(threads))
-    # No timeout: on a loaded machine a run is slow, not broken.
-    proc = subprocess.run([sys.executable, str(ROOT / "run_eval.py"), *args], cwd=cwd or ROOT, env=full_env,
-                          capture_output=True, text=True)
+    if process is None:
+        process = any(k == "PYTHONPATH" or k.startswith(IMPORT_TIME_VARS) for k in env or {})
+    if process:
+        # One torch thread, set by the flag rather than the environment: on a small shared machine thread
+        # contention makes tiny models 100x slower.
+        full_env = {**{k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}, "PYTHONPATH": str(ROOT),
+                    "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+        proc = subprocess.run([sys.executable, str(ROOT / "run_eval.py"), *args], cwd=cwd or ROOT, env=full_env,
+                              capture_output=True, text=True, timeout=CHILD_TIMEOUT)
+    else:
+        proc = _run_in_process(list(args), cwd=cwd, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"run_eval.py {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def _run_in_process(args: list[str], cwd: Path | None, env: dict | None) -> subprocess.CompletedProcess:
+    import contextlib
+    import io
+    import traceback
+
+    from harness import cli
+
+    saved_env = dict(os.environ)
+    saved_cwd = os.getcwd()
+    saved_argv = sys.argv
+    sys.argv = [str(ROOT / "run_eval.py"), *args]  # the program name printed in hints, as a real run has it
+    out, err = io.StringIO(), io.StringIO()
+    os.environ.update({"TOKENIZERS_PARALLELISM": "false", **(env or {})})
+    os.chdir(cwd or ROOT)
+    try:
+        with scoped_registrations(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = cli.main(args)
+            except SystemExit as exc:  # argparse's usage errors
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            except Exception:  # what a real process would print before exiting with 1
+                traceback.print_exc()
+                code = 1
+    finally:
+        sys.argv = saved_argv
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+    return subprocess.CompletedProcess(["run_eval.py", *args], code, out.getvalue(), err.getvalue())
+
+
+#: a quick run on the bundled easy-VQA data, for bad-input cases to add one thing to
+EASY = ["run", "--model", "demo-majority", "--tasks", "easyvqa", "--limit", "4", "-q"]
+
+
+def cli_error(capsys, *args: str) -> str:
+    """Run the CLI in this process, assert exit status 2 and one ``error:`` line without a traceback;
+    return the line."""
+    from harness.cli import main
+
+    capsys.readouterr()
+    assert main(list(args)) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, err
+    return lines[0]
 
 
 def build_tiny_idefics(directory: Path, seed: int = 0) -> Path:

@@ -10,23 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import write_vqa_fixture
+from tests.conftest import EASY, cli_error, write_vqa_fixture
 from harness.cli import main
 from models.flamingo.adapter import BUNDLED_CHECKPOINT
-
-EASY = ["run", "--model", "demo-majority", "--tasks", "easyvqa", "--limit", "4", "-q"]
-
-
-def cli_error(capsys, *args: str) -> str:
-    """Run the CLI, assert exit status 2 and one error line without a traceback; return the line."""
-    capsys.readouterr()
-    assert main(list(args)) == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, err
-    return lines[0]
-
 
 @pytest.fixture(scope="module")
 def vqa_data(tmp_path_factory) -> Path:

@@ -10,22 +10,9 @@ from pathlib import Path
 import pytest
 
 from harness.cli import main
-from tests.conftest import write_vqa_fixture
+from tests.conftest import EASY, cli_error, write_vqa_fixture
 
 datasets = pytest.importorskip("datasets")
-
-EASY = ["run", "--model", "demo-majority", "--tasks", "easyvqa", "--limit", "4", "-q"]
-
-
-def cli_error(capsys, *args: str) -> str:
-    capsys.readouterr()
-    assert main(list(args)) == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, err
-    return lines[0]
-
 
 @pytest.fixture(scope="module")
 def vqa_data(tmp_path_factory) -> Path:

@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 
 import conftest_benchmarks  # noqa: F401  (puts the repo on sys.path)
-from harness.evaluation.balanced_sampling import ClassBalancedSampler
+from harness.balanced_sampling import ClassBalancedSampler
 from harness.metrics.classification import top_k_correct
 from harness.metrics.visdial import ndcg, ranks_from_scores, sparse_metrics
 from harness.metrics.vizwiz import average_precision, f1, unanswerability, vizwiz_accuracy
@@ -73,7 +73,7 @@ def test_class_balanced_sampler_spreads_demos_over_classes():
 
 def test_token_length_normalisation_ranks_by_mean_token_logprob():
     from harness.model import Model
-    from harness.evaluation.ranking import rank
+    from harness.ranking import rank
 
     # Sums -2 (1 token) and -3 (3 tokens): the sum prefers "a", the per-token mean (-2 vs -1) prefers "b b b".
     assert rank(["a", "b b b"], ["a", "b b b"], [[-2.0, -3.0]])[0] == "a"

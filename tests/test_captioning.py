@@ -126,6 +126,7 @@ def _private_dir() -> Path:
     return d
 
 
+@pytest.mark.slow
 def test_scoring_with_read_only_package_and_concurrent_runs():
     """Two scorings at once from a read-only copy of pycocoevalcap: both succeed, agree, and write nothing there."""
     refs, cands = fixture_refs_and_cands()

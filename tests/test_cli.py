@@ -192,6 +192,7 @@ def test_plugin_task_example_runs(tmp_path):
     assert m["config"]["task"]["options"]["non_ten_answers"] == "exact"
 
 
+@pytest.mark.slow
 def test_entry_point_plugin(tmp_path):
     site = tmp_path / "site"
     dist = site / "harness_demo_plugin-0.1.dist-info"
@@ -199,7 +200,7 @@ def test_entry_point_plugin(tmp_path):
     shutil.copy(ROOT / "examples" / "my_model.py", site / "harness_demo_plugin.py")
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: harness-demo-plugin\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text("[harness.models]\nconstant = harness_demo_plugin\n")
-    proc = run_cli("list", "models", env={"PYTHONPATH": f"{ROOT}:{site}"})
+    proc = run_cli("list", "models", env={"PYTHONPATH": f"{ROOT}:{site}"}, process=True)  # entry points: a fresh process
     assert "constant" in proc.stdout
 
 
@@ -215,6 +216,7 @@ def test_bad_names_and_shots_give_clear_errors():
     assert proc.returncode == 2 and "no/such/plugin.py" in proc.stderr
 
 
+@pytest.mark.slow
 def test_default_run(tmp_path):
     out = tmp_path / "res"
     # The default thread count, as a user's run: the cores that other work leaves free.

@@ -97,6 +97,7 @@ def test_program_names_the_command_that_works(tmp_path):
         os.environ["PATH"] = old
 
 
+@pytest.mark.slow
 def test_printed_view_and_merge_commands_run_as_printed(tmp_path):
     out = tmp_path / "res"
     common = ["--model", "demo-majority", "--tasks", "easyvqa", "--shots", "0", "--seeds", "0", "--limit", "6",
@@ -114,6 +115,7 @@ def test_printed_view_and_merge_commands_run_as_printed(tmp_path):
 
 
 # ---- an interpreter without the dependencies -------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("entry", [["run_eval.py"], ["-m", "harness"]])
 def test_python_without_dependencies_says_what_to_run(entry):
     # -S: no site-packages, as a system python without the project's packages
@@ -150,6 +152,7 @@ def test_score_prints_a_readable_table(tmp_path):
 
 
 # ---- the console script, installed by scripts/setup.sh -------------------------------------------------
+@pytest.mark.slow
 def test_setup_installs_the_harness_command(tmp_path):
     """scripts/setup.sh on a copy of the checkout whose .venv already holds the requirements (a throwaway
     venv that sees this environment's site-packages, so nothing is downloaded or installed here): it installs

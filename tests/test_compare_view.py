@@ -4,9 +4,7 @@ on real runs of two baseline models over easyvqa's bundled data."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -118,33 +116,15 @@ def test_run_prints_the_view_command(two_models):
 
 
 # ---- the viewer in a real browser ------------------------------------------------------------
-def _install_chromium() -> str:
-    """Install Debian's chromium + chromium-driver; returns why not when it cannot."""
-    if not shutil.which("apt-get"):
-        return "no apt-get on this machine (Debian's chromium package cannot be installed)"
-    if hasattr(os, "geteuid") and os.geteuid() != 0:
-        return "not root: cannot apt-get install chromium chromium-driver"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "chromium", "chromium-driver"]):
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
-        except subprocess.TimeoutExpired:
-            return f"{' '.join(cmd)} timed out"
-        if proc.returncode != 0:
-            return f"{' '.join(cmd)} failed: {proc.stderr.strip()[-300:]}"
-    return ""
-
-
 @pytest.fixture(scope="session")
 def browser(tmp_path_factory):
-    """Headless Chromium driven by selenium through the system chromedriver (installed when missing)."""
+    """Headless Chromium driven by selenium through the system chromedriver (``./scripts/setup.sh --tests``
+    installs Debian's chromium and chromium-driver; the test never installs anything itself)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     if not (shutil.which("chromium") and shutil.which("chromedriver")):
-        why = _install_chromium()
-        if not (shutil.which("chromium") and shutil.which("chromedriver")):
-            pytest.skip(f"no headless Chromium available: {why or 'installed, but not on PATH'}")
+        pytest.skip("no chromium + chromedriver on PATH: ./scripts/setup.sh --tests installs them (as root)")
     opts = webdriver.ChromeOptions()
     opts.binary_location = shutil.which("chromium")
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -162,6 +142,7 @@ def _select(driver, select_id: str, value: str) -> None:
         "s.dispatchEvent(new Event('change'));", select_id, value)
 
 
+@pytest.mark.slow
 def test_viewer_in_headless_chromium(two_models, browser, tmp_path):
     from harness.reporting.viewer import write_viewer
 

@@ -19,7 +19,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from harness.errors import HarnessError  # noqa: E402
-from harness.evaluation.prompts import PromptBuilder  # noqa: E402
+from harness.prompts import PromptBuilder  # noqa: E402
 from harness.types import Example, GenerationConfig  # noqa: E402
 from tasks.vqa import VQA_TEMPLATES  # noqa: E402
 

@@ -140,6 +140,7 @@ def assert_identical(one: Path, many: Path, labels: tuple[str, ...] = ("flamingo
             [{k: v for k, v in s.items() if k not in times} for s in s2]
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_equal_one_process(one_process, tmp_path):
     out = finish(torchrun(2, tmp_path / "res"))
     assert out.count("| easyvqa | accuracy |") == 1  # rank 0 alone prints the table
@@ -166,6 +167,7 @@ class BatchLogger(DemoMajority):
 '''
 
 
+@pytest.mark.slow
 def test_torchrun_ranks_claim_the_batches_of_one_process(tmp_path):
     """The ranks claim the very batches one process runs (longest prompts first), each batch once,
     so batch composition, and with it any batch effect of a GPU kernel, never depends on the
@@ -220,6 +222,7 @@ def _journaled(cell: Path) -> set[str]:
     return ids
 
 
+@pytest.mark.slow
 def test_rank_killed_mid_cell_then_rerun_on_three_ranks_recomputes_only_the_missing(one_process, tmp_path):
     res = tmp_path / "res"
     cell = res / CELLS[0]  # flamingo 0-shot, the first cell
@@ -248,6 +251,7 @@ def test_rank_killed_mid_cell_then_rerun_on_three_ranks_recomputes_only_the_miss
     assert_identical(one_process, res)
 
 
+@pytest.mark.slow
 def test_independent_shards_then_merge_command_equal_one_process(one_process, tmp_path):
     """--shard K/N processes, then `run_eval.py merge RESULTS` (no model loaded); an unfinished shard
     is named and nothing is written."""

@@ -20,7 +20,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from harness.evaluation.prompts import PromptBuilder  # noqa: E402
+from harness.prompts import PromptBuilder  # noqa: E402
 from harness.types import Example, GenerationConfig  # noqa: E402
 from models.crossattn import media_rows_for  # noqa: E402
 from tasks.vqa import VQA_TEMPLATES  # noqa: E402
@@ -221,7 +221,8 @@ def test_bad_cache_budget_is_a_clear_error_before_loading(tmp_path):
 def test_runner_records_cache_counters_in_metrics(synthetic_openflamingo, tmp_path):
     from conftest import write_vqa_fixture
 
-    from harness.registry import get_task_class, load_builtins
+    from harness.registry import get_task_class
+    from harness.plugins import load_builtins
     from harness.evaluation.runner import CellSpec, Runner
     from models.openflamingo import OpenFlamingo
 

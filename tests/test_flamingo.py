@@ -177,6 +177,7 @@ def pretrained_dirs(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_paper_recipe_frozen_pretrained_parts(pretrained_dirs, tmp_path):
     """Train a few steps with frozen local LM + vision: only resampler, xattn and embeddings change;
     the checkpoint omits the frozen weights and loads back identical."""
@@ -261,8 +262,10 @@ def test_bundled_checkpoint_answers_easyvqa_test_questions(tmp_path):
     assert result["metrics"]["accuracy"] >= 70, result["metrics"]
 
 
+@pytest.mark.slow
 def test_listing_models_does_not_import_torch():
-    code = ("import sys; from harness.registry import model_names; names = model_names(); "
+    code = ("import sys; from harness.plugins import load_builtins; from harness.registry import model_names; "
+            "load_builtins(); names = model_names(); "
             "assert 'flamingo' in names, names; assert 'torch' not in sys.modules; print('ok')")
     proc = subprocess.run([PY, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert proc.stdout.strip() == "ok", proc.stderr[-2000:]

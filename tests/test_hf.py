@@ -112,7 +112,7 @@ def test_generations_equal_model_generate_on_hand_built_inputs(hf_dirs):
     """Parity: the adapter's output is model.generate on the processor's inputs for the same chat."""
     import torch
 
-    from harness.evaluation.prompts import PromptBuilder
+    from harness.prompts import PromptBuilder
     from harness.registry import get_task_class
     from harness.types import GenerateRequest, GenerationConfig
     from harness.data.media import load_image
@@ -151,7 +151,7 @@ def test_loglikelihood_scores_the_answer_after_the_assistant_prefix(hf_dirs):
     'Assistant:', from one forward pass, and a candidate's score does not depend on the others."""
     import torch
 
-    from harness.evaluation.prompts import PromptBuilder
+    from harness.prompts import PromptBuilder
     from harness.registry import get_task_class
     from harness.types import LoglikelihoodRequest
     from models.hf import HF
@@ -211,7 +211,7 @@ def test_plain_format_interleaves_placeholders_and_stops_at_the_separator(family
 
 
 def test_system_prompt_and_demo_images_decoded_and_processed_once(hf_dirs):
-    from harness.evaluation.prompts import PromptBuilder
+    from harness.prompts import PromptBuilder
     from harness.registry import get_task_class
     from harness.types import GenerateRequest, GenerationConfig
     from models.hf import HF
@@ -385,7 +385,7 @@ def test_image_size_and_processor_args_reach_the_processor(hf_dirs):
 
 def test_demo_chunks_carry_their_answer_for_chat_turns(hf_dirs):
     from harness.errors import HarnessError
-    from harness.evaluation.prompts import PromptBuilder, PromptTemplate
+    from harness.prompts import PromptBuilder, PromptTemplate
     from harness.types import Chunk, Example, Image, Prompt
     from models.hf import HF
     from tasks.vqa import VQA_TEMPLATES
@@ -470,7 +470,7 @@ def test_video_generations_equal_model_generate_on_hand_built_inputs(hf_dirs, vi
     import torch
 
     from harness.data.video import decode_frames
-    from harness.evaluation.prompts import PromptBuilder
+    from harness.prompts import PromptBuilder
     from harness.registry import get_task_class
     from harness.types import GenerateRequest, GenerationConfig
     from models.hf import HF
@@ -528,7 +528,7 @@ def test_cached_vision_features_give_the_uncached_outputs(family, hf_dirs):
     """Generations (beam search, batched) and log-likelihoods with per-image cached features equal
     those of the model encoding the pixels itself; each distinct image is encoded once, and a budget
     too small for them all evicts and still gives the same outputs."""
-    from harness.evaluation.prompts import PromptBuilder
+    from harness.prompts import PromptBuilder
     from harness.registry import get_task_class
     from harness.types import GenerateRequest, GenerationConfig, LoglikelihoodRequest
     from models.hf import HF

@@ -18,7 +18,8 @@ import pytest
 from harness.data import hf_data
 from harness.errors import DataError, HarnessError
 from harness.data.media import load_image
-from harness.registry import get_task_class, load_builtins
+from harness.registry import get_task_class
+from harness.plugins import load_builtins
 from tests.conftest import ROOT, run_cli, write_vqa_fixture
 
 datasets = pytest.importorskip("datasets")

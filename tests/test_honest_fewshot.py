@@ -95,8 +95,8 @@ def _examples(n: int, prefix: str = "s", target=lambda i: str(i % 3)):
 
 @pytest.mark.parametrize("balanced", [False, True])
 def test_nested_demos_are_prefixes_of_the_largest_draw(balanced):
-    from harness.evaluation.balanced_sampling import ClassBalancedSampler
-    from harness.evaluation.sampling import RandomSampler
+    from harness.balanced_sampling import ClassBalancedSampler
+    from harness.sampling import RandomSampler
 
     cls = ClassBalancedSampler if balanced else RandomSampler
     support, queries = _examples(200), _examples(30, "q") + _examples(5)  # 5 queries are also in the support

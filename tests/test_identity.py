@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from models.flamingo.adapter import BUNDLED_CHECKPOINT
 from tests.conftest import ROOT, run_cli, write_vqa_fixture
 from conftest_captioning import write_karpathy_fixture  # noqa: E402
 from conftest_video import write_hateful, write_ivqa, write_msqa, write_nextqa  # noqa: E402
@@ -171,6 +173,7 @@ def _lock_holder_script(lock: Path) -> str:
             "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('locked', flush=True)\ntime.sleep(600)\n")
 
 
+@pytest.mark.slow
 def test_cell_lock_second_run_skips_then_picks_up_and_stale_lock_never_blocks(tmp_path):
     out = tmp_path / "res"
     args = ["run", "--model", "demo-majority", "--tasks", "easyvqa", "--shots", "0", "2", "--seeds", "0",
@@ -199,6 +202,7 @@ def test_cell_lock_second_run_skips_then_picks_up_and_stale_lock_never_blocks(tm
     assert "| easyvqa | accuracy |" in stdout
 
 
+@pytest.mark.slow
 def test_two_concurrent_runs_compute_each_cell_once(tmp_path):
     out = tmp_path / "res"
     args = ["run", "--model", "flamingo", "--tasks", "easyvqa", "--shots", "0", "2", "--seeds", "0", "1",
@@ -227,9 +231,10 @@ def test_time_of_a_resumed_cell_sums_its_parts(tmp_path):
     assert m["compute_time_s"] >= m["wall_time_s"]
 
 
+@pytest.mark.slow
 def test_run_eval_without_subcommand_prints_help_and_launcher_uses_repo_venv(tmp_path):
-    proc = run_cli(check=False)
-    assert proc.returncode == 0 and "usage: run_eval.py" in proc.stdout
+    proc = run_cli(check=False, process=True)  # the launcher script itself
+    assert proc.returncode == 0 and "run_eval.py [-h]" in proc.stdout
     assert all(sub in proc.stdout for sub in ("run", "score", "compare", "view", "merge", "list"))
     # ./run_eval.py with a PATH whose first `python` is not the repo's (here: none at all).
     env = {"PATH": str(tmp_path), "HOME": str(tmp_path), "OMP_NUM_THREADS": "1"}
@@ -294,3 +299,32 @@ def test_cache_size_options_resume_a_cell_instead_of_refusing_it(tmp_path, capsy
         [r["raw_output"] for r in map(json.loads, lines)]
     assert main(base + ["--model-arg", "xattn=masked"]) == 2
     assert "holds results of another configuration" in capsys.readouterr().err
+
+
+def test_finished_rerun_and_conflict_check_load_no_model(tmp_path):
+    """A rerun whose cells are all complete, and a run refused for another configuration, need only the
+    models' identities: known from an earlier load of the same adapter, options, files and code, the
+    weights are not loaded. A changed checkpoint file is loaded again (its identity is not known)."""
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(BUNDLED_CHECKPOINT, ckpt)
+    env = {"HARNESS_CACHE": str(tmp_path / "cache")}
+    args = ["run", "--model", "flamingo", "--model-arg", f"path={ckpt}", "--tasks", "easyvqa", "--shots", "0", "2",
+            "--seeds", "0", "--limit", "6", "--output", str(tmp_path / "res"), "-q"]
+    first = run_cli(*args, env=env)
+    assert "loading model flamingo" in first.stderr
+    again = run_cli(*args, env=env)
+    assert "loading model flamingo" not in again.stderr and again.stderr.count("already complete") == 2
+    assert again.stdout.split("cells in")[0] == first.stdout.split("cells in")[0]  # the same table
+    # a changed template is another configuration: refused, still without loading the weights
+    other = run_cli(*args, "--task-arg", "easyvqa:support_size=100", env=env, check=False)
+    assert other.returncode == 2 and "loading model flamingo" not in other.stderr
+    # one more seed: that cell needs the model, which loads then (and checks the identity it planned with)
+    seeds = args.index("--seeds") + 1
+    more = run_cli(*args[:seeds], "0", "1", *args[seeds + 1:], env=env)
+    assert "loading model flamingo" in more.stderr and more.stderr.count("already complete") == 2
+    # a checkpoint file changed in place: its identity is not known, so it loads before planning (and its
+    # finished cells are then another configuration)
+    with open(ckpt / "TRAINING.md", "a") as f:
+        f.write("\nedited\n")
+    changed = run_cli(*args, env=env, check=False)
+    assert "loading model flamingo" in changed.stderr and changed.returncode == 2

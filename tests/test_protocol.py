@@ -15,8 +15,8 @@ import pytest
 
 from harness.metrics import vqa as harness_vqa
 from harness.model import Model
-from harness.evaluation.postprocess import vqa_answer
-from harness.evaluation.prompts import PromptBuilder
+from tasks.postprocess import vqa_answer
+from harness.prompts import PromptBuilder
 from harness.types import Example, Image
 
 # ---- reference implementations ------------------------------------------------------------
@@ -233,7 +233,8 @@ def test_rendered_prompts_equal_openflamingos(shots):
 
 
 def test_every_task_shows_two_text_only_demos_at_zero_shots():
-    from harness.registry import get_task_class, load_builtins
+    from harness.registry import get_task_class
+    from harness.plugins import load_builtins
 
     load_builtins()
     for name in ("vqav2", "okvqa", "easyvqa", "coco", "hateful_memes", "msvd_qa", "nextqa_mc"):

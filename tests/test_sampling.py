@@ -5,7 +5,7 @@ import json
 import pytest
 
 from harness.errors import HarnessError
-from harness.evaluation.sampling import RandomSampler
+from harness.sampling import RandomSampler
 from harness.types import Example
 from tests.conftest import run_cli
 
@@ -69,6 +69,7 @@ def test_demos_independent_of_batch_size_end_to_end(tmp_path):
     assert journals[0] == journals[1] and len(journals[0]) == 30
 
 
+@pytest.mark.slow
 def test_sharded_processes_equal_one_process(tmp_path):
     """Three real processes at once, each a shard, then a merge: identical to one process."""
     import subprocess

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -27,18 +26,12 @@ SHARDS = 2
 
 
 def _binaries() -> str | None:
-    """None when the scheduler can run here, else why not (after trying apt-get as root)."""
+    """None when the scheduler can run here, else why not."""
     if os.geteuid() != 0:
         return "a one-node SLURM cluster needs root (slurmd runs jobs as their user)"
     missing = [n for n, p in DAEMONS.items() if not Path(p).exists()]
-    if missing and shutil.which("apt-get"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, env=env)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *PACKAGES],
-                       capture_output=True, env=env)
-        missing = [n for n, p in DAEMONS.items() if not Path(p).exists()]
     if missing:
-        return f"{', '.join(missing)} not installed and apt-get could not install {' '.join(PACKAGES)}"
+        return f"{', '.join(missing)} not installed: ./scripts/setup.sh --tests installs {' '.join(PACKAGES)} (as root)"
     return None
 
 

@@ -5,11 +5,13 @@ User-facing cases go through the real CLI in-process (``harness.cli.main``)."""
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from harness.cli import main
@@ -128,6 +130,7 @@ def test_journal_reader_is_strict_about_the_middle_and_lenient_about_a_torn_tail
     ('{"query_id": "q9", "score": 1, "raw_output": "a", "demo_ids": "d1"}', "demo_ids must be a list"),
     ('{"query_id": "q9", "score": 1, "raw_output": "a", "error": 3}', "error must be a string or null"),
     ('{"query_id": "q9", "raw_output": "a"}', "has no 'score'"),
+    ('{"query_id": "q9", "score": "NaN", "raw_output": "a"}', 'score must be a number, got "NaN" (null: unscored)'),
 ])
 def test_journal_reader_refuses_lines_that_are_not_records(tmp_path, line, words):
     p = tmp_path / "predictions.jsonl"
@@ -235,7 +238,11 @@ def test_compare_and_summary_average_the_seeds_of_a_sample_run(tmp_path, capsys)
     run_ok("compare", str(out), "--format", "csv")
     table = capsys.readouterr().out
     assert "[cfg" not in table
-    assert f"{summary[0]['mean']:.2f} ({summary[0]['std']:.2f}) n=3" in table
+    rows = pd.read_csv(io.StringIO(table))
+    rows = rows[rows["primary"]]
+    assert len(rows) == 1  # the three seeds are one setting, not three
+    assert rows["mean"].iloc[0] == pytest.approx(summary[0]["mean"]) and rows["std"].iloc[0] == pytest.approx(summary[0]["std"])
+    assert rows["n"].iloc[0] == 3
 
 
 def test_hf_feature_cache_mb_is_not_identity_and_device_is_resolved(tmp_path, monkeypatch):
@@ -245,7 +252,8 @@ def test_hf_feature_cache_mb_is_not_identity_and_device_is_resolved(tmp_path, mo
 
     sys.path.insert(0, str(ROOT / "tests"))
     from hf_tiny import build_tiny_hf
-    from harness.registry import get_model_class, load_builtins
+    from harness.registry import get_model_class
+    from harness.plugins import load_builtins
 
     load_builtins()
     path = build_tiny_hf("smolvlm", tmp_path / "smolvlm")
@@ -282,10 +290,13 @@ def test_summary_covers_every_cell_of_the_label_and_equals_compare(tmp_path, cap
     assert {(s["shots"], tuple(s["seeds"])) for s in summary} == {(0, (0, 1)), (2, (0, 1)), (4, (1,))}
     capsys.readouterr()
     run_ok("compare", str(out), "--format", "csv")
-    table = capsys.readouterr().out
+    rows = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    rows = rows[rows["primary"]].set_index("shots")
+    assert sorted(rows.index) == sorted(s["shots"] for s in summary)
     for s in summary:
-        shown = f"{s['mean']:.2f}" + (f" ({s['std']:.2f})" if len(s["seeds"]) > 1 else "") + f" n={s['n']}"
-        assert shown in table
+        assert rows.loc[s["shots"], "mean"] == pytest.approx(s["mean"]) and rows.loc[s["shots"], "n"] == s["n"]
+        if len(s["seeds"]) > 1:
+            assert rows.loc[s["shots"], "std"] == pytest.approx(s["std"])
 
 
 @pytest.mark.parametrize("label", ["..", ".", "a/b", "../up", ".hidden", ""])
@@ -344,7 +355,8 @@ def test_flamingo_feature_cache_dir_never_serves_stale_features(tmp_path):
     import torch
     from PIL import Image as PILImage
 
-    from harness.registry import get_model_class, load_builtins
+    from harness.registry import get_model_class
+    from harness.plugins import load_builtins
     from harness.types import Image
 
     load_builtins()
@@ -414,7 +426,7 @@ def test_twelve_shots_on_a_disjoint_twelve_example_support_set(tmp_path):
 
 
 def test_a_query_in_the_support_set_still_needs_one_more(capsys):
-    from harness.evaluation.sampling import RandomSampler
+    from harness.sampling import RandomSampler
     from harness.errors import HarnessError
     from harness.types import Example
 
@@ -424,3 +436,10 @@ def test_a_query_in_the_support_set_still_needs_one_more(capsys):
     with pytest.raises(HarnessError, match="at most 11"):
         s.check_shots(12, [pool[3]])
     assert len(s.demos(Example("q", (), {}, ("a",), "a"), 12)) == 12
+
+
+def test_journal_reader_keeps_an_unscored_record_of_a_test_server_split(tmp_path):
+    p = tmp_path / "predictions.jsonl"
+    p.write_text(_records(1)[0] + "\n" + '{"query_id": "q9", "score": null, "raw_output": "a", "prediction": "a"}\n')
+    first, unscored = read_records(p)
+    assert first.score is not None and unscored.score is None and unscored.prediction == "a"

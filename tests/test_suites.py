@@ -10,7 +10,7 @@ import pytest
 import conftest_benchmarks  # noqa: F401  (puts the repo on sys.path)
 from harness.errors import HarnessError
 from harness.registry import task_names
-from harness.evaluation.suites import add_suite_rows, define_suite, expand, get_suite
+from harness.suites import add_suite_rows, define_suite, expand, get_suite
 
 OPENFLAMINGO = ("coco", "flickr30k", "vqav2", "okvqa", "textvqa", "vizwiz", "hateful_memes", "imagenet")
 
@@ -50,9 +50,9 @@ def _summary(rows):
 
 
 def test_suite_rows_average_primary_metrics_only_when_complete(monkeypatch):
-    import harness.evaluation.suites
+    import harness.suites
 
-    monkeypatch.setattr(harness.evaluation.suites, "_SUITES", dict(harness.evaluation.suites._SUITES))  # test suites stay here
+    monkeypatch.setattr(harness.suites, "_SUITES", dict(harness.suites._SUITES))  # test suites stay here
     define_suite("pair", ["vqav2", "hateful_memes"], shots=[0, 4])
     define_suite("zs", ["vqav2", "rare_zero"], shots=[0, 4], task_shots={"rare_zero": [0]})
     out = add_suite_rows(_summary([
@@ -81,7 +81,7 @@ def test_cli_lists_suites_and_refuses_an_incomplete_one(tmp_path):
                    "--output", str(tmp_path / "r"), check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "file not found" in proc.stderr
     plugin = tmp_path / "my_suite.py"
-    plugin.write_text('from harness.evaluation.suites import define_suite\n'
+    plugin.write_text('from harness.suites import define_suite\n'
                       'define_suite("mine", tasks=["vqav2", "no_such_task"], shots=[0])\n')
     proc = run_cli("run", "--model", "demo-majority", "--tasks", "mine", "--include", str(plugin), "--data-dir",
                    str(tmp_path), "--output", str(tmp_path / "r"), check=False)

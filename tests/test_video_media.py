@@ -91,11 +91,18 @@ def test_cache_decodes_once_and_disk_cache_survives(clip, tmp_path):
     assert cache.decodes == 2
     fresh = FrameCache(disk_dir=tmp_path / "frames")  # a new process: served from disk
     assert np.array_equal(fresh.frames(str(clip), sel), first) and fresh.decodes == 0
-    small = FrameCache(max_bytes=first.nbytes)  # room for one entry: least recently used goes first
+    five = FrameSelection(frames=5, size=16)
+    room = first.nbytes + FrameCache().frames(str(clip), five).nbytes - 1
+    small = FrameCache(max_bytes=room)  # room for either entry, not both: least recently used goes first
     small.frames(str(clip), sel)
-    small.frames(str(clip), FrameSelection(frames=5, size=16))
+    small.frames(str(clip), five)
     small.frames(str(clip), sel)
     assert small.decodes == 3
+    tiny = FrameCache(max_bytes=first.nbytes)  # an entry that can never fit evicts nothing
+    tiny.frames(str(clip), sel)
+    tiny.frames(str(clip), five)
+    tiny.frames(str(clip), sel)
+    assert tiny.decodes == 2
 
 
 def test_cache_remembers_failures(tmp_path):

@@ -14,8 +14,8 @@ from conftest_video import (write_hateful, write_ivqa, write_msqa,  # noqa: E402
 from harness.errors import DataError, HarnessError
 from harness.metrics.classification import prob_of, roc_auc
 from harness.metrics.video_qa import exact_match, ivqa_accuracy
-from harness.evaluation.prompts import PromptTemplate
-from harness.evaluation.ranking import continuation_for, demo_orders, rank
+from harness.prompts import PromptTemplate
+from harness.ranking import continuation_for, demo_orders, rank
 from harness.types import Chunk, Example, LoglikelihoodRequest, Prompt, SampleRecord
 from harness.data.video import FrameSelection, SampledVideo
 
@@ -94,12 +94,17 @@ def test_bad_files_name_the_file_and_field(data_root, tmp_path):
 # ---- metrics ------------------------------------------------------------------------------
 def test_ivqa_accuracy_hand_worked():
     answers = ["dog", "dog", "puppy", "the dog", ""]
-    assert ivqa_accuracy("dog", answers) == 1.0  # 3 annotators ("the dog" normalises to "dog")
+    # default: exact match on the raw answers, as just-ask's evaluation
+    assert ivqa_accuracy("dog", answers) == 1.0  # 2 annotators ("the dog" is another string)
+    assert ivqa_accuracy("the dog", answers) == 0.5
     assert ivqa_accuracy("puppy", answers) == 0.5  # 1 annotator
-    assert ivqa_accuracy("Puppy.", answers) == 0.5  # VQA normalisation
+    assert ivqa_accuracy("Puppy.", answers) == 0.0
     assert ivqa_accuracy("cat", answers) == 0.0
     assert ivqa_accuracy("", answers) == 0.0  # the empty slot never matches
-    assert ivqa_accuracy("two", ["2", "2", "3", "3", "3"]) == 1.0
+    assert ivqa_accuracy("two", ["2", "2", "3", "3", "3"]) == 0.0
+    # match=vqa: the VQA normalisation on both sides (task option match=vqa)
+    assert ivqa_accuracy("dog", answers, "vqa") == 1.0 and ivqa_accuracy("Puppy.", answers, "vqa") == 0.5
+    assert ivqa_accuracy("two", ["2", "2", "3", "3", "3"], "vqa") == 1.0
     assert exact_match("A dog", "dog") == 1.0 and exact_match("dogs", "dog") == 0.0
 
 

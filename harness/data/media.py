@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 from typing import Union
 
 from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
 
+from harness.cache import file_stamp
 from harness.errors import MediaError
 from harness.types import Image
 
@@ -17,12 +17,7 @@ def load_image(item: Union[str, Image]) -> PILImage.Image:
     """Open an image as RGB: a file path, an ``Image``, or a dataset-row image (``DatasetImage`` or its
     ``hfds://`` identity). Cached: demo images recur across thousands of prompts."""
     path = item if isinstance(item, str) else item.path
-    try:  # keyed by (path, size, mtime) too: a file replaced in place is decoded again
-        st = os.stat(path)
-        stamp = (st.st_size, st.st_mtime_ns)
-    except (OSError, ValueError):
-        stamp = None
-    return _load(path, stamp)
+    return _load(path, file_stamp(path))  # a file replaced in place is decoded again
 
 
 @lru_cache(maxsize=256)

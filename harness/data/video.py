@@ -17,8 +17,6 @@ import hashlib
 import logging
 import math
 import os
-import threading
-from collections import OrderedDict
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
@@ -26,6 +24,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image as PILImage
 
+from harness.cache import ByteLRU, atomic_write, file_stamp
 from harness.errors import HarnessError, MediaError
 from harness.data.media import load_image
 from harness.types import Image, Media, Video
@@ -207,20 +206,13 @@ class FrameCache:
     def __init__(self, max_bytes: int = 2 << 30, disk_dir: str | Path | None = None):
         self.max_bytes = max_bytes
         self.disk_dir = Path(disk_dir) if disk_dir else None
-        self._mem: OrderedDict[tuple, np.ndarray | MediaError] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
+        self._mem = ByteLRU(max_bytes, _nbytes)
         self.decodes = 0
         self.hits = 0
 
     @staticmethod
     def _key(path: str, sel: FrameSelection) -> tuple:
-        try:
-            st = os.stat(path)
-            ident = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
-        except OSError:
-            ident = (os.path.abspath(path), -1, -1)
-        return ident + (sel,)
+        return (os.path.abspath(path), *(file_stamp(path) or (-1, -1)), sel)
 
     def _disk_path(self, key: tuple) -> Path:
         digest = hashlib.sha256(repr(key).encode()).hexdigest()[:24]
@@ -228,45 +220,31 @@ class FrameCache:
 
     def frames(self, path: str, sel: FrameSelection) -> np.ndarray:
         key = self._key(path, sel)
-        with self._lock:
-            if key in self._mem:
-                self._mem.move_to_end(key)
-                self.hits += 1
-                value = self._mem[key]
-                if isinstance(value, MediaError):
-                    raise MediaError(str(value))
-                return value
-        value: np.ndarray | MediaError
-        disk = self._disk_path(key) if self.disk_dir and key[1] >= 0 else None
-        if disk is not None and disk.is_file():
-            value = np.load(disk)["frames"]
+        value: np.ndarray | MediaError | None = self._mem.lookup(key)
+        if value is not None:
             self.hits += 1
         else:
-            try:
-                value = decode_frames(path, sel)
-            except MediaError as exc:
-                value = exc
-            self.decodes += 1
-            if disk is not None and isinstance(value, np.ndarray):
-                disk.parent.mkdir(parents=True, exist_ok=True)
-                tmp = disk.with_name(disk.stem + f".{os.getpid()}.tmp.npz")
-                np.savez(tmp, frames=value)
-                os.replace(tmp, disk)
-        with self._lock:
-            if key not in self._mem:
-                self._mem[key] = value
-                self._bytes += _nbytes(value)
-            while self._mem and self._bytes > self.max_bytes:
-                self._bytes -= _nbytes(self._mem.popitem(last=False)[1])
+            disk = self._disk_path(key) if self.disk_dir and key[1] >= 0 else None
+            if disk is not None and disk.is_file():
+                value = np.load(disk)["frames"]
+                self.hits += 1
+            else:
+                try:
+                    value = decode_frames(path, sel)
+                except MediaError as exc:  # failures are kept too: a corrupt demo fails fast
+                    value = exc
+                self.decodes += 1
+                if disk is not None and isinstance(value, np.ndarray):
+                    with atomic_write(disk, "wb") as f:
+                        np.savez(f, frames=value)
+            self._mem.put(key, value)
         if isinstance(value, MediaError):
             raise MediaError(str(value))
         return value
 
     def clear(self) -> None:
-        with self._lock:
-            self._mem.clear()
-            self._bytes = 0
-            self.decodes = self.hits = 0
+        self._mem.clear()
+        self.decodes = self.hits = 0
 
 
 def _nbytes(value: np.ndarray | MediaError) -> int:

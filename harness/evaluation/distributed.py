@@ -30,6 +30,7 @@ from datetime import timedelta
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 from harness.errors import HarnessError
+from harness.devices import _env_int, resolve_device  # noqa: F401 (resolve_device re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -59,18 +60,6 @@ class Launch:
     def shard(self) -> tuple[int, int] | None:
         """(k, n) for an independent shard; None otherwise (torchrun ranks shard inside the runner)."""
         return (self.rank, self.world_size) if self.kind == "shard" else None
-
-
-def _env_int(env: Mapping[str, str], name: str, default: int | None = None) -> int:
-    value = env.get(name)
-    if value is None:
-        if default is None:
-            raise HarnessError(f"${name} is not set; launch with torchrun, which sets it")
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        raise HarnessError(f"${name}={value!r} is not an integer") from None
 
 
 def slurm_array_shard(env: Mapping[str, str]) -> tuple[int, int]:
@@ -193,21 +182,6 @@ def set_threads(requested: int | None, launch: Launch) -> int:
         sys.modules["torch"].set_num_threads(n)
     log.info("torch threads: %d (%s)", n, why)
     return n
-
-
-def resolve_device(device: str, env: Mapping[str, str] | None = None) -> str:
-    """The device a model option names, for this process: ``cuda`` means this process's GPU
-    (``cuda:$LOCAL_RANK``, so torchrun's ranks take one GPU each), ``auto`` means that GPU when
-    CUDA is available, else the CPU; an explicit ``cuda:1`` or ``cpu`` is kept."""
-    env = os.environ if env is None else env
-    if device not in ("cuda", "auto"):
-        return device
-    if device == "auto":
-        import torch
-
-        if not torch.cuda.is_available():
-            return "cpu"
-    return f"cuda:{_env_int(env, 'LOCAL_RANK', 0)}"
 
 
 # ---- the process group ----------------------------------------------------------------------------

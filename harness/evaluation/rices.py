@@ -2,8 +2,10 @@
 
 For each query, the ``shots`` support examples whose image features are most similar
 (cosine) to the query's are its demonstrations, ordered so the most similar is LAST,
-next to the query; the query itself (same id) is never one of them. Ties go to the
-earlier support example. Demos are a pure function of (task, query, shots, encoder):
+next to the query; the query itself (same id) is never one of them. Equal similarities
+(the rule with VQA support sets: several questions per image share its features) are ordered as
+OpenFlamingo's ``RICES.find`` orders them: ``torch.argsort(descending=True)`` of the float32
+similarity (harness.metrics.ties.rices_order), so the same features give the same demos. Demos are a pure function of (task, query, shots, encoder):
 no seed, the same on 1 or N processes and for any batch size.
 
 Features come from a vision encoder:
@@ -30,7 +32,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, Sequence
@@ -38,8 +39,11 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from harness.cache import atomic_write, cache_root, file_stamp
 from harness.errors import HarnessError, MediaError
-from harness.reporting.store import safe_name
+from harness.metrics.ties import rices_order
+from harness.sampling import OWN_ENCODER, check_encoder_path  # noqa: F401 (re-exported)
+from harness.store.layout import safe_name
 from harness.types import Example, Media
 
 log = logging.getLogger(__name__)
@@ -47,7 +51,6 @@ log = logging.getLogger(__name__)
 #: Bump when the way features are computed changes, so old cache files are not reused.
 FEATURE_VERSION = 1
 #: ``rices_encoder`` value that means "the evaluated model's own encoder".
-OWN_ENCODER = "model"
 
 
 class Encoder(Protocol):
@@ -63,8 +66,7 @@ class Encoder(Protocol):
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("HARNESS_CACHE")
-    return (Path(base) if base else Path.home() / ".cache" / "harness") / "rices"
+    return cache_root() / "rices"
 
 
 # ---- encoders -------------------------------------------------------------------
@@ -166,19 +168,6 @@ class ModelEncoder:
         return np.stack(rows).astype(np.float32)
 
 
-def check_encoder_path(value: str) -> None:
-    """Fail early (before any model loads) if ``rices_encoder`` names no model folder."""
-    if value == OWN_ENCODER:
-        return
-    p = Path(value)
-    if not (p / "config.json").is_file():
-        raise HarnessError(
-            f"rices_encoder {value!r}: not a Hugging Face model folder (no config.json there); give the local path "
-            f"of a vision model (e.g. a CLIP checkpoint with its preprocessor_config.json), or "
-            f"rices_encoder={OWN_ENCODER} to use the evaluated model's own vision encoder"
-        )
-
-
 def validate_encoder(value: str) -> None:
     """Everything about an ``rices_encoder=PATH`` folder that can be checked without loading its
     weights, before any model loads: a readable config of a model that takes images (a text model
@@ -234,11 +223,9 @@ def _identity_key(m: Media) -> list:
     selection = getattr(m, "selection", None)
     if selection is not None:
         key.append(repr(selection))
-    try:
-        st = os.stat(m.identity)
-        key += [st.st_size, st.st_mtime_ns]
-    except (OSError, ValueError, TypeError):
-        pass  # not a file (e.g. a dataset row): its identity alone
+    stamp = file_stamp(m.identity)
+    if stamp is not None:  # not a file (e.g. a dataset row): its identity alone
+        key += list(stamp)
     return key
 
 
@@ -298,14 +285,10 @@ def media_features(encoder: Encoder, task: str, split: str, media: Sequence[Medi
     matrix = np.stack([r if r is not None else np.zeros(dim, np.float32) for r in rows])
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
     matrix = (matrix / np.where(norms > 0, norms, 1.0)).astype(np.float32)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
+    with atomic_write(checksum) as f:
+        f.write(_matrix_digest(matrix) + "\n")
+    with atomic_write(path, "wb") as f:  # a killed run never leaves half a feature file (a mismatch recomputes)
         np.save(f, matrix)
-    ctmp = checksum.with_name(checksum.name + f".{os.getpid()}.tmp")
-    ctmp.write_text(_matrix_digest(matrix) + "\n", encoding="ascii")
-    os.replace(ctmp, checksum)
-    os.replace(tmp, path)  # atomic: a killed run never leaves half a feature file (a mismatch recomputes)
     log.info("RICES: wrote %d %s/%s features to %s", len(ids), task, split, path)
     return MediaFeatures(index, matrix, path, False)
 
@@ -333,11 +316,16 @@ def example_features(examples: Sequence[Example], feats: MediaFeatures) -> np.nd
     """One unit vector per example: the mean of its media's features, renormalised (zero if none)."""
     dim = feats.matrix.shape[1]
     out = np.zeros((len(examples), dim), dtype=np.float32)
+    several = np.zeros(len(examples), dtype=bool)
     for n, e in enumerate(examples):
         if e.media:
             out[n] = feats.matrix[[feats.index[m.identity] for m in e.media]].mean(0)
+            several[n] = len(e.media) > 1
+    # One media item: its feature as normalised once (as OpenFlamingo keeps it; normalising again
+    # would move its bits); several: their mean, renormalised.
     norms = np.linalg.norm(out, axis=1, keepdims=True)
-    return out / np.where(norms > 0, norms, 1.0)
+    renorm = out / np.where(norms > 0, norms, 1.0)
+    return np.where(several[:, None], renorm, out).astype(np.float32)
 
 
 # ---- the sampler ------------------------------------------------------------------------
@@ -371,7 +359,7 @@ class RicesSampler:
         self._ids = np.array([e.id for e in self.pool], dtype=object)
 
     def check_shots(self, shots: int, queries: Sequence[Example] | None = None) -> None:
-        from harness.evaluation.sampling import max_shots
+        from harness.sampling import max_shots
 
         if shots > max_shots(self.pool, queries) and shots > 0:
             raise HarnessError(
@@ -379,13 +367,13 @@ class RicesSampler:
             )
 
     def ranking(self, query: Example) -> np.ndarray:
-        """Support indices from most to least similar to ``query`` (ties: earlier first), query excluded."""
+        """Support indices from most to least similar to ``query`` (ties as OpenFlamingo's torch
+        argsort), query excluded."""
         vec = self.query_vectors.get(query.id)
         if vec is None:
             raise HarnessError(f"task {self.task}: RICES has no features for query {query.id} "
                                f"(it is not one of the queries the sampler was built for)")
-        sims = self.support_matrix @ vec  # one matrix product per query: independent of batching
-        order = np.argsort(-sims, kind="stable")
+        order = rices_order(vec, self.support_matrix)  # one product per query: independent of batching
         return order[self._ids[order] != query.id]
 
     def demos(self, query: Example, shots: int) -> list[Example]:
@@ -398,4 +386,17 @@ class RicesSampler:
 
     def config(self) -> dict[str, Any]:
         return {"name": "rices", "encoder": self.encoder.describe(), "support_size": len(self.pool),
-                "support_split": self.support_split, "feature_version": FEATURE_VERSION}
+                "support_split": self.support_split, "feature_version": FEATURE_VERSION,
+                # equal similarities ordered as OpenFlamingo's RICES.find (was: stable, earlier first)
+                "ties": "torch.argsort"}
+
+
+def build_sampler(task, seed: int, model, queries: Sequence[Example], progress: bool = True):
+    """The sampler a task's options ask for: ``rices`` (:class:`RicesSampler`), else the task's own
+    (``Task.demo_sampler``: seeded random, or class-balanced for classification)."""
+    o = task.options
+    if getattr(o, "sampler", "random") != "rices":
+        return task.demo_sampler(seed)  # random, or the task's own (class-balanced for classification)
+    encoder = make_encoder(o.rices_encoder, model)
+    return RicesSampler(task.name, task.support_examples(), queries, encoder, task.support_split, task.eval_split,
+                        Path(o.rices_cache) if o.rices_cache else default_cache_dir(), o.rices_batch_size, progress)

@@ -12,11 +12,12 @@ from tqdm import tqdm
 
 from harness import __version__
 from harness.evaluation.distributed import Group, WorkQueue, balanced_share
+from harness.evaluation.rices import build_sampler
 from harness.errors import HarnessError, SampleError
 from harness.model import Model
-from harness.evaluation.prompts import PromptBuilder
-from harness.evaluation.ranking import continuation_for, demo_orders, rank
-from harness.evaluation.sampling import build_sampler, rng_for, sampler_config, sampler_inputs
+from harness.prompts import PromptBuilder
+from harness.ranking import continuation_for, demo_orders, rank
+from harness.sampling import rng_for, sampler_config, sampler_inputs
 from harness.store.identity import cell_config, config_key, data_fingerprint, environment
 from harness.store.journal import Journal, predictions_digest, seal
 from harness.store.layout import cell_dir, check_label, write_json
@@ -189,9 +190,11 @@ class Runner:
             support_fp=self._support_fingerprint(task), harness_version=__version__)
         key = config_key(config)
         directory = cell_dir(self.output, self.label, task.name, spec.shots, spec.seed)
-        fit = self._check_context(task, spec, queries, sampler, n_demos, template, gen)
-        return CellPlan(task, spec, queries, sampler, n_demos, template, gen, config, key, directory,
-                        Journal(directory, key, config, spec.shard), fit)
+        journal = Journal(directory, key, config, spec.shard)
+        # a finished cell asks no query: its check would only load a deferred model for nothing
+        fit = (None if journal.completed_metrics() is not None
+               else self._check_context(task, spec, queries, sampler, n_demos, template, gen))
+        return CellPlan(task, spec, queries, sampler, n_demos, template, gen, config, key, directory, journal, fit)
 
     def _check_context(self, task: Task, spec: CellSpec, queries: list[Example], sampler, n_demos: int, template,
                        gen: GenerationConfig) -> tuple[int, int] | None:
@@ -380,7 +383,7 @@ class Runner:
                 f"{plan.desc}: every sample failed; first error: {failures[0]['error']} "
                 f"(details in {journal.path})"
             )
-        metrics = task.aggregate(records)
+        metrics = task.compute_metrics(records)  # aggregate(), or no metric for a split without answers
         # Corpus-level metrics (CIDEr) set per-sample scores only in aggregate(): store the final ones,
         # in eval order.
         journal.rewrite(records)
@@ -502,7 +505,7 @@ class Runner:
         if isinstance(out, SampleError):
             return SampleRecord(raw_output="", prediction="", score=0.0, error=str(out), **common)
         prediction = task.postprocess(out, q)
-        return SampleRecord(raw_output=out, prediction=prediction, score=task.score(prediction, q), **common)
+        return SampleRecord(raw_output=out, prediction=prediction, score=task.sample_score(prediction, q), **common)
 
     def _ranked_record(self, task, q, demos, prompts, cands, conts, outs, norm) -> SampleRecord:
         common = dict(
@@ -516,10 +519,11 @@ class Runner:
                                 fields={**task.record_fields(q), **self._delivered(prompts[0], demos)}, **common)
         per_order = [[float(o) for o in outs[i : i + len(cands)]] for i in range(0, len(outs), len(cands))]
         counts = [self.model.count_tokens(c) for c in conts] if norm == "tokens" else None
-        prediction, logprobs, scores = rank(cands, conts, per_order, norm, counts)
+        _, logprobs, scores = rank(cands, conts, per_order, norm, counts)
+        prediction = task.choose(cands, scores)  # ties as the task's reference breaks them
         fields = {**task.record_fields(q), **task.ranking_fields(q, logprobs, scores, norm), "n_orders": len(prompts),
                   **self._delivered(prompts[0], demos)}
-        return SampleRecord(raw_output=prediction, prediction=prediction, score=task.score(prediction, q),
+        return SampleRecord(raw_output=prediction, prediction=prediction, score=task.sample_score(prediction, q),
                             fields=fields, **common)
 
 

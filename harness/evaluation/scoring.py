@@ -35,6 +35,10 @@ def score_predictions(task: Task, path: str | Path, split: str | None = None) ->
     else:
         preds = journal
     examples = task.eval_examples(split)
+    if examples and not any(task.has_answers(e) for e in examples):
+        raise DataError(f"task {task.name} split {split or task.eval_split} has no answers (a test-server split): "
+                        f"there is nothing to score here; `python run_eval.py export CELL` writes the server's "
+                        f"submission file from a run on it")
     by_id = {e.id: e for e in examples}
     unknown = [k for k in preds if k not in by_id]
     if unknown:

@@ -13,10 +13,10 @@ import math
 from typing import Any, Callable, Sequence
 
 from harness.errors import DataError, HarnessError
-from harness.evaluation.distributed import resolve_device
+from harness.devices import resolve_device
 from harness.options import build_options
 from harness.registry import get_model_class
-from harness.evaluation.sampling import RandomSampler
+from harness.sampling import RandomSampler
 from harness.task import Task
 
 log = logging.getLogger(__name__)

@@ -45,6 +45,9 @@ def prob_of(logprobs: Mapping[str, float], positive: str) -> float:
 
 
 def top_k_correct(scores: Mapping[str, float], target: str, k: int) -> bool:
-    """Whether ``target`` is among the ``k`` highest-scoring candidates (ties: candidate order)."""
-    ranked = sorted(scores, key=lambda c: -scores[c])
-    return target in ranked[:k]
+    """Whether ``target`` is among the ``k`` highest-scoring candidates (ties as ``torch.topk``
+    breaks them, over the candidates in the mapping's order: harness.metrics.ties)."""
+    from harness.metrics.ties import top_k
+
+    names = list(scores)
+    return target in [names[i] for i in top_k([scores[c] for c in names], k)]

@@ -1,7 +1,8 @@
 """Visual Dialog metrics as the official VisDial evaluation (visdial-challenge-starter, metrics.py)
 defines them.
 
-Every round ranks its 100 candidate answers (rank 1 = highest score).
+Every round ranks its 100 candidate answers (rank 1 = highest score; equal scores in the order of
+the reference's ``scores_to_ranks``, torch's descending sort: harness.metrics.ties).
 
 - Sparse metrics, from the rank of the ground-truth answer (``gt_index``): R@1, R@5, R@10
   (is it in the top k), mean rank, MRR (mean of 1 / rank).
@@ -16,10 +17,13 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+from harness.metrics.ties import descending_order
+
 
 def ranks_from_scores(scores: Sequence[float]) -> list[int]:
-    """1-based rank of each candidate, highest score first; ties keep candidate order."""
-    order = sorted(range(len(scores)), key=lambda i: -scores[i])
+    """1-based rank of each candidate, highest score first; ties as ``scores_to_ranks`` breaks them
+    (``torch.sort(descending=True)``: candidate order up to 16 candidates, torch's own beyond)."""
+    order = descending_order(scores)
     ranks = [0] * len(scores)
     for position, i in enumerate(order):
         ranks[i] = position + 1

@@ -1,7 +1,9 @@
 """VizWiz-VQA metrics as the official VizWiz evaluation (the VizWiz API's ``vqaEval``) computes them.
 
 Accuracy: the prediction is always normalised (punctuation, number words, articles,
-contractions: the VQA normaliser), the ten reference answers are compared *as written*
+contractions: the VQA normaliser, but with the VizWiz API's own contraction table, whose
+apostrophes are mostly the typographic U+2019: ``wont`` becomes ``won’t``, not ``won't``), the
+ten reference answers are compared *as written*
 (the VizWiz annotations are already normalised), and the score is the mean over the ten
 leave-one-out subsets of min(1, matches / 3). Unanswerable questions are ordinary VQA
 questions whose references say ``unanswerable``: answering "unanswerable" scores like any
@@ -19,25 +21,38 @@ from typing import Sequence
 
 import numpy as np
 
-from harness.metrics.vqa import normalize_answer
+from harness.metrics.vqa import CONTRACTIONS, _clean, leave_one_out_accuracy, process_digit_article, process_punctuation
 
 UNANSWERABLE = "unanswerable"
+_CURLY = "\u2019"
+#: Entries of the VizWiz API's table (vqaEval.py) that kept the ASCII apostrophe: these values
+#: entirely, and these keys (their values are curly like the rest).
+_ASCII_VALUES = {"aint", "arent", "cant", "couldve", "couldnt", "weve", "wheres", "whove"}
+_ASCII_KEYS = {"couldn'tve", "hadn'tve"}
+#: The VizWiz API's contraction table: the VQA table with every apostrophe typographic (U+2019),
+#: except the entries above. So a prediction "wont" normalises to "won’t", which matches an
+#: annotator's "won’t" (VizWiz answers are written that way) and never "won't".
+VIZWIZ_CONTRACTIONS = {
+    (k if k in _ASCII_KEYS or k in _ASCII_VALUES else k.replace("'", _CURLY)):
+        (v if k in _ASCII_VALUES else v.replace("'", _CURLY))
+    for k, v in CONTRACTIONS.items()
+}
+
+
+def normalize_vizwiz(text: str) -> str:
+    """The VizWiz evaluation's normalisation of a prediction: the VQA steps with its own contractions."""
+    return process_digit_article(process_punctuation(_clean(text)), VIZWIZ_CONTRACTIONS)
 
 
 def vizwiz_accuracy(prediction: str, answers: Sequence[str]) -> float:
     """Accuracy of one prediction in [0, 1]: normalised prediction vs. the references as written."""
     if not answers:
         raise ValueError("vizwiz_accuracy needs at least one reference answer")
-    pred = normalize_answer(prediction)
-    scores = []
-    for i in range(len(answers)):
-        matches = sum(1 for j, a in enumerate(answers) if j != i and a == pred)
-        scores.append(min(1.0, matches / 3.0))
-    return sum(scores) / len(scores)
+    return leave_one_out_accuracy(normalize_vizwiz(prediction), list(answers))
 
 
 def predicts_unanswerable(prediction: str) -> bool:
-    return normalize_answer(prediction) == UNANSWERABLE
+    return normalize_vizwiz(prediction) == UNANSWERABLE
 
 
 def average_precision(labels: Sequence[int], scores: Sequence[float]) -> float:

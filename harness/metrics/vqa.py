@@ -91,10 +91,12 @@ def process_punctuation(text: str) -> str:
     return _PERIOD_STRIP.sub("", out, count=OFFICIAL_PERIOD_COUNT)
 
 
-def process_digit_article(text: str) -> str:
+def process_digit_article(text: str, contractions: dict[str, str] = CONTRACTIONS) -> str:
+    """Lower case, number words to digits, articles dropped, contractions from ``contractions``
+    (the VQA table by default; VizWiz's evaluator has its own)."""
     words = [NUMBER_WORDS.get(w, w) for w in text.lower().split()]
     words = [w for w in words if w not in ARTICLES]
-    return " ".join(CONTRACTIONS.get(w, w) for w in words)
+    return " ".join(contractions.get(w, w) for w in words)
 
 
 def normalize_answer(text: str) -> str:
@@ -124,8 +126,16 @@ def vqa_accuracy(prediction: str, answers: Sequence[str], mode: NormalizeMode = 
     if len(gts) != N_ANNOTATORS:
         matches = sum(1 for a in gts if a == pred)
         return float(matches > 0) if non_ten == "exact" else min(1.0, matches / 3.0)
+    return leave_one_out_accuracy(pred, gts)
+
+
+def leave_one_out_accuracy(prediction: str, answers: Sequence[str]) -> float:
+    """The VQA vote on already-normalised strings: the mean, over the leave-one-out subsets of the
+    answers, of min(1, matches / 3). Shared by the VQA, VizWiz and TextVQA evaluators."""
+    if not answers:
+        raise ValueError("the VQA accuracy needs at least one reference answer")
     scores = []
-    for i in range(len(gts)):
-        matches = sum(1 for j, a in enumerate(gts) if j != i and a == pred)
+    for i in range(len(answers)):
+        matches = sum(1 for j, a in enumerate(answers) if j != i and a == prediction)
         scores.append(min(1.0, matches / 3.0))
     return sum(scores) / len(scores)

@@ -54,6 +54,9 @@ def read_cell(file: str | Path, value: float) -> CellRecords:
         raise HarnessError(f"{file}: no predictions.jsonl beside it; the paired test needs per-query scores")
     ids, scores, demos = [], [], {}
     for r in read_records(preds, torn_tail_ok=False):
+        if r.score is None:  # a split without answers: nothing to pair
+            raise HarnessError(f"{file}: query {r.query_id} has no score (its split has no answers); the paired "
+                               f"test compares scored cells only")
         ids.append(r.query_id)
         scores.append(r.score)
         demos[r.query_id] = list(r.demo_ids)

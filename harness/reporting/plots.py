@@ -49,38 +49,109 @@ def plot_tidy(df: pd.DataFrame, out: str | Path, band: Band = "std", layout: Lay
 
     logging.getLogger("fontTools").setLevel(logging.WARNING)  # its font subsetting logs every glyph at INFO
     out = Path(out)
-    ext = out.suffix.lstrip(".").lower()
-    exts = list(dict.fromkeys([ext, *[f.lower().lstrip(".") for f in formats]]))
-    bad = [e for e in exts if e not in FORMATS]
-    if bad:
-        raise HarnessError(f"plot {out}: format {bad[0] or '(no suffix)'!r} is not one of {', '.join(FORMATS)}")
+    exts = _formats(out, formats)
     if band not in ("std", "ci", "none"):
         raise HarnessError(f"plot band {band!r}: std, ci or none")
     if layout not in ("grid", "per-task"):
         raise HarnessError(f"plot layout {layout!r}: grid or per-task")
-    if not out.parent.is_dir():
-        raise HarnessError(f"--plot {out}: folder {out.parent} does not exist; create it or pick another path")
     df = df[df["primary"] & ~df["task"].str.startswith("suite ")]
     if df.empty:
         raise HarnessError("nothing to plot: no task's primary metric in these results")
     tasks = list(dict.fromkeys(sorted(df["task"])))
     checkpoints = list(dict.fromkeys(df["checkpoint"]))
     style = {ck: (f"C{i % 10}", _MARKERS[i % len(_MARKERS)]) for i, ck in enumerate(checkpoints)}
-    rc = {"font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "xtick.labelsize": 7, "ytick.labelsize": 7,
-          "legend.fontsize": 7, "lines.linewidth": 1.2, "lines.markersize": 3.5, "axes.spines.top": False,
-          "axes.spines.right": False, "pdf.fonttype": 42, "svg.fonttype": "none"}
     groups = [tasks] if layout == "grid" else [[t] for t in tasks]
     written = []
-    with plt.rc_context(rc):
+    with plt.rc_context(_RC):
         for group in groups:
             fig = _figure(plt, df, group, checkpoints, style, band)
             base = out if layout == "grid" else out.with_name(f"{out.stem}_{_safe(group[0])}{out.suffix}")
-            for e in exts:
-                target = base.with_suffix(f".{e}")
-                fig.savefig(target, dpi=dpi, bbox_inches="tight", pad_inches=0.02)
-                written.append(target)
-            plt.close(fig)
+            written += _save(plt, fig, base, exts, dpi)
     return written
+
+
+#: 8 pt type, thin lines, no top/right spines, fonts embedded as text in PDF/SVG
+_RC = {"font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "xtick.labelsize": 7, "ytick.labelsize": 7,
+       "legend.fontsize": 7, "lines.linewidth": 1.2, "lines.markersize": 3.5, "axes.spines.top": False,
+       "axes.spines.right": False, "pdf.fonttype": 42, "svg.fonttype": "none"}
+
+
+def _formats(out: Path, formats: Sequence[str]) -> list[str]:
+    """``out``'s format and ``formats``' (checked), and ``out``'s folder exists."""
+    exts = list(dict.fromkeys([out.suffix.lstrip(".").lower(), *[f.lower().lstrip(".") for f in formats]]))
+    bad = [e for e in exts if e not in FORMATS]
+    if bad:
+        raise HarnessError(f"plot {out}: format {bad[0] or '(no suffix)'!r} is not one of {', '.join(FORMATS)}")
+    if not out.parent.is_dir():
+        raise HarnessError(f"--plot {out}: folder {out.parent} does not exist; create it or pick another path")
+    return exts
+
+
+def _save(plt, fig, base: Path, exts: Sequence[str], dpi: int) -> list[Path]:
+    written = []
+    for e in exts:
+        target = base.with_suffix(f".{e}")
+        fig.savefig(target, dpi=dpi, bbox_inches="tight", pad_inches=0.02)
+        written.append(target)
+    plt.close(fig)
+    return written
+
+
+def plot_series(df: pd.DataFrame, out: str | Path, band: Band = "std", formats: Sequence[str] = (),
+                dpi: int = 300) -> list[Path]:
+    """Each task's primary metric vs training step (a :func:`harness.reporting.series.series` table):
+    a panel per task, one line per shot count (a line style per run when there are several), a band
+    of ±1 std over seeds (``band='none'``: no band). Returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    logging.getLogger("fontTools").setLevel(logging.WARNING)
+    out = Path(out)
+    exts = _formats(out, formats)
+    if band not in ("std", "none"):
+        raise HarnessError(f"--series plots the spread over seeds: --spread std or none, not {band!r}")
+    df = df[df["primary"] & ~df["task"].str.startswith("suite ")]
+    if df.empty:
+        raise HarnessError("nothing to plot: no task's primary metric in these results")
+    tasks = sorted(df["task"].unique())
+    runs = list(dict.fromkeys(df["run"]))
+    shots = sorted(df["shots"].unique())
+    colors = {s: f"C{i % 10}" for i, s in enumerate(shots)}
+    dashes = ["-", "--", ":", "-."]
+    ncols = min(3, len(tasks))
+    nrows = math.ceil(len(tasks) / ncols)
+    with plt.rc_context(_RC):
+        fig, axes = plt.subplots(nrows, ncols, figsize=(COLUMN_IN if ncols == 1 else PAGE_IN, 2.1 * nrows + 0.1),
+                                 squeeze=False)
+        handles = {}
+        for ax, task in zip(axes.flat, tasks):
+            sub = df[df["task"] == task]
+            for ri, run in enumerate(runs):
+                for i, s in enumerate(shots):
+                    g = sub[(sub["run"] == run) & (sub["shots"] == s)].sort_values("step")
+                    if g.empty:
+                        continue
+                    name = f"{s}-shot" + (f" {run}" if len(runs) > 1 else "")
+                    x, y = g["step"].to_numpy(), g["mean"].to_numpy()
+                    (line,) = ax.plot(x, y, color=colors[s], linestyle=dashes[ri % len(dashes)],
+                                      marker=_MARKERS[i % len(_MARKERS)], label=name)
+                    handles[name] = line
+                    if band == "std" and (g["seeds"] > 1).any():
+                        sd = g["std"].fillna(0.0).to_numpy()
+                        ax.fill_between(x, y - sd, y + sd, color=colors[s], alpha=0.18, linewidth=0)
+            ax.set_title(task)
+            ax.set_xlabel("training step")
+            ax.set_ylabel(sub["metric"].iloc[0])
+            ax.grid(True, axis="y", linewidth=0.4, alpha=0.5)
+        for ax in list(axes.flat)[len(tasks):]:
+            ax.set_visible(False)
+        fig.tight_layout()
+        what = "band: ±1 std over seeds" if band == "std" else None
+        fig.legend(list(handles.values()), list(handles), loc="upper center", bbox_to_anchor=(0.5, 0.0),
+                   ncol=min(len(handles), 3 if ncols == 1 else 5), frameon=False, title=what, title_fontsize=7)
+        return _save(plt, fig, out, exts, dpi)
 
 
 def _figure(plt, df: pd.DataFrame, tasks: list[str], checkpoints: list[str], style, band: Band):

@@ -20,9 +20,9 @@ import pandas as pd
 
 from harness.errors import HarnessError
 from harness.store.identity import config_diff, environment_diff, setting_key as _setting_key  # noqa: F401
-from harness.store.layout import read_json
+from harness.store.layout import read_json, step_of
 from harness.store.results import read_cells as _read_cells
-from harness.evaluation.suites import add_suite_rows
+from harness.suites import add_suite_rows
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +77,11 @@ def load_results(paths: Sequence[str | Path]) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     # Same label in two folders (two checkpoints run with the same model name): tell them apart.
     clash = df.groupby("label")["source"].nunique()
-    df["checkpoint"] = [
-        f"{Path(s).name}/{lab}" if clash[lab] > 1 else lab for s, lab in zip(df["source"], df["label"])
-    ]
+    df["run"] = [f"{Path(s).name}/{lab}" if clash[lab] > 1 else lab for s, lab in zip(df["source"], df["label"])]
+    # Evaluations along a training run (<output>/step-N/<label>/, harness.training and watch): one
+    # checkpoint per step of the run.
+    df["step"] = pd.array([step_of(f) for f in df["file"]], dtype="Int64")
+    df["checkpoint"] = [run if pd.isna(step) else f"{run} step-{step}" for run, step in zip(df["run"], df["step"])]
     _split_settings(df)
     _note_environments(df)
     return df
@@ -129,7 +131,7 @@ def summarize(cells: pd.DataFrame) -> pd.DataFrame:
 def compare(paths: Sequence[str | Path], metrics: str = "primary", spread: str = "std") -> pd.DataFrame:
     """The comparison table as a DataFrame: rows (task, metric), columns (checkpoint, shots),
     cells ``mean (std) n=N``. ``metrics='all'`` adds the breakdowns (e.g. per answer type). A suite
-    (harness.evaluation.suites) whose tasks are all present adds a row: the mean of their primary metrics.
+    (harness.suites) whose tasks are all present adds a row: the mean of their primary metrics.
     ``spread='ci'`` shows ``mean [low, high] n=N`` with the 95% interval over queries instead of the std,
     ``'ci-demos'`` the interval over queries and demonstration draws (docs/statistics.md)."""
     if spread in ("ci", "ci-demos"):
@@ -172,6 +174,8 @@ def _interval_cell(mean: float, lo: float, hi: float, n: int, failed: int) -> st
 
 
 def _cell(r: Any) -> str:
+    if r.mean != r.mean:  # NaN: a split without answers (test server: `export`), or an undefined metric
+        return f"no metric n={r.n}"
     std = f" ({r.std:.2f})" if r.seeds > 1 else ""
     failed = getattr(r, "failed", 0)
     note = f" ({failed} failed{' over ' + str(r.seeds) + ' seeds' if r.seeds > 1 else ''})" if failed else ""

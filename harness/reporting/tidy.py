@@ -39,7 +39,7 @@ COLUMNS = ["task", "metric", "checkpoint", "shots", "mean", "std", "ci_low", "ci
 
 def tidy(paths: Sequence[str | Path], metrics: str = "primary", ci: bool = True) -> pd.DataFrame:
     """Every finished cell under ``paths``, averaged over seeds: one row per task, metric, checkpoint
-    and shots (plus suite rows, harness.evaluation.suites). ``metrics='all'`` keeps the breakdowns;
+    and shots (plus suite rows, harness.suites). ``metrics='all'`` keeps the breakdowns;
     ``ci=False`` skips reading the predictions (the interval columns stay empty)."""
     from harness.reporting.report import load_results
 
@@ -48,7 +48,7 @@ def tidy(paths: Sequence[str | Path], metrics: str = "primary", ci: bool = True)
 
 def tidy_cells(cells: pd.DataFrame, metrics: str = "primary", ci: bool = True) -> pd.DataFrame:
     """:func:`tidy` from :func:`harness.reporting.report.load_results`'s cells."""
-    from harness.evaluation.suites import add_suite_rows
+    from harness.suites import add_suite_rows
 
     if metrics not in ("primary", "all"):
         raise HarnessError(f"metrics={metrics!r}: primary or all")

@@ -35,7 +35,7 @@ import pandas as pd
 
 from harness.errors import DataError, HarnessError
 from harness.store.journal import read_records
-from harness.evaluation.prompts import PromptTemplate
+from harness.prompts import PromptTemplate
 from harness.types import Example, Media
 
 log = logging.getLogger(__name__)
@@ -245,6 +245,7 @@ def build_data(paths: Sequence[str | Path], data_dir: str | None = None, thumb_s
         paired_html = _paired_html(paths, sorted(cells["checkpoint"].unique())[0], notes)
     return {
         "title": "Results: " + ", ".join(sorted(cells["checkpoint"].unique())),
+        "series_html": _series_html(paths, notes) if cells["step"].notna().any() else "",
         "table_html": _table_html(table),
         "paired_html": paired_html,
         "plot": _plot_url(paths, notes),
@@ -319,6 +320,34 @@ def _paired_html(paths: Sequence[str | Path], baseline: str, notes: list[str]) -
             + "".join(f"<th>{h}</th>" for h in head) + "</tr>" + "".join(rows) + "</table>"
             "<p class='note'>95% paired bootstrap interval over queries; two-sided sign-flip permutation p; "
             "* = significant after Holm over the tested rows (docs/statistics.md)</p>")
+
+
+def _series_html(paths: Sequence[str | Path], notes: list[str]) -> str:
+    """The series view (results along a training run, in step-N folders): compare --series' table
+    and its metric-vs-step plot."""
+    from harness.reporting.plots import plot_series
+    from harness.reporting.report import TABLE_NOTE
+    from harness.reporting.series import series, series_table
+
+    try:
+        df = series(paths)
+        table = series_table(df)
+    except HarnessError as exc:
+        notes.append(f"no series view: {exc}")
+        return ""
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in ["run", "step", *table.columns])
+    rows = "".join("<tr>" + "".join(f"<td>{'' if pd.isna(v) else html.escape(str(v))}</td>" for v in [run, step, *vals])
+                   + "</tr>" for (run, step), vals in zip(table.index, table.to_numpy()))
+    img = ""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            (out,) = plot_series(df, Path(tmp) / "series.png", dpi=150)
+            img = ("<img alt='metric vs training step' src='data:image/png;base64,"
+                   + base64.b64encode(out.read_bytes()).decode("ascii") + "'>")
+        except (HarnessError, ValueError) as exc:
+            notes.append(f"no series plot: {exc}")
+    return (f"<h3>Series: checkpoints by training step</h3><table class='summary series'><tr>{head}</tr>{rows}</table>"
+            f"<p class='note'>{html.escape(TABLE_NOTE)}</p>{img}")
 
 
 def _plot_url(paths: Sequence[str | Path], notes: list[str]) -> str:

@@ -28,7 +28,7 @@ pre{white-space:pre-wrap;word-break:break-word;background:#fff;border:1px solid 
 </style></head><body>
 <h1>__TITLE__</h1>
 <ul class="notes" id="notes"></ul>
-<h2>Comparison</h2><div id="table"></div><div id="paired"></div><div id="plot"></div>
+<h2>Comparison</h2><div id="series"></div><div id="table"></div><div id="paired"></div><div id="plot"></div>
 <h2>Samples</h2>
 <div class="controls">
  <label>cell <select id="cell"></select></label>
@@ -50,6 +50,7 @@ function el(tag, cls, text) { const e = document.createElement(tag); if (cls) e.
 for (const n of D.notes) $("notes").appendChild(el("li", "", n));
 $("table").innerHTML = D.table_html;
 $("paired").innerHTML = D.paired_html;
+if (D.series_html) { $("series").innerHTML = D.series_html; }
 if (D.plot) { const im = el("img"); im.src = D.plot; im.alt = "metric vs shots"; $("plot").appendChild(im); }
 D.cells.forEach((c, i) => {
   const o = el("option", "", `${c.checkpoint} | ${c.task} | ${c.shots}-shot | seed ${c.seed} | ${c.metric} ${Number(c.value).toFixed(2)} | n=${c.n}` + (c.n_failed ? ` (${c.n_failed} failed)` : ""));

@@ -9,6 +9,7 @@ settings, and fingerprints of the data. Its key (:func:`config_key`) names it; a
 - :func:`setting_key`   which cells ``compare`` and ``summary.json`` average over seeds
 - :func:`pairing_fields` / :func:`pairing_mismatch`  which cells ``compare --baseline`` pairs
 - :func:`config_diff`   what differs, readable, for refusals and warnings
+- :func:`checkpoint_fingerprint` / :func:`state_dict_digest`  a model's weights on disk / in memory
 """
 
 from __future__ import annotations
@@ -16,14 +17,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import subprocess
 import time
 from dataclasses import asdict
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
+from harness.cache import atomic_write, cache_root, stamped
 from harness.errors import HarnessError
 
 log = logging.getLogger(__name__)
@@ -195,9 +196,7 @@ def environment_diff(envs: Sequence[dict[str, Any] | None]) -> str | None:
 
 
 # ---- fingerprints of files and checkpoints ----------------------------------------------
-def cache_dir() -> Path:
-    """Where the harness keeps small caches between runs: ``$HARNESS_CACHE`` or ``~/.cache/harness``."""
-    return Path(os.environ.get("HARNESS_CACHE") or Path.home() / ".cache" / "harness")
+cache_dir = cache_root  # where the fingerprint cache lives (harness.cache owns the rule)
 
 
 #: A digest is cached only for files not modified in the last few seconds: file timestamps are
@@ -253,6 +252,25 @@ def checkpoint_fingerprint(path: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
+def state_dict_digest(module: Any, extra: Any = None) -> str:
+    """Identity of a model held in memory (no checkpoint on disk, e.g. one being trained): sha256
+    (16 hex digits) of every tensor of ``module.state_dict()`` (name, dtype, shape, bytes, in name
+    order) plus ``extra`` (e.g. the architecture config) when given. Computed once, when its adapter
+    is built (``Flamingo.from_module``, ``HF.from_objects``): weights changed later need a new one."""
+    import torch
+
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach()
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        flat = t.reshape(-1).contiguous().cpu()
+        if flat.numel():
+            h.update(flat.view(torch.uint8).numpy())
+    if extra is not None:
+        h.update(repr(extra).encode())
+    return h.hexdigest()[:16]
+
+
 def _read_cache(path: Path) -> dict[str, list]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -264,10 +282,8 @@ def _read_cache(path: Path) -> dict[str, list]:
 def _write_cache(path: Path, cache: dict[str, list]) -> None:
     """Best effort (a read-only home only costs rehashing); atomic, so concurrent runs never tear it."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(cache), encoding="utf-8")
-        os.replace(tmp, path)
+        with atomic_write(path) as f:
+            f.write(json.dumps(cache))
     except OSError as exc:
         log.debug("fingerprint cache %s not written: %s", path, exc)
 
@@ -276,11 +292,41 @@ def media_key(media: Any) -> str:
     """A media item's key for caches that persist between runs: its identity plus, for a local file,
     (size, mtime_ns), so an image replaced in place is never served stale features. Dataset images
     (``hfds://<fingerprint>/...``) are keyed by content already."""
-    ident = media.identity
-    if "://" in ident:
-        return ident
-    try:
-        st = os.stat(ident)
-    except OSError:
-        return ident  # unreadable: the load fails and says so
-    return f"{ident}|{st.st_size}:{st.st_mtime_ns}"
+    return stamped(media.identity)
+
+
+# ---- a model's identity before it loads ----------------------------------------------------
+def preload_key(name: str, version: int, options: Mapping[str, Any]) -> str:
+    """What determines a model adapter's :meth:`~harness.model.Model.config` without loading it: the
+    adapter (name, version), every option (defaults included), the content of every file an option
+    names (:func:`checkpoint_fingerprint`, cached by stat) and the code and libraries
+    (:func:`environment`). Equal keys give equal configs, so a finished rerun need not load weights."""
+    paths = {}
+    for k, v in sorted(options.items()):
+        if isinstance(v, str) and v and Path(v).exists():
+            paths[k] = checkpoint_fingerprint(v)
+    blob = json.dumps({"name": name, "version": version, "options": dict(options), "files": paths,
+                       "environment": environment()}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def _model_configs_file() -> Path:
+    return cache_dir() / "model_configs.json"
+
+
+def known_model_config(key: str) -> dict[str, Any] | None:
+    """What was recorded of a model with this :func:`preload_key` when it last loaded, or None."""
+    found = _read_cache(_model_configs_file()).get(key)
+    return found if isinstance(found, dict) else None
+
+
+def remember_model_config(key: str, config: dict[str, Any], keep: int = 256) -> None:
+    """Record a loaded model's config (and what planning reads of it) under its :func:`preload_key`
+    (best effort; the newest ``keep``)."""
+    path = _model_configs_file()
+    cache = _read_cache(path)
+    if cache.get(key) == config:
+        return
+    cache.pop(key, None)
+    cache[key] = config
+    _write_cache(path, dict(list(cache.items())[-keep:]))

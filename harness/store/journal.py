@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from harness.cache import atomic_write
 from harness.errors import DataError, HarnessError
 from harness.store.identity import config_diff, config_hash
 from harness.store.layout import JOURNAL_META, METRICS, PARTS, PREDICTIONS, read_json, write_json, writing
@@ -114,9 +115,9 @@ def record_from_json(obj: Any, path: Path, n: int) -> SampleRecord:
     qid = obj["query_id"]
     if isinstance(qid, bool) or not isinstance(qid, (str, int)):
         raise _bad(path, n, f"query_id must be a string, got {json.dumps(qid)}")
-    score = obj["score"]
-    if isinstance(score, bool) or not isinstance(score, (int, float)) or math.isinf(score):
-        raise _bad(path, n, f"score must be a number, got {json.dumps(score)}")
+    score = obj["score"]  # null: a query without reference answers (a test-server split), kept unscored
+    if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float)) or math.isinf(score)):
+        raise _bad(path, n, f"score must be a number, got {json.dumps(score)} (null: unscored)")
     for key in ("prompt", "raw_output", "prediction"):
         if key in obj and not isinstance(obj[key], str):
             raise _bad(path, n, f"{key} must be a string, got {json.dumps(obj[key])[:80]}")
@@ -343,12 +344,9 @@ class Journal:
     def rewrite(self, records: list[SampleRecord]) -> None:
         """Replace the journal's content (resume, merge, and final per-sample scores)."""
         # Atomic: a full disk or a kill mid-rewrite leaves the old journal whole, never a truncated one.
-        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-        with writing(self.path):
-            with open(tmp, "w", encoding="utf-8") as f:
-                for r in records:
-                    f.write(json.dumps(r.to_json(), default=str) + "\n")
-            os.replace(tmp, self.path)
+        with atomic_write(self.path) as f:
+            for r in records:
+                f.write(json.dumps(r.to_json(), default=str) + "\n")
 
     def append(self, records: Iterable[SampleRecord]) -> None:
         records = list(records)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from harness.cache import atomic_write
 from harness.errors import HarnessError
 
 #: files of one cell folder
@@ -55,15 +55,33 @@ def writing(path: Path) -> Iterator[None]:
 
 def write_json(path: Path, obj: Any) -> None:
     """Write atomically so a killed run never leaves half a metrics file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: two runs may write one file
-    with writing(path):
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, sort_keys=False, default=str)
-            f.write("\n")
-        os.replace(tmp, path)
+    with atomic_write(path) as f:
+        json.dump(obj, f, indent=2, sort_keys=False, default=str)
+        f.write("\n")
 
 
 def read_json(path: Path) -> Any:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+# ---- evaluations along a training run: <output>/step-<N>/<label>/... ------------------------------
+#: the folder of one training step's results (harness.training, ``watch``); ``compare --series`` reads it
+STEP_PREFIX = "step-"
+
+
+def step_dir(output: Path, step: int) -> Path:
+    return Path(output) / f"{STEP_PREFIX}{int(step)}"
+
+
+def step_of(cell_file: str | Path) -> int | None:
+    """The training step of a cell (its metrics.json or folder): the name of the folder above its
+    label, ``<output>/step-<N>/<label>/<task>/<cell>/``, when that is ``step-<N>``; else None."""
+    p = Path(cell_file)
+    folder = p.parent if p.suffix == ".json" else p
+    if len(folder.parts) < 4:
+        return None
+    name = folder.parents[2].name
+    if name.startswith(STEP_PREFIX) and name[len(STEP_PREFIX):].isdigit():
+        return int(name[len(STEP_PREFIX):])
+    return None

@@ -29,6 +29,8 @@ from harness.types import GenerateRequest, LoglikelihoodRequest, Media, Prompt, 
 from models.feature_cache import FeatureCache, budget_from_mb
 
 BUNDLED_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "easyvqa"
+#: the ``path`` option recorded for a model built from a module in memory (``Flamingo.from_module``).
+IN_MEMORY = "in-memory"
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
@@ -55,6 +57,7 @@ class FlamingoOptions:
 @register_model("flamingo")
 class Flamingo(Model):
     """Reference Flamingo (Perceiver Resampler + GATED XATTN-DENSE); default: bundled easy-VQA checkpoint."""
+    checkpoint_option = "path"  # what `watch` sets to each checkpoint folder
 
     Options = FlamingoOptions
     template_style = "openflamingo"
@@ -63,7 +66,7 @@ class Flamingo(Model):
     # Trained without a separator after <|endofchunk|> (models/flamingo/data.py); keep it at eval.
     demo_separator = ""
 
-    def __init__(self, options=None):
+    def __init__(self, options=None, *, module=None):
         super().__init__(options)
         import torch
 
@@ -72,18 +75,37 @@ class Flamingo(Model):
         o = self.options
         if (o.feature_cache_mb is not None and o.feature_cache_mb < 0) or (o.feature_cache is not None and o.feature_cache < 0):
             raise HarnessError("model flamingo: feature_cache_mb and feature_cache must be >= 0 (0 turns the cache off)")
-        path = Path(self.options.path)
-        if not (path / "config.json").is_file():
-            raise HarnessError(
-                f"model flamingo: {path} is not a flamingo checkpoint directory (config.json, model.safetensors and "
-                f"tokenizer files, as `python -m models.flamingo.train --output DIR` writes them)"
-            )
         self.torch = torch
-        self.model = FlamingoModel.load(path, self.device)
+        if module is not None:  # in memory (Flamingo.from_module): its weights are its identity
+            if not isinstance(module, FlamingoModel):
+                raise HarnessError(f"Flamingo.from_module: expected a models.flamingo.model.FlamingoModel, "
+                                   f"got {type(module).__name__}")
+            from harness.store.identity import state_dict_digest
+
+            self.model = module.eval()
+            self._fingerprint = "state-" + state_dict_digest(module, module.cfg.to_dict())
+        else:
+            path = Path(self.options.path)
+            if not (path / "config.json").is_file():
+                raise HarnessError(
+                    f"model flamingo: {path} is not a flamingo checkpoint directory (config.json, model.safetensors and "
+                    f"tokenizer files, as `python -m models.flamingo.train --output DIR` writes them)"
+                )
+            self.model = FlamingoModel.load(path, self.device)
+            self._fingerprint = checkpoint_fingerprint(path)
         self.model.per_image_xattn = self.options.xattn == "per_image"
-        self._fingerprint = checkpoint_fingerprint(path)
         self._cache = FeatureCache(budget_from_mb(o.feature_cache_mb), self.fingerprint, o.feature_cache_dir or None,
                                    o.feature_cache, self.model.device)
+
+    @classmethod
+    def from_module(cls, module, **options) -> "Flamingo":
+        """An adapter around an in-memory ``FlamingoModel`` (e.g. one being trained): no save or
+        reload. Its identity is a digest of its state dict, computed here once; the module is put in
+        eval mode (a training loop puts it back, see harness.training). ``options`` as --model-arg
+        (``path`` is recorded as ``in-memory``; ``device`` defaults to the module's)."""
+        options.setdefault("path", IN_MEMORY)
+        options.setdefault("device", str(getattr(module, "device", "cpu")))
+        return cls(options, module=module)
 
     def stats(self) -> dict[str, int]:
         """Cumulative feature-cache counters (hits, disk hits, vision encodes, evictions)."""

@@ -92,6 +92,7 @@ class OpenFlamingoOptions:
 @register_model("openflamingo")
 class OpenFlamingo(Model):
     """OpenFlamingo checkpoints (open_clip ViT + resampler + cross-attention + HF LM) from local files; see docs/openflamingo.md."""
+    checkpoint_option = "checkpoint"  # what `watch` sets to each checkpoint folder
 
     Options = OpenFlamingoOptions
     template_style = "openflamingo"

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.evaluation.distributed import resolve_device
+from harness.devices import resolve_device
 from harness.errors import HarnessError
 
 from .modules import FlamingoConditioning, GatedCrossAttentionBlock, PerceiverResampler, VisionTransformer

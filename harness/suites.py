@@ -7,7 +7,7 @@ of its tasks' primary metrics (each on 0-100), only where every task of the suit
 
 Define your own in a plug-in file (``--include my_suites.py``)::
 
-    from harness.evaluation.suites import define_suite
+    from harness.suites import define_suite
     define_suite("my_vqa", tasks=["vqav2", "okvqa", "textvqa"], shots=[0, 4], description="my VQA set")
 """
 
@@ -26,6 +26,8 @@ class Suite:
 
     task_shots: per-task shots that replace ``shots`` (e.g. RareAct is zero-shot only); in the
     summary row such a task contributes its score at its largest shots not above the row's.
+    protocol: the preset of the paper the suite comes from (harness.protocols), applied to
+    its tasks unless ``run --protocol`` (or a task's own ``protocol`` option) says otherwise.
     """
 
     name: str
@@ -33,6 +35,7 @@ class Suite:
     shots: tuple[int, ...]
     description: str = ""
     task_shots: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    protocol: str | None = None
 
     def shots_for(self, task: str) -> tuple[int, ...]:
         return tuple(self.task_shots.get(task, self.shots))
@@ -42,7 +45,7 @@ _SUITES: dict[str, Suite] = {}
 
 
 def define_suite(name: str, tasks: Sequence[str], shots: Sequence[int], description: str = "",
-                 task_shots: Mapping[str, Sequence[int]] | None = None) -> Suite:
+                 task_shots: Mapping[str, Sequence[int]] | None = None, protocol: str | None = None) -> Suite:
     """Register a suite (built-in or from a plug-in file). A name may not be taken twice."""
     if not tasks:
         raise HarnessError(f"suite {name!r}: give at least one task")
@@ -52,7 +55,7 @@ def define_suite(name: str, tasks: Sequence[str], shots: Sequence[int], descript
     if extra:
         raise HarnessError(f"suite {name!r}: task_shots names {', '.join(sorted(extra))}, not among its tasks")
     suite = Suite(name, tuple(tasks), tuple(int(s) for s in shots), description,
-                  {k: tuple(int(s) for s in v) for k, v in (task_shots or {}).items()})
+                  {k: tuple(int(s) for s in v) for k, v in (task_shots or {}).items()}, protocol)
     _SUITES[name] = suite
     return suite
 
@@ -67,10 +70,12 @@ def suites() -> list[Suite]:
 
 @dataclass(frozen=True)
 class Expansion:
-    """``--tasks`` with suites expanded: task names (each once, in order) and per-task shots."""
+    """``--tasks`` with suites expanded: task names (each once, in order), per-task shots and the
+    protocol preset of the suite each task came from (none for tasks named alone)."""
 
     tasks: tuple[str, ...]
     shots: Mapping[str, tuple[int, ...]]
+    protocols: Mapping[str, str] = field(default_factory=dict)
 
 
 def expand(names: Sequence[str], explicit_shots: Sequence[int] | None, default_shots: Sequence[int],
@@ -80,6 +85,7 @@ def expand(names: Sequence[str], explicit_shots: Sequence[int] | None, default_s
     not all registered is an error naming the missing ones."""
     tasks: list[str] = []
     shots: dict[str, tuple[int, ...]] = {}
+    protocols: dict[str, str] = {}
     known = set(registered)
     for n in names:
         suite = _SUITES.get(n)
@@ -99,7 +105,9 @@ def expand(names: Sequence[str], explicit_shots: Sequence[int] | None, default_s
             if t not in shots:
                 tasks.append(t)
             shots[t] = task_shots
-    return Expansion(tuple(tasks), shots)
+            if suite is not None and suite.protocol and t not in protocols:
+                protocols[t] = suite.protocol
+    return Expansion(tuple(tasks), shots, protocols)
 
 
 # ---- built-in suites (by task name; the video tasks resolve once registered) ----------------------
@@ -111,17 +119,17 @@ define_suite(
     "flamingo16",
     tasks=("okvqa", "vqav2", "coco", "msvd_qa", "vatex", "vizwiz", "flickr30k", "msrvtt_qa", "ivqa", "youcook2",
            "star", "visdial", "textvqa", "nextqa_mc", "hateful_memes", "rareact"),
-    shots=FLAMINGO_SHOTS, task_shots={"rareact": (0,)},
+    shots=FLAMINGO_SHOTS, task_shots={"rareact": (0,)}, protocol="flamingo",
     description="the 16 benchmarks of Flamingo (Alayrac et al. 2022, Table 1) at 0/4/32 shots; RareAct zero-shot",
 )
 define_suite(
     "openflamingo",
     tasks=("coco", "flickr30k", "vqav2", "okvqa", "textvqa", "vizwiz", "hateful_memes", "imagenet"),
-    shots=OPENFLAMINGO_SHOTS,
+    shots=OPENFLAMINGO_SHOTS, protocol="openflamingo",
     description="the 8 benchmarks of OpenFlamingo (Awadalla et al. 2023) at 0/4/8/16/32 shots",
 )
 define_suite(
-    "video", tasks=FLAMINGO_VIDEO, shots=FLAMINGO_SHOTS, task_shots={"rareact": (0,)},
+    "video", tasks=FLAMINGO_VIDEO, shots=FLAMINGO_SHOTS, task_shots={"rareact": (0,)}, protocol="flamingo",
     description="the 8 video benchmarks of Flamingo's 16 at 0/4/32 shots; RareAct zero-shot",
 )
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Literal, Sequence
 
 from harness.errors import HarnessError
-from harness.evaluation.prompts import PromptTemplate
-from harness.evaluation.sampling import rng_for
+from harness.prompts import PromptTemplate
+from harness.sampling import rng_for
 from harness.types import Example
 
 LengthNorm = Literal["none", "bytes", "tokens"]

@@ -1,6 +1,6 @@
 """Class-balanced demonstrations for classification tasks (ImageNet, Kinetics-700, ...).
 
-From the same random support set as :class:`~harness.evaluation.sampling.RandomSampler`, a query's
+From the same random support set as :class:`~harness.sampling.RandomSampler`, a query's
 ``shots`` demos cover as many distinct classes as possible: ``shots`` different classes
 when the support set has that many (one example each), otherwise every class
 ``shots // n`` or ``shots // n + 1`` times. Classes, examples and order are a pure function
@@ -13,7 +13,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import ClassVar
 
-from harness.evaluation.sampling import RandomSampler, rng_for
+from harness.sampling import RandomSampler, rng_for
 from harness.types import Example
 
 

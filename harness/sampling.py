@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar, Sequence
 
 import numpy as np
@@ -119,16 +120,18 @@ def sampler_inputs(task, seed: int, queries: Sequence[Example]) -> tuple:
     return ("seeded", seed, query_ids)
 
 
-def build_sampler(task, seed: int, model, queries: Sequence[Example], progress: bool = True):
-    """The sampler a task's options ask for: ``rices`` (see harness.evaluation.rices), else the task's own
-    (``Task.demo_sampler``: seeded random, or class-balanced for classification)."""
-    o = task.options
-    if getattr(o, "sampler", "random") != "rices":
-        return task.demo_sampler(seed)  # random, or the task's own (class-balanced for classification)
-    from pathlib import Path
+# what ``rices_encoder`` names to use the evaluated model's own vision encoder
+OWN_ENCODER = "model"
 
-    from harness.evaluation.rices import RicesSampler, default_cache_dir, make_encoder
 
-    encoder = make_encoder(o.rices_encoder, model)
-    return RicesSampler(task.name, task.support_examples(), queries, encoder, task.support_split, task.eval_split,
-                        Path(o.rices_cache) if o.rices_cache else default_cache_dir(), o.rices_batch_size, progress)
+def check_encoder_path(value: str) -> None:
+    """Fail early (before any model loads) if ``rices_encoder`` names no model folder."""
+    if value == OWN_ENCODER:
+        return
+    p = Path(value)
+    if not (p / "config.json").is_file():
+        raise HarnessError(
+            f"rices_encoder {value!r}: not a Hugging Face model folder (no config.json there); give the local path "
+            f"of a vision model (e.g. a CLIP checkpoint with its preprocessor_config.json), or "
+            f"rices_encoder={OWN_ENCODER} to use the evaluated model's own vision encoder"
+        )
