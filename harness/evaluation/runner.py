@@ -143,6 +143,7 @@ class CellPlan:
     journal: Journal
     #: (context length, tokens reserved for the output) when prompts are dropped to fit, else None
     fit: tuple[int, int] | None = None
+    context_checked: bool = False
 
     @property
     def desc(self) -> str:
@@ -190,11 +191,19 @@ class Runner:
             support_fp=self._support_fingerprint(task), harness_version=__version__)
         key = config_key(config)
         directory = cell_dir(self.output, self.label, task.name, spec.shots, spec.seed)
-        journal = Journal(directory, key, config, spec.shard)
-        # a finished cell asks no query: its check would only load a deferred model for nothing
-        fit = (None if journal.completed_metrics() is not None
-               else self._check_context(task, spec, queries, sampler, n_demos, template, gen))
-        return CellPlan(task, spec, queries, sampler, n_demos, template, gen, config, key, directory, journal, fit)
+        return CellPlan(task, spec, queries, sampler, n_demos, template, gen, config, key, directory,
+                        Journal(directory, key, config, spec.shard))
+
+    def check_context(self, plan: CellPlan) -> None:
+        """The context-length check of a planned cell (once; a sweep runs it for every cell after the
+        conflict check and before any query). A finished cell asks no query: it is skipped, so a
+        finished rerun never loads a deferred model for it."""
+        if plan.context_checked:
+            return
+        if plan.journal.completed_metrics() is None:
+            plan.fit = self._check_context(plan.task, plan.spec, plan.queries, plan.sampler, plan.n_demos,
+                                           plan.template, plan.gen)
+        plan.context_checked = True
 
     def _check_context(self, task: Task, spec: CellSpec, queries: list[Example], sampler, n_demos: int, template,
                        gen: GenerationConfig) -> tuple[int, int] | None:
@@ -332,6 +341,7 @@ class Runner:
             journal.clear()
         if spec.shard is None:
             self._wait_for_shards(journal)
+        self.check_context(plan)
         queries, sampler, n_demos = plan.queries, plan.sampler, plan.n_demos
         builder = PromptBuilder(plan.template)
 
