@@ -33,8 +33,8 @@ from harness.errors import HarnessError
 from harness.store.results import seeds_queries_interval
 
 #: The tidy table's columns, in order.
-COLUMNS = ["task", "metric", "checkpoint", "shots", "mean", "std", "ci_low", "ci_high", "ci_demos_low",
-           "ci_demos_high", "n", "seeds", "failed", "config_key", "model", "label", "source", "primary", "ci_method"]
+COLUMNS = ["task", "metric", "checkpoint", "shots", "mean", "std", "ci_low", "ci_high", "n", "seeds", "failed",
+           "config_key", "model", "label", "source", "primary", "ci_method", "ci_demos_low", "ci_demos_high"]
 
 
 def tidy(paths: Sequence[str | Path], metrics: str = "primary", ci: bool = True) -> pd.DataFrame:
