@@ -102,6 +102,11 @@ class Model:
         """The prompt as this model sees it, in text form (stored with each prediction)."""
         return prompt.render(self.media_token, self.end_of_chunk, self.separator_for(prompt))
 
+    def check_task(self, task: Any) -> None:
+        """Called when a cell is planned, before any of its requests: raise a HarnessError naming the
+        task if this model cannot evaluate it as configured (a served model without log-likelihoods and
+        a close-ended task). The default takes every task."""
+
     def observe_support(self, task: str, support: Sequence[Example]) -> None:
         """Called once per evaluation cell with the support set. Only models that answer
         from the data itself (null baselines, retrieval) need it; the default ignores it."""

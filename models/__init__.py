@@ -4,4 +4,4 @@ Heavy imports (torch, transformers) happen when a model is constructed, not here
 so listing and scoring stay fast.
 """
 
-from . import baselines, flamingo, hf, idefics, openflamingo  # noqa: F401
+from . import baselines, flamingo, hf, idefics, openflamingo, served  # noqa: F401

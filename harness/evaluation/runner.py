@@ -175,6 +175,7 @@ class Runner:
         queries = select_queries(task, spec.limit, spec.sample, spec.seed)
         check_media(self.model, queries, task)
         task.check_shots(spec.shots)
+        getattr(self.model, "check_task", lambda t: None)(task)  # before any request (a duck-typed plug-in may lack it)
         sampler = self._sampler(task, spec.seed, queries)
         if getattr(task.options, "length_normalization", None) == "tokens":
             self.model.count_tokens("a")  # a model that cannot count tokens fails here, before any sample
@@ -514,6 +515,10 @@ class Runner:
         )
         if isinstance(out, SampleError):
             return SampleRecord(raw_output="", prediction="", score=0.0, error=str(out), **common)
+        usage = getattr(out, "usage", None)  # a served model's tokens for this sample (models/served.py)
+        if usage:
+            common["fields"] = {**common["fields"], "usage": usage}
+        out = str(out)
         prediction = task.postprocess(out, q)
         return SampleRecord(raw_output=out, prediction=prediction, score=task.sample_score(prediction, q), **common)
 
