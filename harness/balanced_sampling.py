@@ -23,9 +23,7 @@ class ClassBalancedSampler(RandomSampler):
 
     name: ClassVar[str] = "class_balanced"
 
-    def demos(self, query: Example, shots: int) -> list[Example]:
-        if shots == 0:
-            return []
+    def draw(self, query: Example, shots: int) -> list[Example]:
         self.check_shots(shots, [query])
         by_class: dict[str, list[Example]] = defaultdict(list)
         for ex in self.pool:

@@ -7,6 +7,7 @@
     harness compare results/run --series [--plot fig.png]   # metric vs training step
     harness view results/A results/B [--output report.html]
     harness merge results            # finish `run --shard K/N` runs
+    harness check-data --tasks vqav2,okvqa   # demo/eval image overlap per task
     harness export results/LABEL/vqav2/4shot_seed0   # a test-server submission file
     harness list tasks|models
 
@@ -192,6 +193,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         check_task(task, expansion.shots.get(task.name, shots), args.limit, args.sample)
         check_prompt_media(model_list, model_options, task, expansion.shots.get(task.name, shots))
     _check_rices_models(tasks, model_list)
+    _report_overlap(tasks)
     models = build_models(model_list, args.model_arg, args.label, defer=not args.overwrite)
     # The models and the data live for the whole run: keep the cyclic GC from walking them again
     # at every collection (a torchrun merge spent 0.2 s in such passes reading 1,000 records).
@@ -234,6 +236,40 @@ def cmd_run(args: argparse.Namespace) -> int:
     data = f" --data-dir {shlex.quote(args.data_dir)}" if args.data_dir else ""
     out = shlex.quote(str(output))
     print(f"browse the samples: {program()} view {out}{data} --output {shlex.quote(f'{output}/report.html')}")
+    return 0
+
+
+def _report_overlap(tasks) -> None:
+    """Before a run: demo/eval image overlap per task. With exclude_overlap the full check (already run
+    to build the support set); otherwise the cheap same-file check, pointing to check-data for the rest."""
+    from harness.data.overlap import same_file_count
+
+    for task in tasks:
+        if getattr(task.options, "exclude_overlap", False):
+            log.info("%s; excluded from the support set (exclude_overlap)", task.demo_overlap().line())
+        elif task.max_shots != 0:
+            n = same_file_count(task.support_examples(), task.eval_examples())
+            if n:
+                log.warning("task %s: %d support examples show the same image file as an eval example (a demo can "
+                            "show the query's picture); `check-data` also finds re-encoded copies, "
+                            "--task-arg exclude_overlap=true removes them", task.name, n)
+
+
+def cmd_check_data(args: argparse.Namespace) -> int:
+    """Per task: support examples whose image is also an eval image (same file/bytes or near-duplicate)."""
+    tasks = build_tasks(_names(args.tasks, "--tasks"), list(args.task_arg or []), args.data_dir)
+    for task in tasks:
+        if task.max_shots == 0:
+            print(f"task {task.name}: zero-shot only (no support set)")
+            continue
+        report = task.demo_overlap(progress=not args.quiet)
+        print(report.line())
+        for ex_id, (how, image) in list(report.matches.items())[: args.show]:
+            print(f"  support {ex_id}: {how} of eval image {image}")
+        if report.count > args.show:
+            print(f"  ... {report.count - args.show} more")
+        if report.count and not getattr(task.options, "exclude_overlap", False):
+            print(f"  exclude them from the support set with --task-arg {task.name}:exclude_overlap=true")
     return 0
 
 
@@ -405,7 +441,7 @@ def format_metrics(metrics: dict) -> str:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from harness.reporting.report import TABLE_NOTE, compare, render
+    from harness.reporting.report import TABLE_NOTES, compare, render
 
     fmt = args.format or _format_of(args.output)
     if fmt == "parquet" and not args.output:
@@ -413,7 +449,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.series:
         return _compare_series(args, fmt)
     text = []
-    if fmt in ("csv", "parquet") and not args.baseline:
+    paired_wanted = args.baseline is not None or args.baseline_shots is not None
+    if fmt in ("csv", "parquet") and not paired_wanted:
         from harness.reporting.tidy import tidy
 
         return _emit_table(tidy(args.results, metrics=args.metrics), fmt, args.output, args)
@@ -421,20 +458,23 @@ def cmd_compare(args: argparse.Namespace) -> int:
         from harness.reporting.latex import latex_table
         from harness.reporting.tidy import tidy
 
-        df = tidy(args.results, metrics=args.metrics, ci=args.spread == "ci")
+        df = tidy(args.results, metrics=args.metrics, ci=args.spread in ("ci", "ci-demos"))
         text.append(latex_table(df, spread=args.spread, bold_best=args.bold_best, caption=args.caption,
                                 label=args.tex_label, fit=args.tex_fit))
     elif fmt == "markdown":
-        text.append(render(compare(args.results, metrics=args.metrics), "markdown"))
-        text.append(f"\n{TABLE_NOTE}\n")
-    if args.baseline:
+        text.append(render(compare(args.results, metrics=args.metrics, spread=args.spread), "markdown"))
+        text.append(f"\n{TABLE_NOTES[args.spread]}\n")
+    if paired_wanted:
         from harness.reporting.paired import paired_compare, render_paired
 
-        paired = paired_compare(args.results, args.baseline, seed=args.bootstrap_seed)
+        paired = paired_compare(args.results, args.baseline, seed=args.bootstrap_seed,
+                                baseline_shots=args.baseline_shots)
         if fmt in ("csv", "parquet"):  # one table per file: the paired one, which has both means
             return _emit_table(paired, fmt, args.output, args)
         if fmt == "markdown":
-            text.append(f"\nPaired differences vs {paired['baseline'].iloc[0]} (95% paired bootstrap CI over queries, "
+            versus = (f"{args.baseline_shots} shots of the same checkpoint" if args.baseline_shots is not None
+                      else paired['baseline'].iloc[0])
+            text.append(f"\nPaired differences vs {versus} (95% paired bootstrap CI over queries, "
                         f"sign-flip permutation p, * = significant after Holm over the {paired['p'].notna().sum()} "
                         "tested rows; see docs/statistics.md)\n\n")
         text.append(render_paired(paired, fmt))
@@ -711,9 +751,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "(needed for parquet)")
     c.add_argument("--metrics", choices=["primary", "all"], default="primary",
                    help="only each task's main metric, or breakdowns too")
-    c.add_argument("--spread", choices=["std", "ci", "none"], default="std",
-                   help="what LaTeX cells show after the mean and the plots' band: std over seeds (default), the "
-                        "95%% interval over queries, or nothing")
+    c.add_argument("--spread", choices=["std", "ci", "ci-demos", "none"], default="std",
+                   help="what cells show after the mean (markdown, LaTeX) and the plots' band: std over seeds "
+                        "(default), the 95%% interval over queries (ci), the 95%% interval over queries and "
+                        "demonstration draws (ci-demos: two-level bootstrap, 2+ seeds), or nothing")
     c.add_argument("--bold-best", action="store_true", help="LaTeX: bold the best mean of each row at each shot count")
     c.add_argument("--tex-fit", action="store_true",
                    help="LaTeX: scale the table to the text width (\\resizebox; needs \\usepackage{graphicx})")
@@ -732,6 +773,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add each other checkpoint's paired difference from this one (a checkpoint as the "
                         "table names it, or its results folder): 95%% interval, p-value, Holm-marked rows "
                         "(with --format csv only this paired table is printed)")
+    c.add_argument("--baseline-shots", type=int, metavar="N",
+                   help="paired differences between shot counts of one checkpoint: each other shot count against "
+                        "N shots (e.g. 0), of every checkpoint or of --baseline's only; needs nested demos "
+                        "(--task-arg nested_shots=N at run time), otherwise the rows say why they are not paired")
     c.add_argument("--bootstrap-seed", type=int, default=0,
                    help="seed of the bootstrap and permutation draws (default 0: reproducible output)")
     c.add_argument("--include", action="append", default=[], metavar="PATH",
@@ -752,6 +797,17 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--include", action="append", default=[], metavar="PATH",
                    help="plug-in tasks the results used (to find their images)")
     v.set_defaults(func=cmd_view)
+
+    cd = sub.add_parser("check-data", help="report support examples whose image is also an eval image",
+                        description="For each task, compare the support split's images with the eval split's: "
+                        "the same file or bytes, or a near-duplicate (resized, re-encoded) by two perceptual "
+                        "hashes (harness.data.overlap). Nothing is changed; --task-arg exclude_overlap=true "
+                        "makes a run drop them from the support set.")
+    cd.add_argument("--tasks", action="append", required=True, metavar="T1,T2", help="registered tasks (comma list)")
+    cd.add_argument("--show", type=int, default=5, metavar="N", help="matches listed per task (default 5)")
+    cd.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    common(cd)
+    cd.set_defaults(func=cmd_check_data)
 
     ls = sub.add_parser("list", help="list registered tasks, models (plug-ins included) or protocol presets")
     ls.add_argument("what", choices=["tasks", "models", "protocols"])

@@ -138,6 +138,17 @@ class Model:
             f"model {self.name} does not count tokens, which length_normalization=tokens needs; "
             f"pass --task-arg length_normalization=bytes (or none)")
 
+    def context_length(self) -> int | None:
+        """The most tokens (prompt and generated together) this model takes, or None if unknown (then
+        the harness cannot check prompts against it). HF adapters read ``max_position_embeddings``."""
+        return None
+
+    def prompt_length(self, prompt: Prompt) -> tuple[int, int] | None:
+        """``(tokens, image tokens)`` of ``prompt`` as this model's tokenizer/processor turns it into
+        input ids, or None where the adapter does not tokenize (recorded per sample, and used by the
+        context-length check before any query)."""
+        return None
+
     @classmethod
     def check_prompt_images(cls, options: Any, n_images: int, where: str) -> None:
         """Called before any model loads (harness.evaluation.validate) with the most images a

@@ -39,6 +39,9 @@ class RandomSampler:
     support: Sequence[Example]
     seed: int
     support_size: int = 2048
+    #: 0: each shot count draws its own demos (OpenFlamingo). N: nested demos, every k <= N shots takes
+    #: the first k of the query's N-shot draw, so a shot-scaling curve compares like with like.
+    nested_shots: int = 0
     pool: list[Example] = field(init=False)
     #: recorded in the cell's config (subclasses name themselves, e.g. ``class_balanced``).
     name: ClassVar[str] = "random"
@@ -67,9 +70,19 @@ class RandomSampler:
             )
 
     def demos(self, query: Example, shots: int) -> list[Example]:
-        """``shots`` distinct demos for ``query``; the most recently drawn is placed last."""
+        """``shots`` demos for ``query``: its own draw, or with ``nested_shots`` the first ``shots`` of the
+        query's ``nested_shots`` draw (the same whatever shot count asks)."""
         if shots == 0:
             return []
+        if self.nested_shots:
+            if shots > self.nested_shots:
+                raise HarnessError(f"task {self.task}: {shots} shots asked for, but nested_shots={self.nested_shots} "
+                                   f"(the largest shot count of the nested draw); set nested_shots >= {shots}")
+            return self.draw(query, self.nested_shots)[:shots]
+        return self.draw(query, shots)
+
+    def draw(self, query: Example, shots: int) -> list[Example]:
+        """``shots`` distinct demos for ``query``; the most recently drawn is placed last."""
         self.check_shots(shots, [query])
         rng = rng_for("demos", self.seed, self.task, query.id, shots)
         # Draw one spare so the query can be dropped if drawn, without a second draw.
@@ -79,7 +92,10 @@ class RandomSampler:
 
 
     def config(self) -> dict:
-        return {"name": self.name, "support_size": len(self.pool), "seed": self.seed}
+        out = {"name": self.name, "support_size": len(self.pool), "seed": self.seed}
+        if self.nested_shots:  # only when set: results from before the option keep their identity
+            out["nested_shots"] = self.nested_shots
+        return out
 
 
 def max_shots(pool: Sequence[Example], queries: Sequence[Example] | None = None,

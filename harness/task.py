@@ -48,6 +48,17 @@ class TaskOptions:
                            data root) or ``hf:PATH_OR_ID[@SPLIT]`` (a Hugging Face dataset: save_to_disk
                            folder, parquet folder/glob, or an id in the local cache; see docs/data.md).
     columns:               for ``hf:`` sources, ``field:column,...`` overriding the task's column mapping.
+    nested_shots:          0 (default, as OpenFlamingo): each shot count draws its own demos. N: nested
+                           demos: for each (query, seed) the k-shot demos are the first k of its N-shot draw
+                           (N = the largest shot count), so shot counts compare like with like and
+                           ``compare --baseline-shots`` can pair them (docs/statistics.md).
+    context_overflow:      ``refuse`` (default): a cell whose longest prompt (plus the tokens to generate)
+                           exceeds the model's context length is refused before any query, with the numbers;
+                           ``drop_front``: each prompt that does not fit loses demos from its front, and
+                           every sample records ``n_demos`` delivered.
+    exclude_overlap:       drop from the support split every example whose image is also an eval image (same
+                           file or bytes, or a near-duplicate by perceptual hash: harness.data.overlap), so no
+                           demo shows a query's picture; ``check-data`` reports the overlap without changing it.
     protocol:              a published protocol's preset (``flamingo``, ``openflamingo``, ``idefics``:
                            harness.protocols, docs/protocols.md) setting the options above that
                            it fixes; options given explicitly win. ``run --protocol NAME`` sets it for every task.
@@ -68,9 +79,17 @@ class TaskOptions:
     eval_source: str = hf_data.FILES
     support_source: str = hf_data.FILES
     columns: str | None = None
+    nested_shots: int = 0
+    context_overflow: Literal["refuse", "drop_front"] = "refuse"
+    exclude_overlap: bool = False
     protocol: str | None = None
 
     def __post_init__(self) -> None:
+        if self.nested_shots < 0:
+            raise HarnessError(f"nested_shots must be >= 0 (0: independent draws per shot count), got {self.nested_shots}")
+        if self.nested_shots and self.sampler == "rices":
+            raise HarnessError("nested_shots is for random demos; RICES demos are already nested (the k most "
+                               "similar images); drop nested_shots")
         if self.sampler == "rices":
             from harness.sampling import check_encoder_path
 
@@ -125,6 +144,8 @@ class Task:
         self._data_dir = Path(data_dir) if data_dir else None
         self._cache: dict[str, Sequence[Example]] = {}
         self._datasets_read: dict[str, dict[str, Any]] = {}  # "location@split" -> what load_source read
+        self._overlap = None  # harness.data.overlap.Overlap, computed once
+        self._support_kept: list[Example] | None = None
         # Parsed now so a bad source or mapping fails before any model loads.
         self._sources = {role: hf_data.parse_source(getattr(self.options, f"{role}_source"),
                                                     f"task {self.name} option {role}_source")
@@ -194,9 +215,27 @@ class Task:
         return self.options.eval_split or self.default_eval_split
 
     def support_examples(self) -> Sequence[Example]:
+        """The support split the demos come from (less its eval-image overlap with ``exclude_overlap``)."""
+        if not getattr(self.options, "exclude_overlap", False):
+            return self._support_split_examples()
+        if self._support_kept is None:  # one list object: callers key caches by its id
+            shared = self.demo_overlap().matches
+            self._support_kept = [e for e in self._support_split_examples() if e.id not in shared]
+        return self._support_kept
+
+    def _support_split_examples(self) -> Sequence[Example]:
         if self._sources["support"] is None:
             return self.examples(self.support_split)
         return self._source_examples("support")
+
+    def demo_overlap(self, progress: bool = True):
+        """Support examples whose image is also an image of the (whole) eval split: a
+        :class:`harness.data.overlap.Overlap`, computed once per task."""
+        if self._overlap is None:
+            from harness.data.overlap import find_overlap
+
+            self._overlap = find_overlap(self.name, self._support_split_examples(), self.eval_examples(), progress)
+        return self._overlap
 
     def eval_examples(self, split: str | None = None) -> Sequence[Example]:
         if self._sources["eval"] is None:
@@ -277,6 +316,10 @@ class Task:
         if self.max_shots is not None and shots > self.max_shots:
             raise HarnessError(f"task {self.name} is evaluated with at most {self.max_shots} shots "
                                f"(it has no split to draw demonstrations from); got --shots {shots}")
+        nested = getattr(self.options, "nested_shots", 0)
+        if nested and shots > nested:
+            raise HarnessError(f"task {self.name}: --shots {shots} is above nested_shots={nested} (every shot count "
+                               f"takes the first k of the {nested}-shot draw); pass --task-arg nested_shots={shots}")
 
     def zero_shot_demos(self) -> int:
         """Demos shown at 0 shots (text only). OpenFlamingo's evaluate.py uses two for every task,
@@ -306,7 +349,8 @@ class Task:
         override it, e.g. class-balanced demos for classification)."""
         from harness.sampling import RandomSampler
 
-        return RandomSampler(self.name, self.support_examples(), seed, self.options.support_size)
+        return RandomSampler(self.name, self.support_examples(), seed, self.options.support_size,
+                             self.options.nested_shots)
 
     def choose(self, candidates: Sequence[str], scores: Mapping[str, float]) -> str:
         """Close-ended tasks: the predicted candidate from the ranking scores. Default: the highest,
@@ -368,18 +412,28 @@ class Task:
 
     def config(self) -> dict[str, Any]:
         """Everything about the task that changes its numbers, recorded in results."""
-        options = dataclasses.asdict(self.options)
-        if options.get("protocol") is None:  # no preset: the configuration reads as before presets existed
-            options.pop("protocol", None)
         return {
             "name": self.name,
             "version": self.version,
             "kind": self.kind,
-            "options": options,
+            "options": identity_options(self.options),
             "support_split": self.support_split,
             "eval_split": self.eval_split,
             "sources": self.source_config(),
+            **({"overlap_excluded": self.demo_overlap().count} if getattr(self.options, "exclude_overlap", False)
+               else {}),
         }
+
+
+#: options added after results existed: left out of a cell's identity while at these defaults, so
+#: results computed before the option keep their key (a rerun resumes them instead of refusing).
+_NEW_OPTION_DEFAULTS: dict[str, Any] = {"protocol": None, "nested_shots": 0, "exclude_overlap": False, "context_overflow": "refuse"}
+
+
+def identity_options(options: Any) -> dict[str, Any]:
+    """A task's options as its cells' identity records them (see ``_NEW_OPTION_DEFAULTS``)."""
+    return {k: v for k, v in dataclasses.asdict(options).items()
+            if not (k in _NEW_OPTION_DEFAULTS and v == _NEW_OPTION_DEFAULTS[k])}
 
 
 def read_json(path: Path, what: str, layout: str) -> Any:

@@ -456,6 +456,51 @@ class HF(Model):
             out["mm_encoder_outputs"] = self._features.encoder_outputs(images)
         return out
 
+    # ---- what the model sees: token counts ---------------------------------------------------
+    def context_length(self) -> int | None:
+        text = getattr(self.hf_config, "text_config", None) or self.hf_config
+        n = getattr(text, "max_position_embeddings", None) or getattr(self.hf_config, "max_position_embeddings", None)
+        return int(n) if n else None
+
+    def prompt_length(self, prompt: Prompt) -> tuple[int, int] | None:
+        """Tokens and image/video tokens of the prompt's input ids: as ``generate`` gave them to the model
+        (remembered per rendered prompt), else from the processor itself, past the image cache (a
+        check must not warm it), so a family's image-token expansion is counted as the model gets it."""
+        text = self.render_prompt(prompt)
+        lengths = self.__dict__.setdefault("_lengths", {})
+        if text in lengths:
+            return lengths[text]
+        image_processor = self.processor.image_processor
+        self.processor.image_processor = getattr(image_processor, "_inner", image_processor)
+        try:
+            ids = self._process([text], [self._prompt_media(prompt)])["input_ids"][0]
+        finally:
+            self.processor.image_processor = image_processor
+        return int(ids.shape[0]), self._media_tokens(ids)
+
+    def _remember_lengths(self, texts: list[str], inputs: dict[str, Any]) -> None:
+        """Each generated prompt's (tokens, media tokens) as the model got them (padding left out)."""
+        lengths = self.__dict__.setdefault("_lengths", {})  # rendered prompt -> (tokens, media tokens)
+        mask = inputs.get("attention_mask")
+        for i, text in enumerate(texts):
+            ids = inputs["input_ids"][i]
+            if mask is not None:
+                ids = ids[mask[i].bool()]
+            if len(lengths) >= 8192:  # bounded: records read them right after their batch
+                lengths.pop(next(iter(lengths)))
+            lengths[text] = (int(ids.shape[0]), self._media_tokens(ids))
+
+    def _media_tokens(self, ids) -> int:
+        media_ids = set()
+        for attr in ("image_token_id", "video_token_id"):
+            tid = getattr(self.processor, attr, None)
+            if tid is None:
+                tok = getattr(self.processor, attr.replace("_id", ""), None)
+                tid = self.tokenizer.convert_tokens_to_ids(tok) if isinstance(tok, str) else None
+            if isinstance(tid, int) and tid != self.tokenizer.unk_token_id:
+                media_ids.add(tid)
+        return sum(int((ids == t).sum()) for t in media_ids)
+
     # ---- generation -----------------------------------------------------------------------
     def generate(self, requests: Sequence[GenerateRequest]) -> list[str]:
         torch = self.torch
@@ -463,6 +508,7 @@ class HF(Model):
         texts = [self.render_prompt(r.prompt) for r in requests]
         media = [self._prompt_media(r.prompt) for r in requests]
         inputs = self._inputs(texts, media, "left")
+        self._remember_lengths(texts, inputs)
         stop: dict[str, Any] = {}
         if self.format == "plain" and self.options.chunk_sep:
             stop = {"stop_strings": [self.options.chunk_sep], "tokenizer": self.tokenizer}

@@ -91,7 +91,7 @@ class ClassNameTask(Task):
 
     def demo_sampler(self, seed: int):
         cls = ClassBalancedSampler if self.options.sampler == "class_balanced" else RandomSampler
-        return cls(self.name, self.support_examples(), seed, self.options.support_size)
+        return cls(self.name, self.support_examples(), seed, self.options.support_size, self.options.nested_shots)
 
     def score(self, prediction: str, example: Example) -> float:
         return float(prediction.strip() == example.target)

@@ -148,6 +148,9 @@ class CellPlan:
     key: str
     directory: Path
     journal: Journal
+    #: (context length, tokens reserved for the output) when prompts are dropped to fit, else None
+    fit: tuple[int, int] | None = None
+    context_checked: bool = False
 
     @property
     def desc(self) -> str:
@@ -179,7 +182,6 @@ class Runner:
         queries = select_queries(task, spec.limit, spec.sample, spec.seed)
         check_media(self.model, queries, task)
         task.check_shots(spec.shots)
-        getattr(self.model, "check_task", lambda t: None)(task)  # before any request (a duck-typed plug-in may lack it)
         sampler = self._sampler(task, spec.seed, queries)
         if getattr(task.options, "length_normalization", None) == "tokens":
             self.model.count_tokens("a")  # a model that cannot count tokens fails here, before any sample
@@ -198,6 +200,72 @@ class Runner:
         directory = cell_dir(self.output, self.label, task.name, spec.shots, spec.seed)
         return CellPlan(task, spec, queries, sampler, n_demos, template, gen, config, key, directory,
                         Journal(directory, key, config, spec.shard))
+
+    def check_context(self, plan: CellPlan) -> None:
+        """The model's checks of a planned cell: ``Model.check_task`` and the context length (once; a sweep
+        runs them for every cell after the conflict check and before any query). A finished cell asks no
+        query: it is skipped, so a finished rerun never loads a deferred model for it."""
+        if plan.context_checked:
+            return
+        if plan.journal.completed_metrics() is None:
+            # can this model evaluate the task as configured (a duck-typed plug-in may lack the hook)
+            getattr(self.model, "check_task", lambda t: None)(plan.task)
+            plan.fit = self._check_context(plan.task, plan.spec, plan.queries, plan.sampler, plan.n_demos,
+                                           plan.template, plan.gen)
+        plan.context_checked = True
+
+    def _check_context(self, task: Task, spec: CellSpec, queries: list[Example], sampler, n_demos: int, template,
+                       gen: GenerationConfig) -> tuple[int, int] | None:
+        """Before any query: the cell's longest rendered prompt (plus the tokens to generate) against the
+        model's context length. Refuse with the numbers, or with ``context_overflow=drop_front`` return
+        (context, reserve) so each prompt that does not fit loses demos from its front."""
+        ctx = self.model.context_length() if hasattr(self.model, "context_length") else None
+        if ctx is None or not queries:
+            return None
+        builder = PromptBuilder(template)
+        text_only = spec.shots == 0
+        longest = max(queries, key=lambda q: len(self.model.render_prompt(
+            builder.build(sampler.demos(q, n_demos), q, text_only))))
+        counted = self.model.prompt_length(builder.build(sampler.demos(longest, n_demos), longest, text_only))
+        if counted is None:
+            return None
+        reserve = gen.max_new_tokens if task.kind == "generate" else 0
+        need = counted[0] + reserve
+        if need <= ctx:
+            return None
+        what = (f"task {task.name}: {spec.shots} shots need {need:,} tokens (the longest prompt, query "
+                f"{longest.id}: {counted[0]:,}, {counted[1]:,} of them image tokens"
+                f"{f', + {reserve} to generate' if reserve else ''}); model {self.model.name} takes {ctx:,}")
+        if getattr(task.options, "context_overflow", "refuse") != "drop_front":
+            raise HarnessError(f"{what}; use fewer shots, or --task-arg context_overflow=drop_front to drop demos "
+                               f"from the front of each prompt that does not fit (recorded per sample as n_demos)")
+        alone = self.model.prompt_length(builder.build([], longest, text_only))
+        if alone is not None and alone[0] + reserve > ctx:
+            raise HarnessError(f"{what}; even without demos query {longest.id} needs {alone[0] + reserve:,}")
+        log.warning("%s; context_overflow=drop_front: prompts that do not fit lose demos from the front (each "
+                    "sample records n_demos delivered)", what)
+        return ctx, reserve
+
+    def _fitted(self, plan: "CellPlan", builder: PromptBuilder, q: Example, demos: list[Example]) -> list[Example]:
+        """``demos`` less as many from the front as the prompt needs to fit the context (plan.fit)."""
+        if plan.fit is None:
+            return demos
+        ctx, reserve = plan.fit
+        text_only = plan.spec.shots == 0
+        while demos:
+            counted = self.model.prompt_length(builder.build(demos, q, text_only))
+            if counted is None or counted[0] + reserve <= ctx:
+                break
+            demos = demos[1:]
+        return demos
+
+    def _delivered(self, prompt, demos: Sequence[Example]) -> dict[str, Any]:
+        """What reached the model, per sample: demos, and prompt / image tokens where the adapter counts them."""
+        out: dict[str, Any] = {"n_demos": len(demos)}
+        counted = getattr(self.model, "prompt_length", lambda p: None)(prompt)
+        if counted is not None:
+            out["prompt_tokens"], out["image_tokens"] = counted
+        return out
 
     def _sampler(self, task: Task, seed: int, queries: list[Example]):
         """The cell's sampler, shared by every cell of this runner with the same inputs (a RICES
@@ -282,6 +350,7 @@ class Runner:
             journal.clear()
         if spec.shard is None:
             self._wait_for_shards(journal)
+        self.check_context(plan)
         queries, sampler, n_demos = plan.queries, plan.sampler, plan.n_demos
         builder = PromptBuilder(plan.template)
 
@@ -290,8 +359,12 @@ class Runner:
         done = journal.resume()
         done_ids = {r.query_id for r in done}
 
+        fitted: dict[str, list[Example]] = {}
+
         def demos_for(q: Example) -> list[Example]:
-            return sampler.demos(q, n_demos)
+            if q.id not in fitted:
+                fitted[q.id] = self._fitted(plan, builder, q, sampler.demos(q, n_demos))
+            return fitted[q.id]
 
         mine, queue = queries, None
         if spec.shard is not None and self.group is not None:
@@ -458,7 +531,7 @@ class Runner:
             query_id=q.id,
             demo_ids=[d.id for d in req.demos],
             prompt=self.model.render_prompt(req.prompt),
-            fields=task.record_fields(q),
+            fields={**task.record_fields(q), **self._delivered(req.prompt, req.demos)},
         )
         if isinstance(out, SampleError):
             return SampleRecord(raw_output="", prediction="", score=0.0, error=str(out), **common)
@@ -478,12 +551,13 @@ class Runner:
         errors = [o for o in outs if isinstance(o, SampleError)]
         if errors:
             return SampleRecord(raw_output="", prediction="", score=0.0, error=str(errors[0]),
-                                fields=task.record_fields(q), **common)
+                                fields={**task.record_fields(q), **self._delivered(prompts[0], demos)}, **common)
         per_order = [[float(o) for o in outs[i : i + len(cands)]] for i in range(0, len(outs), len(cands))]
         counts = [self.model.count_tokens(c) for c in conts] if norm == "tokens" else None
         _, logprobs, scores = rank(cands, conts, per_order, norm, counts)
         prediction = task.choose(cands, scores)  # ties as the task's reference breaks them
-        fields = {**task.record_fields(q), **task.ranking_fields(q, logprobs, scores, norm), "n_orders": len(prompts)}
+        fields = {**task.record_fields(q), **task.ranking_fields(q, logprobs, scores, norm), "n_orders": len(prompts),
+                  **self._delivered(prompts[0], demos)}
         return SampleRecord(raw_output=prediction, prediction=prediction, score=task.sample_score(prediction, q),
                             fields=fields, **common)
 

@@ -82,6 +82,8 @@ def run_sweep(
     runners = [Runner(model, output, label, progress=progress, group=group) for model, label in models]
     plans = plan_sweep(runners, tasks, spec)
     check_conflicts(plans.values(), spec)
+    for (i, *_), plan in plans.items():  # every cell's prompts against the context, before any query
+        runners[i].check_context(plan)
     summaries = []
     for i, runner in enumerate(runners):
         label = runner.label

@@ -186,3 +186,80 @@ def holm(pvalues: Sequence[float]) -> np.ndarray:
     adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
     out[order] = adjusted
     return out
+
+
+# ---- the mean over seeds: queries and demonstration draws --------------------------------------
+@dataclass(frozen=True)
+class TwoLevelInterval:
+    """95% interval of the mean over seeds and queries of a (seeds x queries) score matrix."""
+
+    mean: float
+    ci_low: float
+    ci_high: float
+    #: the variance of the mean from each source (scale of the scores squared): seeds (demo draws),
+    #: queries, and the seed x query residual, as estimated from the two-way layout.
+    var_seeds: float
+    var_queries: float
+    n_seeds: int
+    n_queries: int
+    method: str
+
+
+def two_level_interval(scores: np.ndarray, scale: float = 100.0, n_boot: int = N_BOOT, seed: int = 0,
+                       level: float = 0.95) -> TwoLevelInterval:
+    """Interval for the table's mean over seeds that counts both sources of variance: which queries were
+    asked (the eval set is a sample) and which demonstrations were drawn (each seed is one draw).
+
+    ``scores[s, q]`` is query q's score under seed s (the seeds share their queries). A two-level
+    bootstrap: each resample draws S seeds and Q queries with replacement, independently (the crossed
+    "pigeonhole" bootstrap, Owen 2007), and takes the mean of the S x Q sub-matrix, computed for all
+    resamples at once as ``(w_seeds @ X) . w_queries / (S Q)`` with resampling counts ``w``. Resampling
+    S seeds out of S underestimates their variance by (S-1)/S (3 seeds: by a third), so the seed part of
+    each resample's deviation is scaled by sqrt(S/(S-1)); and the percentile interval of a bootstrap over
+    few seeds is too short, so the interval is ``mean +- t * sd_boot`` with the t quantile at the
+    Welch-Satterthwaite degrees of freedom of the two variance components (S-1 for the seeds, Q-1 for the
+    queries). docs/statistics.md has the derivation and the simulated coverage.
+    """
+    x = np.asarray(scores, dtype=float)
+    if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 1:
+        raise ValueError("two_level_interval needs a (seeds x queries) matrix with at least one of each")
+    n_s, n_q = x.shape
+    mean = float(x.mean())
+    rng = np.random.default_rng(seed)
+    seed_means = x.mean(axis=1)
+    query_effects = x - seed_means[:, None]  # each seed's queries around that seed's mean
+    boots = np.empty(n_boot)
+    inflate = math.sqrt(n_s / (n_s - 1)) if n_s > 1 else 0.0
+    for start in range(0, n_boot, _CHUNK):
+        stop = min(start + _CHUNK, n_boot)
+        b = stop - start
+        ws = _counts(rng, b, n_s) / n_s  # (b, S) seed weights summing to 1
+        wq = _counts(rng, b, n_q) / n_q  # (b, Q) query weights summing to 1
+        seed_part = ws @ seed_means - seed_means.mean()
+        query_part = np.einsum("bq,bq->b", ws @ query_effects, wq)
+        boots[start:stop] = mean + inflate * seed_part + query_part
+    # variance components of the mean (two-way layout without replication): seeds, queries
+    var_s = float(seed_means.var(ddof=1) / n_s) if n_s > 1 else 0.0
+    var_q = float(x.mean(axis=0).var(ddof=1) / n_q) if n_q > 1 else 0.0
+    sd = float(boots.std(ddof=1))
+    df = _satterthwaite([(var_s, n_s - 1), (var_q, n_q - 1)])
+    from scipy.stats import t as student_t
+
+    half = float(student_t.ppf(0.5 + level / 2.0, df)) * sd if sd > 0 else 0.0
+    return TwoLevelInterval(mean * scale, (mean - half) * scale, (mean + half) * scale, var_s * scale ** 2,
+                            var_q * scale ** 2, n_s, n_q, "two-level bootstrap (seeds x queries)")
+
+
+def _counts(rng: np.random.Generator, b: int, n: int) -> np.ndarray:
+    """How often each of ``n`` units is drawn in each of ``b`` resamples with replacement: (b, n)."""
+    idx = rng.integers(0, n, size=(b, n)) + (np.arange(b) * n)[:, None]
+    return np.bincount(idx.ravel(), minlength=b * n).reshape(b, n).astype(float)
+
+
+def _satterthwaite(parts: Sequence[tuple[float, int]]) -> float:
+    """Welch-Satterthwaite degrees of freedom of a sum of variance estimates (estimate, its df)."""
+    total = sum(v for v, _ in parts)
+    denom = sum(v * v / d for v, d in parts if d > 0 and v > 0)
+    if total <= 0 or denom <= 0:
+        return float("inf")
+    return total * total / denom

@@ -19,10 +19,10 @@ import pandas as pd
 
 from harness.errors import HarnessError
 
-Spread = Literal["std", "ci", "none"]
+Spread = Literal["std", "ci", "ci-demos", "none"]
 #: more number columns than this make a two-column-wide ``table*``
 WIDE_COLUMNS = 6
-SPREADS = ("std", "ci", "none")
+SPREADS = ("std", "ci", "ci-demos", "none")
 
 _SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
             "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
@@ -77,6 +77,8 @@ def latex_table(df: pd.DataFrame, spread: Spread = "std", bold_best: bool = Fals
             text += rf"{{\scriptsize\,$\pm${fmt(r.std)}}}"
         elif spread == "ci" and not math.isnan(r.ci_low):
             text += rf"{{\scriptsize\,[{fmt(r.ci_low)}, {fmt(r.ci_high)}]}}"
+        elif spread == "ci-demos" and not math.isnan(r.ci_demos_low):
+            text += rf"{{\scriptsize\,[{fmt(r.ci_demos_low)}, {fmt(r.ci_demos_high)}]}}"
         return text
 
     one_metric = len({t for t, _ in rows}) == len(rows)
@@ -127,6 +129,8 @@ def _caption(df: pd.DataFrame, spread: Spread, bold_best: bool) -> str:
         parts[0] += r" $\pm$ standard deviation over seeds (population, ddof=0)"
     elif spread == "ci":
         parts[0] += ", [95\\% confidence interval over queries]"
+    elif spread == "ci-demos":
+        parts[0] += ", [95\\% confidence interval over queries and demonstration draws]"
     parts[0] += "; columns: checkpoint, then shots"
     ns = {}
     for task, g in tasks.groupby("task", sort=False):

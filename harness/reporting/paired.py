@@ -28,6 +28,7 @@ from harness.errors import HarnessError
 from harness.metrics.stats import N_PERM, holm, paired_difference
 from harness.store.identity import pairing_fields, pairing_mismatch  # noqa: F401  (moved; importable here)
 from harness.store.journal import read_records
+from harness.store.results import metric_scale
 
 ALPHA = 0.05
 
@@ -62,26 +63,32 @@ def read_cell(file: str | Path, value: float) -> CellRecords:
     return CellRecords(file, metrics["config"], value, ids, np.asarray(scores, dtype=float), demos)
 
 
-def records_mismatch(a: CellRecords, b: CellRecords) -> str | None:
-    """Why two cells' records cannot be paired query by query, or None."""
+def records_mismatch(a: CellRecords, b: CellRecords, nested: bool = False) -> str | None:
+    """Why two cells' records cannot be paired query by query, or None. ``nested`` (two shot counts):
+    each query's shorter demo list must be the start of its longer one (task option nested_shots)."""
     sa, sb = set(a.ids), set(b.ids)
     if sa != sb:
         return f"different queries: {len(sa - sb)} only in A, {len(sb - sa)} only in B"
+    if nested:
+        bad = sum(not _is_prefix(a.demos[q], b.demos[q]) for q in a.ids)
+        if bad:
+            return (f"the demonstrations are not nested for {bad} of {len(a.ids)} queries (independent draws per "
+                    f"shot count); rerun with --task-arg nested_shots=N (N = the largest shot count)")
+        return None
     bad = sum(a.demos[q] != b.demos[q] for q in a.ids)
     if bad:
         return f"different demonstrations for {bad} of {len(a.ids)} queries"
     return None
 
 
+def _is_prefix(x: list[str], y: list[str]) -> bool:
+    short, long_ = (x, y) if len(x) <= len(y) else (y, x)
+    return long_[: len(short)] == short
+
+
 def score_scale(cell: CellRecords) -> float | None:
     """100 or 1 if the cell's metric is the mean of its per-sample scores on that scale, else None."""
-    if len(cell.scores) == 0 or cell.value is None or math.isnan(cell.value):
-        return None
-    mean = float(cell.scores.mean())
-    for scale in (100.0, 1.0):
-        if abs(mean * scale - cell.value) <= 1e-6 * max(1.0, abs(cell.value)):
-            return scale
-    return None
+    return metric_scale(cell.scores, cell.value)
 
 
 def resolve_baseline(cells: pd.DataFrame, baseline: str) -> str:
@@ -102,9 +109,12 @@ def resolve_baseline(cells: pd.DataFrame, baseline: str) -> str:
                        f"({', '.join(names)}) nor one of the results folders")
 
 
-def paired_compare(paths: Sequence[str | Path], baseline: str, seed: int = 0,
-                   n_boot: int | None = None, n_perm: int | None = None) -> pd.DataFrame:
-    """Every other checkpoint against ``baseline`` on each (task, primary metric, shots) both have.
+def paired_compare(paths: Sequence[str | Path], baseline: str | None, seed: int = 0,
+                   n_boot: int | None = None, n_perm: int | None = None,
+                   baseline_shots: int | None = None) -> pd.DataFrame:
+    """Every other checkpoint against ``baseline`` on each (task, primary metric, shots) both have;
+    or, with ``baseline_shots``, every other shot count of each checkpoint (only ``baseline``'s if
+    given) against its own ``baseline_shots`` cells (needs nested demos: task option nested_shots).
 
     Columns: task, metric, shots, checkpoint, baseline, seeds, n, baseline_mean, mean, delta,
     ci_low, ci_high, p, p_holm, significant (Holm-adjusted p < 0.05 over the table's rows),
@@ -113,9 +123,9 @@ def paired_compare(paths: Sequence[str | Path], baseline: str, seed: int = 0,
     from harness.reporting.report import load_results
 
     cells = load_results(paths)
-    base = resolve_baseline(cells, baseline)
+    base = resolve_baseline(cells, baseline) if baseline is not None else None
     cells = cells[cells["primary"]]
-    if base not in set(cells["checkpoint"]):
+    if base is not None and base not in set(cells["checkpoint"]):
         raise HarnessError(f"--baseline {baseline}: no finished cells of {base}")
     kw = {k: v for k, v in (("n_boot", n_boot), ("n_perm", n_perm)) if v is not None}
     cache: dict[str, CellRecords] = {}
@@ -125,6 +135,14 @@ def paired_compare(paths: Sequence[str | Path], baseline: str, seed: int = 0,
             cache[row.file] = read_cell(row.file, row.value)
         return cache[row.file]
 
+    if baseline_shots is not None:
+        rows = _across_shots(cells, base, baseline_shots, load, seed, kw)
+        if not rows:
+            raise HarnessError(f"--baseline-shots {baseline_shots}: no checkpoint has {baseline_shots}-shot cells "
+                               f"and cells at another shot count of the same task")
+        return _finish(rows)
+    if base is None:
+        raise HarnessError("paired comparison needs --baseline LABEL or --baseline-shots N")
     rows = []
     for (task, metric, shots), grp in cells.groupby(["task", "metric", "shots"], sort=True):
         a_cells = {r.seed: r for r in grp[grp["checkpoint"] == base].itertuples()}
@@ -147,6 +165,38 @@ def paired_compare(paths: Sequence[str | Path], baseline: str, seed: int = 0,
             rows.append(row)
     if not rows:
         raise HarnessError(f"nothing to compare with {base}: no other checkpoint has a (task, shots) it has")
+    return _finish(rows)
+
+
+def _across_shots(cells: pd.DataFrame, base: str | None, base_shots: int, load, seed: int,
+                  kw: dict[str, int]) -> list[dict[str, Any]]:
+    """Rows of each checkpoint's shot counts against its own ``base_shots`` cells, seed by seed."""
+    rows = []
+    for (task, metric, ck), grp in cells.groupby(["task", "metric", "checkpoint"], sort=True):
+        if base is not None and ck != base:
+            continue
+        a_cells = {r.seed: r for r in grp[grp["shots"] == base_shots].itertuples()}
+        if not a_cells:
+            continue
+        for shots, bgrp in grp[grp["shots"] != base_shots].groupby("shots", sort=True):
+            b_cells = {r.seed: r for r in bgrp.itertuples()}
+            seeds = sorted(set(a_cells) & set(b_cells))
+            row: dict[str, Any] = {
+                "task": task, "metric": metric, "shots": int(shots), "checkpoint": ck,
+                "baseline": f"{ck} {base_shots}-shot", "seeds": len(seeds), "n": math.nan,
+                "baseline_mean": float(np.mean([a_cells[s].value for s in seeds])) if seeds else math.nan,
+                "mean": float(np.mean([b_cells[s].value for s in seeds])) if seeds else math.nan,
+                "delta": math.nan, "ci_low": math.nan, "ci_high": math.nan, "p": math.nan, "note": "",
+            }
+            if seeds:
+                row["delta"] = row["mean"] - row["baseline_mean"]
+            row.update(_test(task, metric, [(load(a_cells[s]), load(b_cells[s]), s) for s in seeds],
+                             sorted(a_cells), sorted(b_cells), seed, kw, across_shots=True))
+            rows.append(row)
+    return rows
+
+
+def _finish(rows: list[dict[str, Any]]) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     df["p_holm"] = holm(df["p"].to_numpy())
     df["significant"] = df["p_holm"] < ALPHA
@@ -156,13 +206,14 @@ def paired_compare(paths: Sequence[str | Path], baseline: str, seed: int = 0,
 
 
 def _test(task: str, metric: str, pairs: list[tuple[CellRecords, CellRecords, int]], seeds_a: list[int],
-          seeds_b: list[int], seed: int, kw: dict[str, int]) -> dict[str, Any]:
+          seeds_b: list[int], seed: int, kw: dict[str, int], across_shots: bool = False) -> dict[str, Any]:
     if not pairs:
         return {"note": f"not paired: no common seed (baseline {seeds_a}, this {seeds_b})"}
     a_list, b_list = [], []
     scales = set()
     for a, b, s in pairs:
-        why = pairing_mismatch(a.config, b.config) or records_mismatch(a, b)
+        why = (pairing_mismatch(a.config, b.config, across_shots=across_shots)
+               or records_mismatch(a, b, nested=across_shots))
         if why:
             return {"note": f"not paired (seed {s}): {why}"}
         sa, sb = score_scale(a), score_scale(b)

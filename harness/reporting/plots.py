@@ -24,7 +24,7 @@ from harness.errors import HarnessError
 #: widths of a one-column and a two-column figure in a typical two-column paper (inches)
 COLUMN_IN, PAGE_IN = 3.3, 6.9
 FORMATS = ("png", "pdf", "svg")
-Band = Literal["std", "ci", "none"]
+Band = Literal["std", "ci", "ci-demos", "none"]
 Layout = Literal["grid", "per-task"]
 _MARKERS = "osD^vP*X<>"
 
@@ -34,7 +34,7 @@ def plot(paths: Sequence[str | Path], out: str | Path, **kw) -> list[Path]:
     from harness.reporting.tidy import tidy
 
     band = kw.get("band", "std")
-    return plot_tidy(tidy(paths, ci=band == "ci"), out, **kw)
+    return plot_tidy(tidy(paths, ci=band in ("ci", "ci-demos")), out, **kw)
 
 
 def plot_tidy(df: pd.DataFrame, out: str | Path, band: Band = "std", layout: Layout = "grid",
@@ -186,7 +186,8 @@ def _figure(plt, df: pd.DataFrame, tasks: list[str], checkpoints: list[str], sty
     for ax in list(axes.flat)[len(tasks):]:
         ax.set_visible(False)
     fig.tight_layout()
-    what = {"std": "band: ±1 std over seeds", "ci": "band: 95% CI over queries", "none": ""}[band]
+    what = {"std": "band: ±1 std over seeds", "ci": "band: 95% CI over queries",
+            "ci-demos": "band: 95% CI over queries and demo draws", "none": ""}[band]
     ncol = min(len(handles), 3 if ncols == 1 else 5)
     legend = fig.legend(list(handles.values()), list(handles), loc="upper center", bbox_to_anchor=(0.5, 0.0),
                         ncol=ncol, frameon=False, title=what or None, title_fontsize=7)
@@ -200,6 +201,8 @@ def _band(g: pd.DataFrame, band: Band):
         return g["mean"].to_numpy() - std, g["mean"].to_numpy() + std
     if band == "ci" and g["ci_low"].notna().any():
         return g["ci_low"].fillna(g["mean"]).to_numpy(), g["ci_high"].fillna(g["mean"]).to_numpy()
+    if band == "ci-demos" and g["ci_demos_low"].notna().any():
+        return g["ci_demos_low"].fillna(g["mean"]).to_numpy(), g["ci_demos_high"].fillna(g["mean"]).to_numpy()
     return None, None
 
 

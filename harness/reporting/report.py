@@ -128,10 +128,22 @@ def summarize(cells: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def compare(paths: Sequence[str | Path], metrics: str = "primary") -> pd.DataFrame:
+def compare(paths: Sequence[str | Path], metrics: str = "primary", spread: str = "std") -> pd.DataFrame:
     """The comparison table as a DataFrame: rows (task, metric), columns (checkpoint, shots),
     cells ``mean (std) n=N``. ``metrics='all'`` adds the breakdowns (e.g. per answer type). A suite
-    (harness.suites) whose tasks are all present adds a row: the mean of their primary metrics."""
+    (harness.suites) whose tasks are all present adds a row: the mean of their primary metrics.
+    ``spread='ci'`` shows ``mean [low, high] n=N`` with the 95% interval over queries instead of the std,
+    ``'ci-demos'`` the interval over queries and demonstration draws (docs/statistics.md)."""
+    if spread in ("ci", "ci-demos"):
+        from harness.reporting.tidy import tidy
+
+        df = tidy(paths, metrics=metrics)
+        lo, hi = ("ci_low", "ci_high") if spread == "ci" else ("ci_demos_low", "ci_demos_high")
+        df = df.assign(cell=[_interval_cell(r.mean, getattr(r, lo), getattr(r, hi), r.n, r.failed)
+                             for r in df.itertuples()])
+        table = df.pivot_table(index=["task", "metric"], columns=["checkpoint", "shots"], values="cell",
+                               aggfunc="first", sort=False)
+        return table.sort_index(axis=1, level=[0, 1])
     summary = summarize(load_results(paths))
     if metrics == "primary":
         summary = summary[summary["primary"]]
@@ -154,6 +166,11 @@ def _pivot(summary: pd.DataFrame) -> pd.DataFrame:
     table = summary.pivot_table(index=["task", "metric"], columns=["checkpoint", "shots"], values="cell",
                                 aggfunc="first", sort=False)
     return table.sort_index(axis=1, level=[0, 1])
+
+
+def _interval_cell(mean: float, lo: float, hi: float, n: int, failed: int) -> str:
+    ci = f" [{lo:.2f}, {hi:.2f}]" if not math.isnan(lo) else ""
+    return f"{mean:.2f}{ci} n={n}" + (f" ({failed} failed)" if failed else "")
 
 
 def _cell(r: Any) -> str:
@@ -179,6 +196,14 @@ def render(table: pd.DataFrame, fmt: Format = "markdown") -> str:
 #: What a comparison-table cell shows (printed under markdown tables).
 TABLE_NOTE = ("cells: mean over seeds (std over seeds, population std ddof=0 as OpenFlamingo reports it; "
               "shown with 2+ seeds) n=queries per seed")
+#: The same with ``--spread ci`` / ``--spread ci-demos``.
+TABLE_NOTES = {
+    "std": TABLE_NOTE,
+    "ci": "cells: mean over seeds [95% interval over queries, seeds averaged per query] n=queries per seed",
+    "ci-demos": ("cells: mean over seeds [95% interval over queries AND demonstration draws: two-level bootstrap, "
+                 "2+ seeds, docs/statistics.md] n=queries per seed"),
+    "none": TABLE_NOTE,  # markdown cells keep their std
+}
 
 
 def render_rows(headers: Sequence[str], rows: Sequence[Sequence[str]], fmt: Format = "markdown") -> str:

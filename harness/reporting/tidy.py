@@ -8,7 +8,8 @@ What ``compare --format csv|parquet``, the LaTeX table and the plots are made fr
 
 Columns (see :data:`COLUMNS`): ``mean`` over seeds, ``std`` over seeds (population, ddof=0, as
 OpenFlamingo), ``ci_low``/``ci_high`` the 95% interval over queries of that mean (below), ``n``
-queries per seed, ``seeds``, ``failed`` samples (all seeds), ``config_key`` (the configuration
+queries per seed, ``ci_demos_low``/``ci_demos_high`` the 95% interval over queries AND demonstration
+draws (seeds), the two-level bootstrap of harness.metrics.stats.two_level_interval (2+ seeds), ``seeds``, ``failed`` samples (all seeds), ``config_key`` (the configuration
 without its seed: the cells averaged into the row) and where the row came from.
 
 The interval: per query, its scores are averaged over the seeds (the seeds share the query, so
@@ -29,10 +30,11 @@ import numpy as np
 import pandas as pd
 
 from harness.errors import HarnessError
+from harness.store.results import seeds_queries_interval
 
 #: The tidy table's columns, in order.
 COLUMNS = ["task", "metric", "checkpoint", "shots", "mean", "std", "ci_low", "ci_high", "n", "seeds", "failed",
-           "config_key", "model", "label", "source", "primary", "ci_method"]
+           "config_key", "model", "label", "source", "primary", "ci_method", "ci_demos_low", "ci_demos_high"]
 
 
 def tidy(paths: Sequence[str | Path], metrics: str = "primary", ci: bool = True) -> pd.DataFrame:
@@ -60,7 +62,7 @@ def tidy_cells(cells: pd.DataFrame, metrics: str = "primary", ci: bool = True) -
         row.update(
             mean=float(seeds["value"].mean()),
             std=float(seeds["value"].std(ddof=0)),
-            ci_low=math.nan, ci_high=math.nan,
+            ci_low=math.nan, ci_high=math.nan, ci_demos_low=math.nan, ci_demos_high=math.nan,
             n=int(seeds["n"].min()), seeds=int(len(seeds)), failed=int(seeds["n_failed"].sum()),
             config_key=str(g["setting"].iloc[0]), model=str(g["model"].iloc[0]), label=str(g["label"].iloc[0]),
             source=str(g["source"].iloc[0]), primary=bool(g["primary"].iloc[0]),
@@ -69,6 +71,10 @@ def tidy_cells(cells: pd.DataFrame, metrics: str = "primary", ci: bool = True) -
         if ci and row["primary"]:
             row["ci_low"], row["ci_high"], row["ci_method"] = seed_averaged_interval(
                 list(zip(seeds["file"], seeds["value"])))
+            if row["seeds"] > 1:  # the two-level interval needs 2+ demonstration draws
+                both = seeds_queries_interval([(Path(f).parent, v) for f, v in zip(seeds["file"], seeds["value"])])
+                if both["ci95_seeds_queries"] is not None:
+                    row["ci_demos_low"], row["ci_demos_high"] = both["ci95_seeds_queries"]
         rows.append(row)
     df = pd.DataFrame(rows, columns=COLUMNS)
     with_suites = add_suite_rows(df)
@@ -83,7 +89,7 @@ def tidy_cells(cells: pd.DataFrame, metrics: str = "primary", ci: bool = True) -
 
 def _types(df: pd.DataFrame) -> pd.DataFrame:
     df = df.astype({"shots": "int64", "mean": "float64", "std": "float64", "ci_low": "float64",
-                    "ci_high": "float64", "n": "int64", "seeds": "int64", "failed": "int64", "primary": "bool"})
+                    "ci_high": "float64", "ci_demos_low": "float64", "ci_demos_high": "float64", "n": "int64", "seeds": "int64", "failed": "int64", "primary": "bool"})
     for col in ("task", "metric", "checkpoint", "config_key", "model", "label", "source", "ci_method"):
         df[col] = df[col].astype(str)
     return df.reset_index(drop=True)

@@ -136,9 +136,15 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: obj}
 
 
-def pairing_mismatch(a: dict[str, Any], b: dict[str, Any]) -> str | None:
-    """Why two configs cannot be paired (the differing fields and values), or None."""
+def pairing_mismatch(a: dict[str, Any], b: dict[str, Any], across_shots: bool = False) -> str | None:
+    """Why two configs cannot be paired (the differing fields and values), or None. ``across_shots``:
+    two shot counts of one checkpoint (``compare --baseline-shots``): the shot count and the zero-shot
+    text demos may differ, everything else must not (the nested draw itself is checked on the records)."""
     fa, fb = flatten(pairing_fields(a)), flatten(pairing_fields(b))
+    if across_shots:
+        for f in (fa, fb):
+            f.pop("shots", None)
+            f.pop("sampler.zero_shot_text_demos", None)
     diffs = [k for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)]
     if not diffs:
         return None

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
-from harness.metrics.stats import mean_std
+import numpy as np
+
+from harness.metrics.stats import mean_std, two_level_interval
 from harness.store.identity import setting_key
-from harness.store.journal import seal_problem
-from harness.store.layout import METRICS, SUMMARY, label_dir, read_json, write_json
+from harness.store.journal import read_records, seal_problem
+from harness.store.layout import METRICS, PREDICTIONS, SUMMARY, label_dir, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,57 @@ def failure_note(directory: Path, res: dict[str, Any]) -> str:
             f"first: {failures[0]['error']}; all are listed under 'failures' in {directory / METRICS}")
 
 
+def metric_scale(scores: np.ndarray, value: float | None) -> float | None:
+    """100 or 1 if a cell's metric ``value`` is the mean of its per-sample ``scores`` on that scale, else None
+    (e.g. ROC-AUC): only then do intervals over queries exist for it."""
+    if len(scores) == 0 or value is None or math.isnan(value):
+        return None
+    mean = float(np.mean(scores))
+    for scale in (100.0, 1.0):
+        if abs(mean * scale - value) <= 1e-6 * max(1.0, abs(value)):
+            return scale
+    return None
+
+
+def seed_query_scores(cells: Sequence[tuple[Path, float]]) -> tuple[np.ndarray, float] | str:
+    """The (seeds x queries) per-sample score matrix of one setting's cells ((cell folder, metric value)
+    each, one per seed), queries sorted by id, and the metric's scale; or why there is none."""
+    rows, ids, scales = [], None, set()
+    for folder, value in cells:
+        preds = Path(folder) / PREDICTIONS
+        if not preds.is_file():
+            return f"no {PREDICTIONS} in {folder}"
+        by_id = {r.query_id: r.score for r in read_records(preds, torn_tail_ok=False)}
+        order = sorted(by_id)
+        if ids is None:
+            ids = order
+        elif order != ids:
+            return "the seeds scored different queries (--sample): no seeds x queries layout"
+        scores = np.asarray([by_id[q] for q in order], dtype=float)
+        scales.add(metric_scale(scores, value))
+        rows.append(scores)
+    if len(scales) != 1 or None in scales:
+        return "the metric is not the mean of the per-sample scores"
+    return np.vstack(rows), scales.pop()
+
+
+def seeds_queries_interval(cells: Sequence[tuple[Path, float]], seed: int = 0) -> dict[str, Any]:
+    """The two-level (seeds x queries) 95% interval of the mean over seeds (harness.metrics.stats.
+    two_level_interval) as summary fields: ``ci95_seeds_queries`` [low, high] and its components, or
+    ``ci95_seeds_queries_note`` saying why there is none."""
+    if len(cells) < 2:
+        return {"ci95_seeds_queries": None,
+                "ci95_seeds_queries_note": "one seed: the variance between demonstration draws needs 2+ seeds"}
+    got = seed_query_scores(cells)
+    if isinstance(got, str):
+        return {"ci95_seeds_queries": None, "ci95_seeds_queries_note": got}
+    matrix, scale = got
+    res = two_level_interval(matrix, scale=scale, seed=seed)
+    return {"ci95_seeds_queries": [res.ci_low, res.ci_high],
+            "se_seeds": math.sqrt(res.var_seeds), "se_queries": math.sqrt(res.var_queries),
+            "ci95_seeds_queries_note": res.method}
+
+
 def summary_row(label: str, task: str, shots: int, cells: list[tuple[int, Path, dict[str, Any]]]) -> dict[str, Any]:
     """The summary of one setting's cells ((seed, cell folder, metrics) each): mean/std over seeds."""
     cells = sorted(cells, key=lambda c: c[0])
@@ -71,6 +125,8 @@ def summary_row(label: str, task: str, shots: int, cells: list[tuple[int, Path, 
         "wall_time_s": sum(r.get("wall_time_s", 0.0) for _, _, r in cells),
         "compute_time_s": sum(r.get("compute_time_s", r.get("wall_time_s", 0.0)) for _, _, r in cells),
         "failures": [failure_note(d, r) for _, d, r in cells if r.get("n_failed")],
+        # both sources of variance: the queries and the demonstrations drawn (docs/statistics.md)
+        **seeds_queries_interval([(d, v) for (_, d, _), v in zip(cells, values)]),
     }
 
 
