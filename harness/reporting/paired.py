@@ -149,20 +149,8 @@ def paired_compare(paths: Sequence[str | Path], baseline: str | None, seed: int 
         if not a_cells:
             continue
         for ck, bgrp in grp[grp["checkpoint"] != base].groupby("checkpoint", sort=True):
-            b_cells = {r.seed: r for r in bgrp.itertuples()}
-            seeds = sorted(set(a_cells) & set(b_cells))
-            row: dict[str, Any] = {
-                "task": task, "metric": metric, "shots": int(shots), "checkpoint": ck, "baseline": base,
-                "seeds": len(seeds), "n": math.nan,
-                "baseline_mean": float(np.mean([a_cells[s].value for s in seeds])) if seeds else math.nan,
-                "mean": float(np.mean([b_cells[s].value for s in seeds])) if seeds else math.nan,
-                "delta": math.nan, "ci_low": math.nan, "ci_high": math.nan, "p": math.nan, "note": "",
-            }
-            if seeds:
-                row["delta"] = row["mean"] - row["baseline_mean"]
-            row.update(_test(task, metric, [(load(a_cells[s]), load(b_cells[s]), s) for s in seeds],
-                             sorted(a_cells), sorted(b_cells), seed, kw))
-            rows.append(row)
+            rows.append(_pair_row(task, metric, int(shots), ck, base, a_cells,
+                                  {r.seed: r for r in bgrp.itertuples()}, load, seed, kw))
     if not rows:
         raise HarnessError(f"nothing to compare with {base}: no other checkpoint has a (task, shots) it has")
     return _finish(rows)
@@ -179,21 +167,27 @@ def _across_shots(cells: pd.DataFrame, base: str | None, base_shots: int, load, 
         if not a_cells:
             continue
         for shots, bgrp in grp[grp["shots"] != base_shots].groupby("shots", sort=True):
-            b_cells = {r.seed: r for r in bgrp.itertuples()}
-            seeds = sorted(set(a_cells) & set(b_cells))
-            row: dict[str, Any] = {
-                "task": task, "metric": metric, "shots": int(shots), "checkpoint": ck,
-                "baseline": f"{ck} {base_shots}-shot", "seeds": len(seeds), "n": math.nan,
-                "baseline_mean": float(np.mean([a_cells[s].value for s in seeds])) if seeds else math.nan,
-                "mean": float(np.mean([b_cells[s].value for s in seeds])) if seeds else math.nan,
-                "delta": math.nan, "ci_low": math.nan, "ci_high": math.nan, "p": math.nan, "note": "",
-            }
-            if seeds:
-                row["delta"] = row["mean"] - row["baseline_mean"]
-            row.update(_test(task, metric, [(load(a_cells[s]), load(b_cells[s]), s) for s in seeds],
-                             sorted(a_cells), sorted(b_cells), seed, kw, across_shots=True))
-            rows.append(row)
+            rows.append(_pair_row(task, metric, int(shots), ck, f"{ck} {base_shots}-shot", a_cells,
+                                  {r.seed: r for r in bgrp.itertuples()}, load, seed, kw, across_shots=True))
     return rows
+
+
+def _pair_row(task: str, metric: str, shots: int, checkpoint: str, baseline: str, a_cells: dict, b_cells: dict,
+              load, seed: int, kw: dict[str, int], across_shots: bool = False) -> dict[str, Any]:
+    """One row of the paired table: ``b_cells`` against ``a_cells`` (cells by seed) over their common seeds."""
+    seeds = sorted(set(a_cells) & set(b_cells))
+    row: dict[str, Any] = {
+        "task": task, "metric": metric, "shots": shots, "checkpoint": checkpoint, "baseline": baseline,
+        "seeds": len(seeds), "n": math.nan,
+        "baseline_mean": float(np.mean([a_cells[s].value for s in seeds])) if seeds else math.nan,
+        "mean": float(np.mean([b_cells[s].value for s in seeds])) if seeds else math.nan,
+        "delta": math.nan, "ci_low": math.nan, "ci_high": math.nan, "p": math.nan, "note": "",
+    }
+    if seeds:
+        row["delta"] = row["mean"] - row["baseline_mean"]
+    row.update(_test(task, metric, [(load(a_cells[s]), load(b_cells[s]), s) for s in seeds],
+                     sorted(a_cells), sorted(b_cells), seed, kw, across_shots=across_shots))
+    return row
 
 
 def _finish(rows: list[dict[str, Any]]) -> pd.DataFrame:
