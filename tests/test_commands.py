@@ -59,7 +59,7 @@ def test_peer_flags_in_a_real_run_and_aliases(tmp_path):
     assert "constant 0-shot" in proc.stdout
 
 
-def test_verbose_before_or_after_the_subcommand():
+def test_verbose_before_or_after_the_subcommand(tmp_path):
     from harness.cli import build_parser
 
     p = build_parser()
@@ -69,7 +69,7 @@ def test_verbose_before_or_after_the_subcommand():
     assert p.parse_args(["run", "--model", "m", "-v"]).verbose is True
     assert p.parse_args(["list", "tasks", "-v"]).verbose is True  # list: shows each one's options
     proc = run_cli("run", "--model", "demo-majority", "--tasks", "easyvqa", "--shots", "0", "--seeds", "0",
-                   "--limit", "2", "--output", "/nonexistent/dir/x", "-v", check=False)
+                   "--limit", "2", "--output", str(tmp_path / "res"), "-v", check=False)
     assert "DEBUG" in proc.stderr
 
 
