@@ -74,9 +74,7 @@ def check_request(model: str | Model, tasks: str | Sequence[str], shots: Sequenc
         raise HarnessError("evaluate: no task given (tasks='easyvqa' or a list of names)")
     expansion = expand(task_list, list(shots) if shots is not None else None, tuple(DEFAULT_SHOTS), task_names())
     shots = tuple(shots if shots is not None else DEFAULT_SHOTS)
-    check_sweep_flags(shots, list(seeds), limit, batch_size)
-    if sample is not None and sample <= 0:
-        raise HarnessError(f"evaluate: sample must be positive, got {sample}")
+    check_sweep_flags(shots, list(seeds), limit, batch_size, sample)
     if label is not None:
         check_label(label)
     items: list[str] = []

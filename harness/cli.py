@@ -172,9 +172,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         check_label(label)  # one safe path component, before anything loads
     # Validate everything before any model is constructed (see harness.evaluation.validate).
     shots = tuple(args.shots or DEFAULT_SHOTS)
-    check_sweep_flags(shots, args.seeds, args.limit, args.batch_size)
-    if args.sample is not None and args.sample <= 0:
-        raise HarnessError(f"--sample must be positive, got {args.sample}")
+    check_sweep_flags(shots, args.seeds, args.limit, args.batch_size, args.sample)
     from harness.loggers import make_loggers
 
     loggers = make_loggers(args.log_to, Path(args.output))  # an unknown or missing logger fails now

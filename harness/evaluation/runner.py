@@ -54,14 +54,10 @@ class CellSpec:
 def select_queries(task: Task, limit: int | None, sample: int | None = None, seed: int = 0) -> list[Example]:
     """The eval examples, in file order. ``limit`` takes the first N (the same for every seed);
     ``sample`` then draws N of them at random, a pure function of (seed, task), kept in file order."""
-    examples = task.eval_examples()
+    examples = task.eval_examples()  # limit and sample were checked with the other flags (check_sweep_flags)
     if limit is not None:
-        if limit <= 0:
-            raise HarnessError(f"--limit must be positive, got {limit}")
         examples = examples[:limit]
     if sample is not None:
-        if sample <= 0:
-            raise HarnessError(f"--sample must be positive, got {sample}")
         if sample < len(examples):
             picks = rng_for("sample", seed, task.name, task.eval_split).choice(len(examples), size=sample, replace=False)
             examples = [examples[i] for i in sorted(picks)]

@@ -22,8 +22,10 @@ from harness.task import Task
 log = logging.getLogger(__name__)
 
 
-def check_sweep_flags(shots: Sequence[int], seeds: Sequence[int], limit: int | None, batch_size: int | str) -> None:
-    """--shots, --seeds, --limit and --batch-size: in range and without repeats."""
+def check_sweep_flags(shots: Sequence[int], seeds: Sequence[int], limit: int | None, batch_size: int | str,
+                      sample: int | None = None) -> None:
+    """--shots, --seeds, --limit, --sample and --batch-size: in range and without repeats (the one check
+    of each, for the command line, ``harness.evaluate`` and ``watch``; the run path trusts them)."""
     bad = [s for s in shots if s < 0]
     if bad:
         raise HarnessError(f"--shots {bad[0]}: shot counts must be >= 0")
@@ -33,6 +35,8 @@ def check_sweep_flags(shots: Sequence[int], seeds: Sequence[int], limit: int | N
             raise HarnessError(f"{flag} {' '.join(map(str, values))}: {dup[0]} is given twice; give each once")
     if limit is not None and limit <= 0:
         raise HarnessError(f"--limit {limit}: must be a positive number of eval examples")
+    if sample is not None and sample <= 0:
+        raise HarnessError(f"--sample must be positive, got {sample}")
     if batch_size != "auto" and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise HarnessError(f"--batch-size {batch_size}: must be an integer >= 1 or auto")
 
