@@ -22,7 +22,7 @@ paths are compared query by query. The last line is the speed-up at the largest 
     python benchmarks/fewshot_speed.py [--queries 8] [--support 64] [--shots 0 4 32] [--threads 1 2]
 
 Like ``run_eval.py run``, it first lets malloc keep freed memory for reuse
-(harness/evaluation/allocator.py; ``HARNESS_MALLOC=system`` to compare without).
+(harness/launch/allocator.py; ``HARNESS_MALLOC=system`` to compare without).
 Absolute times on a shared machine are noisy; the ratios are measured side by side.
 """
 
@@ -167,7 +167,7 @@ def main(argv=None) -> int:
 
     from harness.registry import get_task_class
     from harness.plugins import load_builtins
-    from harness.evaluation.allocator import retain_freed_memory
+    from harness.launch.allocator import retain_freed_memory
     from harness.evaluation.runner import CellSpec, Runner
     from models.openflamingo import OpenFlamingo
     from models.openflamingo.synthetic import write_synthetic

@@ -34,8 +34,8 @@ from typing import Sequence
 
 from harness import __version__
 from harness.evaluation.batch_size import parse_batch_size
-from harness.evaluation.allocator import retain_freed_memory
-from harness.evaluation.distributed import discover, set_threads, start_group
+from harness.launch.allocator import retain_freed_memory
+from harness.launch.distributed import discover, set_threads, start_group
 from harness.errors import HarnessError
 from harness.options import describe_options, parse_key_values
 from harness.peer_flags import peer_flag_hint

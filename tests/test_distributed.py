@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.evaluation.distributed import balanced_share, default_threads, discover, resolve_device, slurm_array_shard
+from harness.launch.distributed import balanced_share, default_threads, discover, resolve_device, slurm_array_shard
 from harness.errors import HarnessError
 from tests.conftest import ROOT, run_cli
 

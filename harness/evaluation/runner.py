@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from harness import __version__
 from harness.evaluation.batch_size import AUTO, BatchSize, run_auto
-from harness.evaluation.distributed import Group, WorkQueue, balanced_share
+from harness.launch.distributed import Group, WorkQueue, balanced_share
 from harness.evaluation.rices import build_sampler
 from harness.errors import HarnessError, SampleError
 from harness.model import Model

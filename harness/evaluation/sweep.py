@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from harness.evaluation.distributed import Group
+from harness.launch.distributed import Group
 from harness.model import Model
 from harness.evaluation.runner import CellPlan, CellSpec, Runner
 from harness.store.journal import CellConflict
