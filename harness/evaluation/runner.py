@@ -153,8 +153,27 @@ class CellPlan:
         return f"{self.config['label']} {self.task.name} {self.spec.shots}-shot seed {self.spec.seed}"
 
 
+@dataclass
+class Computed:
+    """What :meth:`Runner.compute` found and did for (its share of) a cell."""
+
+    resumed: list[SampleRecord]  # read back from the journal (earlier runs, other shards)
+    new: list[SampleRecord]  # computed by this call
+    share: int  # samples in this process's share of the cell
+    stats: dict[str, int]  # the model's counters' increase (cache hits, vision encodes)
+    batch_choice: dict[str, Any] | None = None  # --batch-size auto: what was measured and chosen
+
+
 class Runner:
     """Runs cells for one model, writing under ``output/label``.
+
+    A cell goes through three steps: :meth:`plan` (queries, demos, identity; no model call),
+    :meth:`compute` (resume the journal, compute what this process's share lacks) and
+    :meth:`finalize` (score the whole cell, write metrics.json). Each launch mode composes them:
+    one process (``_run_whole``: plan, compute, finalize), an independent ``--shard K/N``
+    (``_run_shard``: plan, compute), a torchrun rank (``_run_rank``: plan, compute its claimed
+    batches, then rank 0 runs ``_run_whole``, with nothing left to compute) and ``merge`` (a
+    :class:`~harness.evaluation.merge.RecordedModel` through ``_run_whole``).
 
     With a torchrun ``group`` every rank runs every cell: rank 0 first merges what earlier runs
     left, the ranks claim the remaining batches (those one process would run) from a shared counter
@@ -280,6 +299,7 @@ class Runner:
             self._data_fp[key] = data_fingerprint(examples)
         return self._data_fp[key]
 
+    # ---- launch modes: each composes the steps plan -> compute -> finalize ----------------
     def run_cell(self, task: Task, spec: CellSpec, wait: bool = True) -> dict[str, Any] | None:
         """Evaluate one cell (or resume it, or return its finished metrics) under the cell's lock.
 
@@ -289,7 +309,8 @@ class Runner:
         return self.run_plan(self.plan(task, spec), wait)
 
     def run_plan(self, plan: CellPlan, wait: bool = True) -> dict[str, Any] | None:
-        """:meth:`run_cell` for a cell already planned (a sweep plans every cell once, up front)."""
+        """:meth:`run_cell` for a cell already planned (a sweep plans every cell once, up front).
+        Returns the cell's metrics, or for ``--shard K/N`` a summary of this process's share."""
         if self.group is not None:
             return self._run_rank(plan)
         lock = plan.journal.lock()
@@ -300,13 +321,34 @@ class Runner:
             log.info("%s: waiting for %s to finish it", plan.directory, lock.holder())
             lock.acquire(wait=True)
         try:
-            return self._run(plan)
+            return self._run_shard(plan) if plan.spec.shard is not None else self._run_whole(plan)
         finally:
             lock.release()
 
+    def _run_whole(self, plan: CellPlan) -> dict[str, Any]:
+        """One process: compute what the cell lacks (after any shard processes still writing it),
+        then score it. Also how a merge finishes a sharded cell: nothing is left to compute."""
+        finished = self._start(plan)
+        if finished is not None:
+            return finished
+        self._wait_for_shards(plan.journal)
+        return self.finalize(plan, self.compute(plan))
+
+    def _run_shard(self, plan: CellPlan) -> dict[str, Any]:
+        """``--shard K/N``: compute a fixed, balanced share into the shard's journal; a later
+        unsharded run (or ``merge``) scores the cell."""
+        finished = self._start(plan)
+        if finished is not None:
+            return finished
+        done = self.compute(plan)
+        plan.journal.record_time()
+        assert plan.spec.shard is not None
+        return {"shard": list(plan.spec.shard), "n": done.share, "journal": str(plan.journal.path)}
+
     def _run_rank(self, plan: CellPlan) -> dict[str, Any]:
         """torchrun: rank 0 merges earlier runs' journals, so every rank sees the same finished
-        samples; each rank computes its share into its own shard journal, then ``_merge_ranks``."""
+        samples; each rank computes the batches it claims into its own shard journal, then
+        ``_merge_ranks`` scores the cell on rank 0."""
         group = self.group
         assert group is not None
         start = time.time()
@@ -327,25 +369,30 @@ class Runner:
         lock = mine.journal.lock()
         lock.acquire(wait=True)
         try:
-            n_computed = self._run(mine)
+            done = self.compute(mine, queue=group.work_queue(plan.key))
+            mine.journal.record_time()
         finally:
             lock.release()
         # the merge runs the same plan (queries, sampler, identity) over the whole cell's journal
         return self._merge_ranks(replace(plan, journal=Journal(plan.directory, plan.key, plan.config)),
-                                 start, n_computed)
+                                 start, len(done.new))
 
-    def _run(self, plan: CellPlan) -> Any:
-        """Compute what the cell still lacks. Unsharded: score it and write metrics.json (returned);
-        an independent shard returns a summary of its share; a torchrun rank its count computed."""
-        task, spec, journal, directory = plan.task, plan.spec, plan.journal, plan.directory
-        finished = journal.completed_metrics()
+    def _start(self, plan: CellPlan) -> dict[str, Any] | None:
+        """The cell's finished metrics if it has them; else make way for computing it (--overwrite)."""
+        finished = plan.journal.completed_metrics()
         if finished is not None:
-            log.info("%s: already complete, skipping", directory)
+            log.info("%s: already complete, skipping", plan.directory)
             return finished
-        if spec.overwrite and journal.replaceable():
-            journal.clear()
-        if spec.shard is None:
-            self._wait_for_shards(journal)
+        if plan.spec.overwrite and plan.journal.replaceable():
+            plan.journal.clear()
+        return None
+
+    # ---- the steps -------------------------------------------------------------------
+    def compute(self, plan: CellPlan, queue: WorkQueue | None = None) -> Computed:
+        """Resume the cell's journal and compute what this process's share still lacks, journaling
+        each batch. The share is the whole cell; with ``--shard K/N``, a fixed balanced part of it;
+        with a torchrun ``queue``, the batches this rank claims from the shared counter."""
+        task, spec, journal = plan.task, plan.spec, plan.journal
         self.check_context(plan)
         queries, sampler, n_demos = plan.queries, plan.sampler, plan.n_demos
         builder = PromptBuilder(plan.template)
@@ -362,37 +409,33 @@ class Runner:
                 fitted[q.id] = self._fitted(plan, builder, q, sampler.demos(q, n_demos))
             return fitted[q.id]
 
-        mine, queue = queries, None
-        if spec.shard is not None and self.group is not None:
-            # torchrun ranks all saw the same finished samples: they claim what is left batch by batch
-            queue = self.group.work_queue(plan.key)
-        elif spec.shard is not None:
+        mine = queries
+        if spec.shard is not None and queue is None:
             # independent shards cannot know what the others finished: each takes a fixed, balanced
             # share of the whole cell
             mine = balanced_share(queries, [self._cost(task, builder, demos_for(q), q, spec.shots == 0)
                                             for q in queries], *spec.shard)
         todo = [q for q in mine if q.id not in done_ids]
         if todo:
-            ranks = f" over {self.group.world_size} ranks" if queue is not None else ""
-            log.info("%s: computing %d samples%s in %s", plan.desc, len(todo), ranks, directory)
+            ranks = f" over {self.group.world_size} ranks" if queue is not None and self.group else ""
+            log.info("%s: computing %d samples%s in %s", plan.desc, len(todo), ranks, plan.directory)
         self.model.observe_support(task.name, sampler.pool)
 
         bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=plan.desc, disable=not self.progress,
                    leave=False)
         cell = _Cell(task, spec, builder, demos_for, journal, bar, queue)
-        new_records = (self._generate(cell, todo, plan.gen) if task.kind == "generate"
-                       else self._rank(cell, todo, plan.template))
+        new = (self._generate(cell, todo, plan.gen) if task.kind == "generate"
+               else self._rank(cell, todo, plan.template))
         bar.close()
+        return Computed(done, new, len(mine), {k: v - stats_before.get(k, 0) for k, v in stats().items()},
+                        cell.batch_choice)
 
-        if self.group is not None:
-            journal.record_time()
-            return len(new_records)
-        if spec.shard is not None:
-            journal.record_time()
-            return {"shard": list(spec.shard), "n": len(mine), "journal": str(journal.path)}
-        by_id = {r.query_id: r for r in done + new_records}
+    def finalize(self, plan: CellPlan, computed: Computed) -> dict[str, Any]:
+        """Score the whole cell from its records, in eval order, and write its sealed metrics.json."""
+        task, queries, journal = plan.task, plan.queries, plan.journal
+        by_id = {r.query_id: r for r in computed.resumed + computed.new}
         records = [by_id[q.id] for q in queries]
-        failures = failure_list(records, queries, sampler.pool)
+        failures = failure_list(records, queries, plan.sampler.pool)
         if failures and len(failures) == len(records):
             raise HarnessError(
                 f"{plan.desc}: every sample failed; first error: {failures[0]['error']} "
@@ -415,8 +458,8 @@ class Runner:
             "parts": parts,
             "wall_time_s": wall,  # this process's part
             # this run's counters (cache hits, vision encodes): outside the config, they vary by run
-            "model_stats": {k: v - stats_before.get(k, 0) for k, v in stats().items()},
-            **({"batch_size": cell.batch_choice} if cell.batch_choice is not None else {}),
+            "model_stats": computed.stats,
+            **({"batch_size": computed.batch_choice} if computed.batch_choice is not None else {}),
             # cache sizes and places this run used: outside the config, they never change an output
             "model_runtime_options": getattr(self.model, "runtime_config", dict)(),
             "config_key": plan.key,
@@ -426,7 +469,7 @@ class Runner:
             "predictions_digest": predictions_digest(records),
         }
         result["seal"] = seal(result)  # a hand edit of the numbers is caught on rerun and by compare
-        write_json(directory / "metrics.json", result)
+        write_json(plan.directory / "metrics.json", result)
         return result
 
     @staticmethod
