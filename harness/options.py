@@ -73,7 +73,11 @@ def build_options(cls: type, values: Mapping[str, Any], owner: str):
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:
         raise HarnessError(f"{owner}: option(s) {', '.join(missing)} must be given (key=value)")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)  # the options' own range checks run here (__post_init__)
+    except HarnessError as exc:
+        msg = str(exc)
+        raise type(exc)(msg if msg.startswith(owner) else f"{owner}: {msg}") from None
 
 
 def describe_options(cls: type) -> list[tuple[str, str, str]]:

@@ -41,8 +41,6 @@ def demo_orders(demos: Sequence[Example], ensemble: int, seed: int, task: str, q
 
     Fewer than ``ensemble`` when fewer distinct orders exist (k! < P; one at 0 or 1 shot).
     """
-    if ensemble < 1:
-        raise HarnessError(f"--ensemble must be >= 1, got {ensemble}")
     k = len(demos)
     if math.factorial(min(k, 13)) <= ensemble and k <= 12:
         perms = list(itertools.permutations(range(k)))[:ensemble]

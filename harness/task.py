@@ -10,6 +10,7 @@ import dataclasses
 import gc
 import json
 import logging
+import math
 import os
 from collections import abc
 from dataclasses import dataclass
@@ -25,6 +26,36 @@ from harness.prompts import PromptTemplate, pick_template
 from harness.types import Example, GenerationConfig, SampleRecord
 
 log = logging.getLogger(__name__)
+
+
+def _positive(v: Any) -> bool:
+    return v >= 1
+
+
+#: Range checks of option names shared by many tasks: name -> (accepts the value, what it must be),
+#: applied by every task's options when they are built (``None``: the task's default, always passes).
+#: Video frame options are checked by the FrameSelection a video task builds from them.
+OPTION_RANGES: dict[str, tuple[Any, str]] = {
+    "support_size": (_positive, "an integer >= 1 (size of the random support set)"),
+    "zero_shot_text_demos": (lambda v: v >= 0, "an integer >= 0"),
+    "max_new_tokens": (_positive, "an integer >= 1"),
+    "num_beams": (_positive, "an integer >= 1 (1 = greedy)"),
+    "length_penalty": (math.isfinite, "a finite number"),
+    "ensemble": (_positive, "an integer >= 1 (demo orders to average)"),
+    "rices_batch_size": (_positive, "an integer >= 1"),
+}
+
+
+def check_option_ranges(options: Any) -> None:
+    """Every field of ``options`` named in :data:`OPTION_RANGES` in its range."""
+    for f in dataclasses.fields(options):
+        value = getattr(options, f.name)
+        rule = OPTION_RANGES.get(f.name)
+        if rule is None or value is None or isinstance(value, (str, bool)):
+            continue
+        ok, what = rule
+        if not ok(value):
+            raise HarnessError(f"option {f.name}={value}: must be {what}")
 
 
 @dataclass(frozen=True)
@@ -85,6 +116,7 @@ class TaskOptions:
     protocol: str | None = None
 
     def __post_init__(self) -> None:
+        check_option_ranges(self)  # every option checked once, here, wherever the options come from
         if self.nested_shots < 0:
             raise HarnessError(f"nested_shots must be >= 0 (0: independent draws per shot count), got {self.nested_shots}")
         if self.nested_shots and self.sampler == "rices":
@@ -97,8 +129,6 @@ class TaskOptions:
                 raise HarnessError("sampler=rices needs rices_encoder=PATH (a local Hugging Face vision model, "
                                    "e.g. CLIP) or rices_encoder=model (the evaluated model's own vision encoder)")
             check_encoder_path(self.rices_encoder)
-            if self.rices_batch_size < 1:
-                raise HarnessError(f"rices_batch_size must be >= 1, got {self.rices_batch_size}")
         elif self.rices_encoder:
             raise HarnessError("rices_encoder is set but sampler is random; add sampler=rices (or drop rices_encoder)")
 
@@ -310,9 +340,8 @@ class Task:
         return name, pick_template(self.templates, name, f"task {self.name}")
 
     def check_shots(self, shots: int) -> None:
-        """Refuse a shot count the benchmark does not have (before any model loads)."""
-        if shots < 0:
-            raise HarnessError(f"shots must be >= 0, got {shots}")
+        """Refuse a shot count the benchmark does not have (before any model loads); that it is
+        >= 0 was checked with the other sweep flags (check_sweep_flags)."""
         if self.max_shots is not None and shots > self.max_shots:
             raise HarnessError(f"task {self.name} is evaluated with at most {self.max_shots} shots "
                                f"(it has no split to draw demonstrations from); got --shots {shots}")
@@ -324,9 +353,6 @@ class Task:
     def zero_shot_demos(self) -> int:
         """Demos shown at 0 shots (text only). OpenFlamingo's evaluate.py uses two for every task,
         HatefulMemes included (``compute_effective_num_shots``), so close-ended tasks follow it too."""
-        if self.options.zero_shot_text_demos < 0:
-            raise HarnessError(f"task {self.name}: zero_shot_text_demos must be >= 0, "
-                               f"got {self.options.zero_shot_text_demos}")
         return self.options.zero_shot_text_demos
 
     def generation_config(self) -> GenerationConfig:

@@ -74,6 +74,10 @@ class HFOptions:
             raise HarnessError(f"model hf: cache_mb={self.cache_mb}: must be >= 0 (0 disables the cache)")
         if self.feature_cache_mb is not None and self.feature_cache_mb < 0:
             raise HarnessError(f"model hf: feature_cache_mb={self.feature_cache_mb}: must be >= 0 (0 disables it)")
+        if self.max_images is not None and self.max_images < 1:
+            raise HarnessError(f"model hf: max_images={self.max_images}: must be >= 1")
+        if self.image_size is not None and self.image_size <= 0:
+            raise HarnessError(f"model hf: image_size={self.image_size}: must be positive")
         if self.system and self.prompt_format == "plain":
             raise HarnessError("model hf: system=... is a chat-format system prompt, and prompt_format=plain has no "
                                "place for it; drop system, or use prompt_format=chat")
@@ -154,7 +158,6 @@ class HF(Model):
 
         self.torch = torch
         o = self.options
-        _check_max_images(o)
         if model is not None:  # in memory (HF.from_objects): its weights are its identity
             if processor is None or getattr(model, "config", None) is None:
                 raise HarnessError("HF.from_objects: give a transformers model (with .config) and its processor")
@@ -244,8 +247,6 @@ class HF(Model):
             if not hasattr(ip, key):
                 raise HarnessError(f"model hf option processor_args: {type(ip).__name__} has no setting {key!r}")
         if o.image_size is not None:
-            if o.image_size <= 0:
-                raise HarnessError(f"model hf option image_size must be positive, got {o.image_size}")
             if self.family.image_size is None:
                 raise HarnessError(
                     f"{self.where}: {self.hf_config.model_type} has a fixed image size; image_size is not supported "
@@ -588,8 +589,6 @@ class HF(Model):
 
 
 def _check_max_images(o: HFOptions, n_images: int = 0, where: str = "", prompt: str = "") -> None:
-    if o.max_images is not None and o.max_images < 1:
-        raise HarnessError(f"model hf option max_images must be >= 1, got {o.max_images}")
     if o.max_images is not None and n_images > o.max_images:
         at = f" ({prompt})" if prompt else ""
         raise HarnessError(

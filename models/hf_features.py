@@ -18,7 +18,6 @@ import inspect
 import json
 from typing import Any, Sequence
 
-from harness.errors import HarnessError
 
 from .feature_cache import FeatureCache, budget_from_mb
 from .hf_cache import KEY
@@ -71,8 +70,6 @@ def image_features(model: Any, image_processor: Any, model_type: str, budget_mb:
                    fingerprint: str) -> ImageFeatures | None:
     """The vision-feature cache for this model, or None where the family's features are not per image
     (:data:`PER_IMAGE`), its model takes no precomputed ones, or ``feature_cache_mb=0``."""
-    if budget_mb is not None and budget_mb < 0:
-        raise HarnessError(f"model hf option feature_cache_mb must be >= 0 (0 turns the cache off), got {budget_mb}")
     takes = "mm_encoder_outputs" in inspect.signature(model.forward).parameters
     if model_type not in PER_IMAGE or budget_mb == 0 or not takes:
         return None

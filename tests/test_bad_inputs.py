@@ -195,3 +195,34 @@ def test_full_disk_names_the_file_and_keeps_finished_samples(small_disk, tmp_pat
     m1, m2 = (json.loads((d / c / "metrics.json").read_text()) for d in (moved, tmp_path / "clean"))
     assert m1["metrics"] == m2["metrics"] and m1["config_key"] == m2["config_key"]
     assert len(m1["parts"]) == 2  # the interrupted part and the resume
+
+
+def test_options_are_range_checked_where_they_are_defined():
+    """Every task's options check their ranges when built, from the command line or from Python (the
+    run path trusts them), and the error names the task and the option; so do the hf model's."""
+    from dataclasses import replace
+
+    from harness.errors import HarnessError
+    from harness.options import build_options
+    from harness.plugins import load_builtins
+    from harness.registry import get_model_class, get_task_class, task_names
+    from tasks.vqa import VQAOptions
+
+    load_builtins()
+    for name in task_names():
+        options = get_task_class(name).Options
+        for key, value in (("support_size", "0"), ("zero_shot_text_demos", "-1"), ("rices_batch_size", "0")):
+            with pytest.raises(HarnessError, match=f"^task {name}: option {key}={value}: must be"):
+                build_options(options, {key: value}, f"task {name}")
+        if "ensemble" in {f for f in options.__dataclass_fields__}:
+            with pytest.raises(HarnessError, match=f"^task {name}: option ensemble=0: must be an integer >= 1"):
+                build_options(options, {"ensemble": "0"}, f"task {name}")
+    with pytest.raises(HarnessError, match="option num_beams=0"):
+        VQAOptions(num_beams=0)
+    with pytest.raises(HarnessError, match="option length_penalty=inf"):
+        replace(VQAOptions(), length_penalty=float("inf"))
+    hf = get_model_class("hf").Options
+    for key, value, words in (("image_size", "0", "must be positive"), ("max_images", "0", "must be >= 1"),
+                              ("feature_cache_mb", "-1", "must be >= 0")):
+        with pytest.raises(HarnessError, match=f"^model hf: {key}={value}(.0)?: {words}"):
+            build_options(hf, {"path": "/x", key: value}, "model hf")

@@ -269,8 +269,6 @@ def media_features(encoder: Encoder, task: str, split: str, media: Sequence[Medi
                             else "its values do not match their checksum (the file was changed)")
             else:
                 return MediaFeatures(index, matrix, path, True)
-    if batch_size < 1:
-        raise HarnessError(f"rices_batch_size must be >= 1, got {batch_size}")
     rows: list[np.ndarray | None] = []
     bar = tqdm(total=len(ids), desc=f"RICES features {task}/{split}", disable=not progress, leave=False)
     for start in range(0, len(ids), batch_size):

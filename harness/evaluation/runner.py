@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence, TypeVar
 
@@ -195,8 +195,7 @@ class Runner:
         """The cell's queries, sampler and configuration. ``config`` is the cell's identity:
         everything in it is hashed into ``config_key`` (see harness.reporting.store)."""
         queries = select_queries(task, spec.limit, spec.sample, spec.seed)
-        check_media(self.model, queries, task)
-        task.check_shots(spec.shots)
+        check_media(self.model, queries, task)  # shots and options were checked before any model loaded
         sampler = self._sampler(task, spec.seed, queries)
         if getattr(task.options, "length_normalization", None) == "tokens":
             self.model.count_tokens("a")  # a model that cannot count tokens fails here, before any sample

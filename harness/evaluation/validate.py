@@ -7,10 +7,8 @@ cells that ran before it. Each check raises a HarnessError naming the thing and 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import math
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from harness.errors import DataError, HarnessError
 from harness.devices import resolve_device
@@ -41,40 +39,10 @@ def check_sweep_flags(shots: Sequence[int], seeds: Sequence[int], limit: int | N
         raise HarnessError(f"--batch-size {batch_size}: must be an integer >= 1 or auto")
 
 
-def _positive(v: Any) -> bool:
-    return v >= 1
-
-
-#: Range checks of option names shared by many tasks: name -> (accepts the value, what it must be).
-#: ``None`` (use the task's default) always passes.
-OPTION_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "support_size": (_positive, "an integer >= 1 (size of the random support set)"),
-    "zero_shot_text_demos": (lambda v: v >= 0, "an integer >= 0"),
-    "max_new_tokens": (_positive, "an integer >= 1"),
-    "num_beams": (_positive, "an integer >= 1 (1 = greedy)"),
-    "length_penalty": (math.isfinite, "a finite number"),
-    "ensemble": (_positive, "an integer >= 1 (demo orders to average)"),
-    "frames": (_positive, "an integer >= 1"),
-    "max_frames": (_positive, "an integer >= 1"),
-    "fps": (lambda v: math.isfinite(v) and v > 0, "a positive number"),
-}
-
-
-def check_task_options(task: Task) -> None:
-    for f in dataclasses.fields(task.options):
-        value = getattr(task.options, f.name)
-        rule = OPTION_RANGES.get(f.name)
-        if rule is None or value is None or isinstance(value, (str, bool)):
-            continue
-        ok, what = rule
-        if not ok(value):
-            raise HarnessError(f"task {task.name} option {f.name}={value}: must be {what}")
-
-
 def check_task(task: Task, shots: Sequence[int], limit: int | None = None, sample: int | None = None) -> None:
-    """Options in range; both splits read (every data-file error surfaces now); every shot
-    count (and the zero-shot text demos) fits the support set."""
-    check_task_options(task)
+    """Both splits read (every data-file error surfaces now); every shot count (and the zero-shot
+    text demos) fits the support set. The task's options were range-checked when they were built
+    (``TaskOptions``)."""
     support = task.support_examples()
     evals = task.eval_examples()
     if not evals:
