@@ -31,6 +31,16 @@ def _harness_cache(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True, scope="session")
+def _one_thread_per_worker():
+    """Under ``pytest -n N`` (the test script runs two workers) each worker computes with one torch
+    thread: N workers of two threads on two cores contend, which makes tiny models many times slower."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True, scope="session")
 def _builtins():
     """The tests are a composition root like the command line: the built-in tasks and models exist."""
     from harness import plugins
@@ -297,3 +307,9 @@ def vqa_root(tmp_path) -> Path:
     write_vqa_fixture(root, "vqav2")
     write_vqa_fixture(root, "okvqa", prefix_q="OpenEnded_mscoco", prefix_a="mscoco")
     return root
+
+
+def pytest_collection_modifyitems(config, items):
+    """The slow tier first: under ``-n 2`` its long tests (the 27-cell default sweep, torchrun) start at
+    once and the short ones fill the other worker, instead of one long test starting last."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
