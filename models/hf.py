@@ -30,6 +30,7 @@ from harness.registry import register_model
 from harness.types import GenerateRequest, Image, LoglikelihoodRequest, Prompt, Video
 from harness.data.video import media_as_images
 
+from . import hf_attention
 from .hf_cache import KEY, MERGES, ByteLRU, CachedImageProcessor, nbytes
 from .hf_features import image_features
 
@@ -39,7 +40,8 @@ class HFOptions:
     """path: local model+processor directory (as save_pretrained writes it, or a hub snapshot).
     dtype: float32, bfloat16, float16 or auto (the config's); weights only, token ids never.
     device: cpu, cuda, cuda:1 ...; device_map: auto spreads a large model over the GPUs (needs accelerate).
-    attn_implementation: eager, sdpa, flash_attention_2 ... (default: transformers' choice).
+    attn_implementation: eager, sdpa, sdpa_rows, flash_attention_2 ... (default: transformers' choice, and
+        where that is sdpa, sdpa_rows: a left-padded batch keeps SDPA's causal fast path, models/hf_attention.py).
     trust_remote_code: run the checkpoint's own Python code (off by default).
     max_images: most images (video frames included) one prompt may hold; more is an error before the model loads.
     prompt_format: auto (chat if the processor has a chat template, else plain), chat or plain.
@@ -281,6 +283,8 @@ class HF(Model):
         kw: dict[str, Any] = {"trust_remote_code": o.trust_remote_code,
                               "dtype": "auto" if o.dtype == "auto" else getattr(torch, o.dtype)}
         if o.attn_implementation:
+            if o.attn_implementation == hf_attention.NAME:
+                hf_attention.register()
             kw["attn_implementation"] = o.attn_implementation
         if o.device_map:
             import importlib.util
@@ -307,6 +311,8 @@ class HF(Model):
                                f"({'; '.join(errors)}); check transformers' version or trust_remote_code")
         if not o.device_map:
             model.to(self.device)  # this rank's device: cuda -> cuda:$LOCAL_RANK, auto -> cuda or cpu
+        if not o.attn_implementation:
+            hf_attention.use_row_attention(model)  # padded batches as fast per prompt as one prompt
         return model.eval()
 
     def _stop_token_ids(self) -> list[int]:

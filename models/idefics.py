@@ -20,6 +20,8 @@ from harness.registry import register_model
 from harness.types import GenerateRequest, LoglikelihoodRequest, Prompt
 from harness.data.video import media_as_images
 
+from . import hf_attention
+
 
 @dataclass(frozen=True)
 class IdeficsOptions:
@@ -68,6 +70,7 @@ class Idefics(Model):
         self.processor.tokenizer.padding_side = "left"
         self.model = IdeficsForVisionText2Text.from_pretrained(str(path), dtype=dtypes[self.options.dtype])
         self.model.to(self.device).eval()
+        hf_attention.use_row_attention(self.model)  # padded batches keep SDPA's causal fast path
         self._fingerprint = checkpoint_fingerprint(path)
 
     @property
