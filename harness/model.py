@@ -3,7 +3,10 @@
 An adapter renders the model-agnostic :class:`~harness.types.Prompt` into its own
 tokens and implements some of:
 
-- ``generate(requests) -> list[str]``            open-ended tasks
+- ``generate_batch(prompts, config) -> list[str]``  open-ended tasks: prompts that share one
+                                                  GenerationConfig (``generate(requests)`` groups a
+                                                  batch by config and calls it per group; an adapter
+                                                  may override ``generate`` itself instead)
 - ``loglikelihood(requests) -> list[float]``     close-ended tasks (ranking candidates)
 - ``rank_candidates(requests) -> list[list[float]]``  the same, grouped by shared prompt (optional)
 - ``encode_media(media) -> features``            where the architecture separates it, for caching
@@ -18,13 +21,41 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Hashable, Mapping, Sequence, TypeVar
 
 from harness.errors import HarnessError
 from harness.options import build_options
-from harness.types import Example, GenerateRequest, LoglikelihoodRequest, Media, Prompt, RankRequest
+from harness.types import (Example, GenerateRequest, GenerationConfig, LoglikelihoodRequest, Media, Prompt,
+                           RankRequest)
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def grouped(items: Sequence[T], key: Callable[[T], Hashable], call: Callable[[Any, list[T]], Sequence[R]]) -> list[R]:
+    """``call(key, members)`` once per distinct ``key(item)`` (first seen first), its results put back
+    in ``items``' order: the one grouping rule for a batch (requests by generation config, candidates
+    by shared prompt)."""
+    groups: dict[Hashable, list[int]] = {}
+    for i, item in enumerate(items):
+        groups.setdefault(key(item), []).append(i)
+    out: list[Any] = [None] * len(items)
+    for k, idx in groups.items():
+        results = list(call(k, [items[i] for i in idx]))
+        if len(results) != len(idx):
+            raise RuntimeError(f"{len(results)} results for a group of {len(idx)}")
+        for i, result in zip(idx, results):
+            out[i] = result
+    return out
+
+
+def by_shared_prompt(requests: Sequence[LoglikelihoodRequest],
+                     score: Callable[[Prompt, list[str]], Sequence[float]]) -> list[float]:
+    """Log-likelihood requests scored per shared prompt: ``score(prompt, continuations)`` once per
+    distinct prompt (encode it once, continue it with each candidate), results in request order."""
+    return grouped(requests, lambda r: r.prompt, lambda prompt, rs: score(prompt, [r.continuation for r in rs]))
 
 
 @dataclass(frozen=True)
@@ -112,6 +143,13 @@ class Model:
         from the data itself (null baselines, retrieval) need it; the default ignores it."""
 
     def generate(self, requests: Sequence[GenerateRequest]) -> list[str]:
+        """Each request's output, in order: requests grouped by their GenerationConfig (a batch from the
+        runner has one), :meth:`generate_batch` called once per group."""
+        return grouped(requests, lambda r: r.config,
+                       lambda config, rs: self.generate_batch([r.prompt for r in rs], config))
+
+    def generate_batch(self, prompts: Sequence[Prompt], config: GenerationConfig) -> list[str]:
+        """Continue each prompt under ``config`` (shared by the whole batch)."""
         raise NotImplementedError(f"model {self.name} does not implement generate (open-ended tasks)")
 
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[float]:

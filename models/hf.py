@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
 from harness.errors import HarnessError
-from harness.model import Model, checkpoint_fingerprint
+from harness.model import Model, by_shared_prompt, checkpoint_fingerprint
 from harness.registry import register_model
-from harness.types import GenerateRequest, Image, LoglikelihoodRequest, Prompt, Video
+from harness.types import GenerationConfig, Image, LoglikelihoodRequest, Prompt, Video
 from harness.data.video import media_as_images
 
 from . import hf_attention
@@ -509,11 +509,10 @@ class HF(Model):
         return sum(int((ids == t).sum()) for t in media_ids)
 
     # ---- generation -----------------------------------------------------------------------
-    def generate(self, requests: Sequence[GenerateRequest]) -> list[str]:
+    def generate_batch(self, prompts: Sequence[Prompt], cfg: GenerationConfig) -> list[str]:
         torch = self.torch
-        cfg = requests[0].config
-        texts = [self.render_prompt(r.prompt) for r in requests]
-        media = [self._prompt_media(r.prompt) for r in requests]
+        texts = [self.render_prompt(p) for p in prompts]
+        media = [self._prompt_media(p) for p in prompts]
         inputs = self._inputs(texts, media, "left")
         self._remember_lengths(texts, inputs)
         stop: dict[str, Any] = {}
@@ -554,14 +553,7 @@ class HF(Model):
         """Sum of the continuation tokens' log-probabilities after each prompt (after the assistant
         prefix, in chat format). Candidates of one prompt go through the model in one right-padded
         batch, so padding never shifts a scored token."""
-        groups: dict[Prompt, list[int]] = {}
-        for i, r in enumerate(requests):
-            groups.setdefault(r.prompt, []).append(i)
-        out = [0.0] * len(requests)
-        for prompt, idxs in groups.items():
-            for i, score in zip(idxs, self._score(prompt, [requests[i].continuation for i in idxs])):
-                out[i] = score
-        return out
+        return by_shared_prompt(requests, self._score)
 
     def _score(self, prompt: Prompt, continuations: Sequence[str]) -> list[float]:
         torch = self.torch

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Sequence
 
 from harness.errors import HarnessError
-from harness.model import Model, checkpoint_fingerprint
+from harness.model import Model, by_shared_prompt, checkpoint_fingerprint
 from harness.registry import register_model
-from harness.types import GenerateRequest, LoglikelihoodRequest, Prompt
+from harness.types import GenerationConfig, LoglikelihoodRequest, Prompt
 from harness.data.video import media_as_images
 
 from . import hf_attention
@@ -89,10 +89,9 @@ class Idefics(Model):
             items.append(chunk.text + (self.options.chunk_sep + prompt.separator if i < len(chunks) - 1 else ""))
         return items
 
-    def generate(self, requests: Sequence[GenerateRequest]) -> list[str]:
+    def generate_batch(self, prompts: Sequence[Prompt], cfg: GenerationConfig) -> list[str]:
         torch = self.torch
-        cfg = requests[0].config
-        inputs = self.processor(text=[self._items(r.prompt) for r in requests], return_tensors="pt")
+        inputs = self.processor(text=[self._items(p) for p in prompts], return_tensors="pt")
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
         if inputs["pixel_values"].is_floating_point():
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
@@ -140,14 +139,7 @@ class Idefics(Model):
         position ids, so padding never reaches a scored token: a request's score
         does not depend on what else is in the batch.
         """
-        groups: dict[Prompt, list[int]] = {}
-        for i, r in enumerate(requests):
-            groups.setdefault(r.prompt, []).append(i)
-        out = [0.0] * len(requests)
-        for prompt, idxs in groups.items():
-            for i, score in zip(idxs, self._score_shared(prompt, [requests[i].continuation for i in idxs])):
-                out[i] = score
-        return out
+        return by_shared_prompt(requests, self._score_shared)
 
     def _continuation_tokens(self, prompt: Prompt, ctx_ids: list[int], conts: Sequence[str]):
         """(tokens of the context to keep, per candidate: tokens to feed after it, index of the first scored one).

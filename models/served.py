@@ -39,7 +39,7 @@ from harness.errors import HarnessError, SampleError
 from harness.model import Model
 from harness.registry import register_model
 from harness.store.identity import config_hash
-from harness.types import GenerateRequest, LoglikelihoodRequest, Prompt, Video
+from harness.types import GenerationConfig, LoglikelihoodRequest, Prompt, Video
 
 log = logging.getLogger(__name__)
 
@@ -395,22 +395,22 @@ class Served(Model):
 
         return asyncio.run(main())
 
-    def generate(self, requests: Sequence[GenerateRequest]) -> list[str | SampleError]:
+    def generate_batch(self, prompts: Sequence[Prompt], cfg: GenerationConfig) -> list[str | SampleError]:
         """Each prompt's greedy answer (an :class:`Answer`, carrying the server's token usage)."""
         bodies, errors = [], {}
-        for i, r in enumerate(requests):
+        for i, prompt in enumerate(prompts):
             try:
-                msgs = self._messages(r.prompt)
+                msgs = self._messages(prompt)
             except SampleError as exc:
                 errors[i] = exc
                 msgs = []
-            bodies.append({"model": self.options.model, "messages": msgs, "max_tokens": r.config.max_new_tokens,
+            bodies.append({"model": self.options.model, "messages": msgs, "max_tokens": cfg.max_new_tokens,
                            "temperature": 0, "n": 1})
-        todo = [i for i in range(len(requests)) if i not in errors]
+        todo = [i for i in range(len(prompts)) if i not in errors]
         self._check_image_count([bodies[i] for i in todo])
         answers = dict(zip(todo, self._run_all([bodies[i] for i in todo])))
         out: list[str | SampleError] = []
-        for i in range(len(requests)):
+        for i in range(len(prompts)):
             a = errors.get(i) or answers[i]
             if isinstance(a, SampleError):
                 out.append(a)

@@ -554,3 +554,44 @@ def test_cached_vision_features_give_the_uncached_outputs(family, hf_dirs):
     n_images = len({m.identity for r in demos[:4] + queries for m in r.media})
     assert cached[2]["vision_encodes"] == n_images and cached[2]["feature_cache_hits"] > 0
     assert tight[2]["feature_cache_evictions"] > 0 and tight[2]["vision_encodes"] > n_images
+
+
+def test_grouped_calls_once_per_key_and_keeps_order():
+    """The one grouping rule (by generation config, by shared prompt): one call per key, first seen
+    first, each result back at its item's place."""
+    from harness.model import grouped
+
+    calls = []
+
+    def call(key, members):
+        calls.append((key, members))
+        return [f"{key}:{m}" for m in members]
+
+    assert grouped(["a1", "b1", "a2", "c1", "b2"], lambda s: s[0], call) == ["a:a1", "b:b1", "a:a2", "c:c1", "b:b2"]
+    assert calls == [("a", ["a1", "a2"]), ("b", ["b1", "b2"]), ("c", ["c1"])]
+    with pytest.raises(RuntimeError, match="1 results for a group of 2"):
+        grouped(["a1", "a2"], lambda s: s[0], lambda k, m: ["x"])
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "idefics3"])
+def test_a_batch_of_mixed_generation_configs_gives_each_request_its_own(family, hf_dirs, tmp_path):
+    """generate() on requests with different GenerationConfigs: each output is what its own config gives
+    alone (before, the hf adapter applied the first request's config to the whole batch)."""
+    from harness.evaluation.runner import CellSpec, Runner
+    from harness.prompts import PromptBuilder
+    from harness.registry import get_model_class, get_task_class
+    from harness.types import GenerateRequest, GenerationConfig
+
+    model = get_model_class("hf")({"path": str(hf_dirs[family])})
+    plan = Runner(model, tmp_path, progress=False).plan(get_task_class("easyvqa")(None, {}),
+                                                        CellSpec(shots=2, seed=0, limit=4))
+    builder = PromptBuilder(plan.template)
+    prompts = [builder.build(plan.sampler.demos(q, 2), q, False) for q in plan.queries]
+    short, long = GenerationConfig(max_new_tokens=1, num_beams=1), GenerationConfig(max_new_tokens=8, num_beams=2)
+    configs = [short, long, short, long]
+    requests = [GenerateRequest(p, c, q, ()) for p, c, q in zip(prompts, configs, plan.queries)]
+    mixed = model.generate(requests)
+    alone = [model.generate([r])[0] for r in requests]
+    assert mixed == alone
+    # the two configs really give different outputs here, so the test can tell them apart
+    assert model.generate([GenerateRequest(prompts[0], long, plan.queries[0], ())]) != [mixed[0]]

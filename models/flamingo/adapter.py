@@ -25,7 +25,7 @@ from harness.data.video import load_video_frames, selection_of
 from harness.data.media import load_image
 from harness.model import Model, checkpoint_fingerprint
 from harness.registry import register_model
-from harness.types import GenerateRequest, LoglikelihoodRequest, Media, Prompt, RankRequest, Video
+from harness.types import GenerationConfig, LoglikelihoodRequest, Media, Prompt, RankRequest, Video
 from models.feature_cache import FeatureCache, budget_from_mb
 
 BUNDLED_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "easyvqa"
@@ -179,12 +179,7 @@ class Flamingo(Model):
             k += n
         return out
 
-    def generate(self, requests: Sequence[GenerateRequest]) -> list[str]:
-        configs = {r.config for r in requests}
-        if len(configs) > 1:  # the runner batches one cell at a time, so this is a caller bug
-            raise HarnessError("model flamingo: one generate() batch must share one GenerationConfig")
-        cfg = requests[0].config
-        prompts = [r.prompt for r in requests]
+    def generate_batch(self, prompts: Sequence[Prompt], cfg: GenerationConfig) -> list[str]:
         new = self.model.generate([self.prompt_ids(p) for p in prompts], media_features=self._media_features(prompts),
                                   max_new_tokens=cfg.max_new_tokens, num_beams=cfg.num_beams,
                                   length_penalty=cfg.length_penalty, min_new_tokens=cfg.min_new_tokens)

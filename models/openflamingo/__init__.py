@@ -31,7 +31,7 @@ from harness.errors import HarnessError, MediaError
 from harness.data.media import load_image
 from harness.model import Model, checkpoint_fingerprint
 from harness.registry import register_model
-from harness.types import GenerateRequest, GenerationConfig, Image, LoglikelihoodRequest, Media, Prompt
+from harness.types import GenerationConfig, Image, LoglikelihoodRequest, Media, Prompt
 from models.feature_cache import FeatureCache, budget_from_mb
 
 log = logging.getLogger(__name__)
@@ -222,17 +222,6 @@ class OpenFlamingo(Model):
             )
 
     # ---- protocol -----------------------------------------------------------------
-    def generate(self, requests: Sequence[GenerateRequest]) -> list[str]:
-        out: list[str | None] = [None] * len(requests)
-        groups: dict[GenerationConfig, list[int]] = {}
-        for i, r in enumerate(requests):
-            groups.setdefault(r.config, []).append(i)
-        for cfg, idx in groups.items():
-            texts = self.generate_batch([requests[i].prompt for i in idx], cfg)
-            for i, t in zip(idx, texts):
-                out[i] = t
-        return [t or "" for t in out]
-
     def generate_batch(self, prompts: Sequence[Prompt], cfg: GenerationConfig) -> list[str]:
         """Generate for prompts with the same settings; stops at ``<|endofchunk|>``."""
         ids, mask = self._encode_texts([self.render_prompt(p) for p in prompts])
