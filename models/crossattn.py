@@ -20,6 +20,13 @@ from __future__ import annotations
 import torch
 
 
+def media_time(input_ids: torch.Tensor, media_token_id: int, offset: torch.Tensor | None = None) -> torch.Tensor:
+    """``text_time`` of each token: the 1-based index of the last media token at or before it
+    (0: none). ``offset`` (B,) counts media already seen in a cached prefix."""
+    t = torch.cumsum(input_ids == media_token_id, dim=1)
+    return t if offset is None else t + offset[:, None]
+
+
 def project_media(to_kv: torch.nn.Module, media: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
     """media (M, T, n, Dv) -> keys, values (M * T, heads, n, d): one row per (media row, image)."""
     m, t, n = media.shape[:3]

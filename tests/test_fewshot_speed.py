@@ -5,6 +5,8 @@
 - the whole model: logits equal, and predictions of the old path (masked attention, Hugging
   Face expanding the prompt to the beams before the prefill) and the new one (per-image
   attention, one prefill per query) identical for greedy and 3 beams, batch 1 and 8;
+- the LM-conditioning hooks both models share (models/conditioning.py): derived media rows,
+  text-only batches, plain vs strict calls outside a scope;
 - the vision-feature cache: a byte budget, disk persistence across instances, counters that
   the runner writes into metrics.json.
 """
@@ -93,6 +95,43 @@ def test_beams_share_their_prompts_media_rows(kind):
         expanded = attn(x, media[rows], tt)
         shared = attn.per_image(x, attn.project(media), n_img, tt, rows)
     assert (expanded - shared).abs().max() <= 1e-5
+
+
+def test_shared_conditioning_rows_text_only_and_strictness():
+    """models/conditioning.py, as each model sets it up: flamingo derives beams' media rows when
+    not given and runs only the feed-forward on a text-only batch (both forms); an unconditioned
+    call is flamingo's plain LM but an error for openflamingo's strict conditioning."""
+    from models.conditioning import LMConditioning
+    from models.openflamingo.modules import GatedCrossAttentionBlock
+    from test_flamingo import tiny_model, two_image_prompt
+
+    model = tiny_model("gpt2", seed=1)
+    ids = torch.tensor([two_image_prompt(model)] * 2)
+    media = model.encode_media(torch.randn(4, 3, 32, 32)).unflatten(0, (2, 2))
+    beams = ids.repeat_interleave(3, 0)
+    with torch.no_grad():
+        explicit = model(beams, media, media_rows=media_rows_for(6, 2, ids.device)).logits
+        assert torch.equal(model(beams, media).logits, explicit)
+        text = ids[:, :3]
+        assert (text != model.media_token_id).all()
+        for per_image in (True, False):
+            model.per_image_xattn = per_image
+            for empty in (None, media[:, :0]):
+                out = model(text, empty).logits
+                assert not torch.equal(out, model.lm(input_ids=text).logits)  # the gated feed-forward ran
+                assert torch.equal(out, model(text, None).logits)
+        model.per_image_xattn = True
+        model.lm(input_ids=ids)  # plain LM: no error
+    torch.manual_seed(0)
+    emb, layer, block = torch.nn.Embedding(10, 8), torch.nn.Identity(), GatedCrossAttentionBlock(8, 4, 4, 2)
+    cond = LMConditioning([(layer, block)], MEDIA, emb, strict=True)
+    tokens, img = torch.tensor([[1, MEDIA, 2, 3]]), torch.randn(1, 1, 3, 4)
+    with pytest.raises(RuntimeError, match="without media conditioning"):
+        layer(emb(tokens))
+    with torch.no_grad(), cond.conditioned(img):
+        out = layer(emb(tokens))
+    with torch.no_grad():
+        assert (out - block(emb.weight[tokens], img, (tokens == MEDIA).cumsum(-1))).abs().max() <= 1e-6
 
 
 def test_flamingo_model_logits_and_beams_equal_masked():

@@ -6,7 +6,8 @@ language pass, conditioned on visual tokens), then ``generate`` / ``loglikelihoo
 and ``save`` / ``load``.
 
 The LM's own modules are left untouched: a forward pre-hook on every K-th decoder
-layer runs a GATED XATTN-DENSE block on that layer's input hidden states. So the
+layer runs a GATED XATTN-DENSE block on that layer's input hidden states
+(:class:`models.conditioning.LMConditioning`, shared with ``openflamingo``). So the
 LM's state-dict keys stay those of the Hugging Face model, and a frozen pretrained
 LM never has to be copied into a checkpoint.
 """
@@ -24,12 +25,14 @@ import torch
 from torch import nn
 
 from harness.errors import HarnessError
+from models.conditioning import LMConditioning
+from models.crossattn import media_time
 
 from .config import END_OF_CHUNK, MEDIA_TOKEN, FlamingoConfig
 from .generation import beam_search
 from .resampler import PerceiverResampler
 from .vision import ImagePreprocessor, build_vision
-from .xattn import GatedCrossAttentionBlock, media_time
+from .xattn import GatedCrossAttentionBlock
 
 log = logging.getLogger(__name__)
 
@@ -106,13 +109,9 @@ class FlamingoModel(nn.Module):
                                      cfg.lm.xattn_ff_mult)
             for _ in self.xattn_at
         )
-        for k, (block, i) in enumerate(zip(self.xattn, self.xattn_at)):
-            layers[i].register_forward_pre_hook(self._make_hook(block, k), with_kwargs=True)
-        # What the hooks condition on during one language pass (set by forward()).
-        self._media: torch.Tensor | None = None
-        self._text_time: torch.Tensor | None = None
-        self._kv: list | None = None
-        self._media_rows: torch.Tensor | None = None
+        # text_time comes from forward(); a call of self.lm outside it is the plain LM
+        self.conditioning = LMConditioning(((layers[i], block) for i, block in zip(self.xattn_at, self.xattn)),
+                                           self.media_token_id)
         #: per-item cross-attention (False: the masked form; same logits, kept to measure against)
         self.per_image_xattn = True
         self._keeps_logits = "logits_to_keep" in inspect.signature(self.lm.forward).parameters
@@ -120,20 +119,6 @@ class FlamingoModel(nn.Module):
         self._text_cache = lru_cache(maxsize=65536)(self._encode_text_uncached)
 
     # ---- construction helpers -------------------------------------------------
-    def _make_hook(self, block: GatedCrossAttentionBlock, index: int):
-        def hook(module, args, kwargs):
-            if self._text_time is None:  # not called through FlamingoModel.forward: plain LM
-                return None
-            kv = self._kv[index] if self._kv is not None else None
-            x = args[0] if args else kwargs["hidden_states"]
-            y = block(x, self._media, self._text_time, kv, self._media_rows)
-            if args:
-                return (y, *args[1:]), kwargs
-            kwargs["hidden_states"] = y
-            return args, kwargs
-
-        return hook
-
     def set_frozen(self) -> None:
         """Freeze what the config says is frozen. New token embeddings must learn, so a frozen
         LM keeps its input/output embeddings trainable (as OpenFlamingo does)."""
@@ -184,31 +169,28 @@ class FlamingoModel(nn.Module):
         once and pass them to each :meth:`forward` of a generation (None: masked form or no media)."""
         if media is None or media.shape[1] == 0 or not self.per_image_xattn:
             return None
-        return [block.attn.project(media) for block in self.xattn]
+        return self.conditioning.project(media)
 
     def forward(self, input_ids: torch.Tensor, media: torch.Tensor | None, attention_mask: torch.Tensor | None = None,
                 past_key_values: Any = None, media_offset: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, use_cache: bool = False, media_kv: list | None = None,
                 media_rows: torch.Tensor | None = None, logits_to_keep: int = 0) -> LMOutput:
         """Logits of ``input_ids`` (B, T) conditioned on visual tokens ``media`` (B', M, L, D), the
-        m-th ``<image>`` of a row referring to ``media[media_rows[row], m]`` (default B' = B and
-        ``media_rows[row] = row``; beams of one prompt share its media row). With a cache,
+        m-th ``<image>`` of a row referring to ``media[media_rows[row], m]`` (default: with
+        B = B' * k, ``media_rows[row] = row // k``; beams of one prompt share its media row). With a cache,
         ``media_offset`` (B,) counts the ``<image>`` tokens already in the cached prefix.
-        ``media_kv``: :meth:`media_kv` of ``media``, computed here when not given.
+        ``media_kv``: :meth:`media_kv` of ``media``, projected on first use when not given.
         ``logits_to_keep``: only the last N positions' logits (0: all)."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if position_ids is None:
             position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)[:, -input_ids.shape[1]:]
-        self._media, self._media_rows = media, media_rows
-        self._kv = media_kv if media_kv is not None else self.media_kv(media)
-        self._text_time = media_time(input_ids, self.media_token_id, media_offset)
         extra = {"logits_to_keep": logits_to_keep} if logits_to_keep and self._keeps_logits else {}
-        try:
+        text_time = media_time(input_ids, self.media_token_id, media_offset)
+        with self.conditioning.conditioned(media, per_image=self.per_image_xattn, text_time=text_time,
+                                           media_rows=media_rows, kv=media_kv):
             out = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                           past_key_values=past_key_values, use_cache=use_cache, **extra)
-        finally:
-            self._media = self._text_time = self._kv = self._media_rows = None
         return LMOutput(out.logits, out.past_key_values if use_cache else None)
 
     # ---- batching --------------------------------------------------------------

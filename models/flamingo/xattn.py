@@ -10,7 +10,8 @@ media precedes the token, which then attends to nothing and gets zero update).
 Two equivalent forms: the masked one (scores against every item's visual tokens,
 masked down to one) and the per-item one (:mod:`models.crossattn`: scores against
 the item's own tokens only, keys/values projected once per generation), which
-:class:`~models.flamingo.model.FlamingoModel` uses unless told otherwise.
+:class:`~models.flamingo.model.FlamingoModel` uses unless told otherwise. The block's two
+calls are those :class:`models.conditioning.LMConditioning` makes.
 """
 
 from __future__ import annotations
@@ -18,18 +19,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.crossattn import per_image_attention, project_media
+from models.crossattn import media_time, per_image_attention, project_media
 
 from .resampler import feed_forward
 
-
-def media_time(input_ids: torch.Tensor, media_token_id: int, offset: torch.Tensor | None = None) -> torch.Tensor:
-    """For each token, the 1-based index of the last media token at or before it (0: none).
-
-    ``offset`` (B,) counts media already seen in a cached prefix.
-    """
-    t = torch.cumsum(input_ids == media_token_id, dim=1)
-    return t if offset is None else t + offset[:, None]
+__all__ = ["GatedCrossAttentionBlock", "MaskedCrossAttention", "media_time"]
 
 
 class MaskedCrossAttention(nn.Module):
@@ -81,16 +75,19 @@ class GatedCrossAttentionBlock(nn.Module):
         self.ff = feed_forward(dim, ff_mult)
         self.ff_gate = nn.Parameter(torch.zeros(1))
 
-    def forward(self, x: torch.Tensor, media: torch.Tensor | None, text_time: torch.Tensor,
-                kv: tuple[torch.Tensor, torch.Tensor] | None = None,
-                media_rows: torch.Tensor | None = None) -> torch.Tensor:
-        """Masked cross-attention over ``media`` (B, M, L, D), or, given ``kv`` (from
-        ``self.attn.project(media)``), the per-item form, batch row r using media row
-        ``media_rows[r]`` (default r)."""
-        if media is not None and media.shape[1] > 0:  # a text-only batch has nothing to attend to
-            if kv is not None:
-                attended = self.attn.per_image(x, kv, media.shape[1], text_time, media_rows)
-            else:
-                attended = self.attn(x, media if media_rows is None else media[media_rows], text_time)
+    def forward(self, x: torch.Tensor, media: torch.Tensor | None, text_time: torch.Tensor) -> torch.Tensor:
+        """Masked cross-attention over ``media`` (B, M, L, D), one media row per batch row."""
+        empty = media is None or media.shape[1] == 0  # a text-only batch has nothing to attend to
+        return self._gated(x, None if empty else self.attn(x, media, text_time))
+
+    def forward_per_image(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor] | None, n_media: int,
+                          text_time: torch.Tensor, media_rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-item cross-attention over ``kv`` from ``self.attn.project(media)``, batch row r
+        using media row ``media_rows[r]`` (default r)."""
+        attended = self.attn.per_image(x, kv, n_media, text_time, media_rows) if n_media else None
+        return self._gated(x, attended)
+
+    def _gated(self, x: torch.Tensor, attended: torch.Tensor | None) -> torch.Tensor:
+        if attended is not None:
             x = x + self.attn_gate.tanh() * attended
         return x + self.ff_gate.tanh() * self.ff(x)

@@ -20,8 +20,9 @@ from torch import nn
 
 from harness.devices import resolve_device
 from harness.errors import HarnessError
+from models.conditioning import LMConditioning
 
-from .modules import FlamingoConditioning, GatedCrossAttentionBlock, PerceiverResampler, VisionTransformer
+from .modules import GatedCrossAttentionBlock, PerceiverResampler, VisionTransformer
 from .weights import find_decoder_layers, load_state_dict, split_checkpoint, vision_config, vision_state_dict
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ class Net:
     vision: VisionTransformer
     perceiver: PerceiverResampler
     cross_attn: nn.ModuleList
-    conditioning: FlamingoConditioning
+    conditioning: LMConditioning
     media_token_id: int
     eoc_token_id: int
     device: torch.device
@@ -191,5 +192,6 @@ def build(o) -> Net:
         m.to(device=device, dtype=dtype).eval()
     for m in (lm, vision, perceiver, blocks):
         m.requires_grad_(False)
-    conditioning = FlamingoConditioning(lm, layers, blocks, media_id)
+    # text_time from each call's ids (generate feeds the LM itself); an unconditioned call is an error
+    conditioning = LMConditioning(zip(layers, blocks), media_id, lm.get_input_embeddings(), strict=True)
     return Net(tokenizer, lm, vision, perceiver, blocks, conditioning, media_id, eoc_id, device, dtype)

@@ -7,9 +7,8 @@ and an open_clip state dict load into them unchanged:
   ``positional_embedding``, ``ln_pre``, ``transformer.resblocks.N``, ``ln_post``, ``proj``).
   OpenFlamingo feeds its patch tokens (not the pooled embedding) to the resampler.
 - :class:`PerceiverResampler`: ``perceiver.*`` in ``checkpoint.pt``.
-- :class:`GatedCrossAttentionBlock`: ``lang_encoder.gated_cross_attn_layers.N.*``.
-- :class:`FlamingoConditioning`: attaches the cross-attention blocks to a Hugging Face
-  causal LM with forward pre-hooks (the LM's own modules and weights stay untouched).
+- :class:`GatedCrossAttentionBlock`: ``lang_encoder.gated_cross_attn_layers.N.*``; attached
+  to the Hugging Face LM by :class:`models.conditioning.LMConditioning` (see ``build``).
 
 Masking follows OpenFlamingo: a text token cross-attends only to the latents of the
 last ``<image>`` before it; text before any image gets no visual input.
@@ -23,7 +22,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from models.crossattn import media_rows_for, per_image_attention, project_media
+from models.crossattn import per_image_attention, project_media
 
 
 class QuickGELU(nn.Module):
@@ -243,101 +242,3 @@ class GatedCrossAttentionBlock(nn.Module):
     def _gated(self, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
         x = attended * self.attn_gate.tanh() + x
         return self.ff(x) * self.ff_gate.tanh() + x
-
-
-class FlamingoConditioning:
-    """Runs the gated cross-attention blocks inside a Hugging Face causal LM.
-
-    A pre-hook on the input embeddings reads each call's token ids and works out which
-    image every token follows; a pre-hook on each decoder layer with a block applies it to
-    the layer's input hidden states. Use :meth:`conditioned` around forward/generate calls.
-
-    Interface (what callers, e.g. shared-prefix scoring, may rely on):
-
-    - ``conditioned(media, incremental, per_image)``: media (M, T_img, n, D), one row per
-      prompt. Every LM call inside sees B = M * k rows; row r conditions on media row
-      ``r // k`` (beams laid out as ``repeat_interleave``), so a cache prefilled on M rows
-      may be expanded to beams without expanding the media.
-    - ``incremental=True``: calls continue one another (a KV cache); a running per-row
-      count of ``<image>`` tokens seen so far tells later calls which image their tokens
-      follow (decode steps: the prompt's last image). ``incremental=False``: each call
-      is a whole sequence.
-    - ``per_image=True`` (default): keys/values are projected once per image per block
-      for the whole context and each token attends to its own image only; ``False``:
-      OpenFlamingo's masked form (every image's latents, masked), kept to measure against.
-    """
-
-    def __init__(self, lm: nn.Module, decoder_layers: nn.ModuleList, blocks: nn.ModuleList, media_token_id: int):
-        self.media_token_id = media_token_id
-        self.blocks = blocks
-        self._media: torch.Tensor | None = None
-        self._incremental = False
-        self._per_image = True
-        self._text_time: torch.Tensor | None = None
-        self._media_rows: torch.Tensor | None = None
-        self._seen: torch.Tensor | None = None  # incremental: <image> tokens so far, per row
-        self._kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        lm.get_input_embeddings().register_forward_pre_hook(self._on_input_ids)
-        for layer, block in zip(decoder_layers, blocks):
-            if block is not None:
-                layer.register_forward_pre_hook(self._make_layer_hook(block), with_kwargs=True)
-
-    def conditioned(self, media: torch.Tensor, incremental: bool, per_image: bool = True) -> "_Conditioned":
-        """media (M, T_img, n, D); incremental: True for generate (later calls see only new tokens)."""
-        return _Conditioned(self, media, incremental, per_image)
-
-    def _on_input_ids(self, module: nn.Module, args: tuple) -> None:
-        if self._media is None:
-            raise RuntimeError("OpenFlamingo LM called without media conditioning (use FlamingoConditioning.conditioned)")
-        ids = args[0]
-        rows = ids.shape[0]
-        self._media_rows = media_rows_for(rows, self._media.shape[0], ids.device)
-        count = (ids == self.media_token_id).cumsum(dim=-1)
-        if self._incremental and self._seen is not None:
-            seen = self._seen
-            if seen.shape[0] != rows:  # the cache was expanded to beams since the last call
-                seen = seen[media_rows_for(rows, seen.shape[0], ids.device)]
-            count = count + seen[:, None]
-        self._text_time = count
-        if self._incremental:
-            self._seen = count[:, -1]
-
-    def _make_layer_hook(self, block: GatedCrossAttentionBlock):
-        def hook(module, args, kwargs):
-            x = args[0] if args else kwargs["hidden_states"]
-            y = self._apply(block, x)
-            if args:
-                return (y, *args[1:]), kwargs
-            kwargs["hidden_states"] = y
-            return args, kwargs
-
-        return hook
-
-    def _apply(self, block: GatedCrossAttentionBlock, x: torch.Tensor) -> torch.Tensor:
-        media, rows = self._media, self._media_rows
-        if not self._per_image:
-            if media.shape[0] != x.shape[0]:
-                media = media[rows]
-            return block(x, media, self._text_time)
-        kv = self._kv.get(id(block))
-        if kv is None:
-            kv = self._kv[id(block)] = block.attn.project(media)
-        same = rows.shape[0] == media.shape[0]
-        return block.forward_per_image(x, kv, media.shape[1], self._text_time, None if same else rows)
-
-
-class _Conditioned:
-    def __init__(self, cond: FlamingoConditioning, media: torch.Tensor, incremental: bool, per_image: bool):
-        self.cond, self.media, self.incremental, self.per_image = cond, media, incremental, per_image
-
-    def __enter__(self) -> None:
-        self._set(self.media, self.incremental, self.per_image)
-
-    def __exit__(self, *exc) -> None:
-        self._set(None, False, True)
-
-    def _set(self, media, incremental: bool, per_image: bool) -> None:
-        c = self.cond
-        c._media, c._incremental, c._per_image = media, incremental, per_image
-        c._text_time = c._media_rows = c._seen = None
-        c._kv = {}
