@@ -4,6 +4,7 @@ data in the official schemas."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import subprocess
@@ -309,7 +310,22 @@ def vqa_root(tmp_path) -> Path:
     return root
 
 
+@pytest.hookimpl(trylast=True)  # after -m/-k deselection
 def pytest_collection_modifyitems(config, items):
-    """The slow tier first: under ``-n 2`` its long tests (the 27-cell default sweep, torchrun) start at
-    once and the short ones fill the other worker, instead of one long test starting last."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """Under ``-n N`` (pytest-xdist's worksteal) worker k starts with the k-th contiguous 1/N of this list
+    and steals from the others' tails when idle. Each part starts with its share of the slow tier (the
+    27-cell default sweep, torchrun, SLURM), so every worker begins with long tests and the short ones
+    fill in around them, instead of one long test starting last."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+    slow = [item for item in items if item.get_closest_marker("slow") is not None]
+    if workers < 2 or not slow:
+        return
+    fast = iter([item for item in items if item.get_closest_marker("slow") is None])
+    ordered, remaining = [], len(items)
+    for k in range(workers):
+        size = remaining // (workers - k)  # how worksteal splits the pending tests among idle workers
+        remaining -= size
+        share = slow[k::workers]
+        ordered += share + list(itertools.islice(fast, max(0, size - len(share))))
+    ordered += list(fast)
+    items[:] = ordered
