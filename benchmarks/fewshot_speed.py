@@ -160,7 +160,8 @@ def floor_per_query(model, task, shots: int, n_queries: int, batch: int, num_bea
 def fresh_vision(opts: dict, task, shots: int, n_queries: int, batch_size: int, pass_batch: int) -> dict:
     """A fresh model (empty feature cache) runs one cell: its s/query, and the seconds it spent in the
     vision encoder (``encode_pixels``: encoder + resampler, pixels already decoded) against one batched
-    pass (``pass_batch`` images a call) over the same distinct images, in the same process."""
+    pass (``pass_batch`` images a call) over the same distinct images, in the same process.
+    ``opts`` may turn on ``prefetch`` (the cell's images encoded up front)."""
     from harness.evaluation.runner import CellSpec, Runner
     from models.openflamingo import OpenFlamingo
 
@@ -276,13 +277,16 @@ def main(argv=None) -> int:
         if args.fresh_queries > args.queries:
             write_vqav2(tmp / "fresh_data", max(args.support, 4 * top), args.fresh_queries, seed=1)
             fresh_task = get_task_class("vqav2")(str(tmp / "fresh_data"), {})
-        with threads(args.threads[0]):
-            f = fresh_vision(opts, fresh_task, top, args.fresh_queries, args.batch_size, args.pass_batch)
-        print(f"\nfresh model, {top} shots, {args.fresh_queries} queries, {args.threads[0]} thread(s): "
-              f"{f['s_per_query']:.3f} s/query; vision {f['vision_s']:.2f} s ({100 * f['share']:.0f}% of the cell) "
-              f"in {f['vision_calls']} calls over {f['distinct']} distinct images; one batched pass over them "
-              f"({args.pass_batch} a call): {f['one_pass_s']:.2f} s; vision / one pass = "
-              f"{f['vision_s'] / f['one_pass_s']:.2f}x (target <= 1.2x)")
+        print()
+        for prefetch in ("false", "true"):
+            with threads(args.threads[0]):
+                f = fresh_vision({**opts, "prefetch": prefetch}, fresh_task, top, args.fresh_queries,
+                                 args.batch_size, args.pass_batch)
+            print(f"fresh model, prefetch={prefetch}, {top} shots, {args.fresh_queries} queries, "
+                  f"{args.threads[0]} thread(s): {f['s_per_query']:.3f} s/query; vision {f['vision_s']:.2f} s "
+                  f"({100 * f['share']:.0f}% of the cell) in {f['vision_calls']} calls over {f['distinct']} distinct "
+                  f"images; one batched pass over them ({args.pass_batch} a call): {f['one_pass_s']:.2f} s; "
+                  f"vision / one pass = {f['vision_s'] / f['one_pass_s']:.2f}x (target <= 1.2x)")
     print(f"{top}-shot speed-up: {min(speedups[top]):.1f}× (identical predictions: {'yes' if identical else 'no'})")
     return 0
 

@@ -10,6 +10,7 @@ tokens and implements some of:
 - ``loglikelihood(requests) -> list[float]``     close-ended tasks (ranking candidates)
 - ``rank_candidates(requests) -> list[list[float]]``  the same, grouped by shared prompt (optional)
 - ``encode_media(media) -> features``            where the architecture separates it, for caching
+- ``prefetch_media(media)``                       a cell's distinct media before its batches (optional)
 
 Register one with ``@register_model("name")``; its ``Options`` dataclass lists the
 ``--model-arg key=value`` settings it takes.
@@ -141,6 +142,11 @@ class Model:
     def observe_support(self, task: str, support: Sequence[Example]) -> None:
         """Called once per evaluation cell with the support set. Only models that answer
         from the data itself (null baselines, retrieval) need it; the default ignores it."""
+
+    def prefetch_media(self, media: Sequence[Media]) -> None:
+        """Called once per cell before its batches with the distinct media they will show (queries' and
+        demos'): an adapter that caches vision features may encode the ones it lacks now, in large
+        batches, instead of a few per query batch. The default does nothing."""
 
     def generate(self, requests: Sequence[GenerateRequest]) -> list[str]:
         """Each request's output, in order: requests grouped by their GenerationConfig (a batch from the

@@ -281,6 +281,35 @@ def test_runner_records_cache_counters_in_metrics(synthetic_openflamingo, tmp_pa
     assert third["feature_cache_hits"] + third["vision_encodes"] == 4 * 9 and third["vision_encodes"] <= 1
 
 
+def test_a_cell_encodes_its_distinct_images_up_front_in_large_batches(synthetic_openflamingo, tmp_path, monkeypatch):
+    """A fresh cell encodes every distinct image it shows before its first batch, PREFETCH_BATCH a vision
+    call, and none after; the predictions equal a model that encodes batch by batch."""
+    from conftest import write_vqa_fixture
+
+    from harness.registry import get_task_class
+    from harness.plugins import load_builtins
+    from harness.evaluation.runner import CellSpec, Runner
+    from models.openflamingo import OpenFlamingo
+
+    opts, _ = synthetic_openflamingo
+    write_vqa_fixture(tmp_path / "data", "vqav2", n_train=9, n_val=6)
+    load_builtins()
+    task = get_task_class("vqav2")(str(tmp_path / "data"), {"max_new_tokens": "2", "num_beams": "1"})
+    monkeypatch.setattr(OpenFlamingo, "PREFETCH_BATCH", 4)
+    model, calls = OpenFlamingo({**opts, "prefetch": "true"}), []
+    encode = model.encode_pixels
+    model.encode_pixels = lambda pixels: (calls.append(len(pixels)), encode(pixels))[1]
+    res = Runner(model, tmp_path / "a", progress=False).run_cell(task, CellSpec(shots=4, seed=0, limit=6, batch_size=2))
+    n = res["model_stats"]["vision_encodes"]
+    assert n >= 10 and calls == [4] * (n // 4) + ([n % 4] if n % 4 else [])
+
+    plain = OpenFlamingo(opts)  # the default: batch by batch
+    Runner(plain, tmp_path / "b", progress=False).run_cell(task, CellSpec(shots=4, seed=0, limit=6, batch_size=2))
+    read = lambda root: [json.loads(line)["raw_output"] for line in next(root.rglob("predictions.jsonl")).read_text().splitlines()]
+    assert read(tmp_path / "a") == read(tmp_path / "b")
+    assert plain.stats()["vision_encodes"] == n
+
+
 def test_idefics_one_prefill_equals_hugging_face_beams(synthetic_openflamingo, tiny_idefics_dir):
     """IDEFICS: prefilling once and expanding the cache gives Hugging Face's own predictions
     (greedy and 3 beams, batch 8 and 1), with the prompt run at batch B, not B x beams."""

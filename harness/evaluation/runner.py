@@ -419,6 +419,8 @@ class Runner:
             ranks = f" over {self.group.world_size} ranks" if queue is not None and self.group else ""
             log.info("%s: computing %d samples%s in %s", plan.desc, len(todo), ranks, plan.directory)
         self.model.observe_support(task.name, sampler.pool)
+        if todo and queue is None:  # torchrun ranks claim batches as they go: each encodes its own
+            self._prefetch(todo, demos_for, spec.shots == 0)
 
         bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=plan.desc, disable=not self.progress,
                    leave=False)
@@ -470,6 +472,19 @@ class Runner:
         result["seal"] = seal(result)  # a hand edit of the numbers is caught on rerun and by compare
         write_json(plan.directory / "metrics.json", result)
         return result
+
+    def _prefetch(self, todo: list[Example], demos_for: Callable[[Example], list[Example]], text_only: bool) -> None:
+        """The distinct media the cell's remaining prompts show, to the model's ``prefetch_media``
+        (encode them in large batches up front; a duck-typed plug-in may lack the hook)."""
+        prefetch = getattr(self.model, "prefetch_media", None)
+        if prefetch is None:
+            return
+        media: dict[str, Any] = {}
+        for q in todo:
+            for ex in ([] if text_only else demos_for(q)) + [q]:
+                for m in ex.media:
+                    media.setdefault(m.identity, m)
+        prefetch(list(media.values()))
 
     @staticmethod
     def _wait_for_shards(journal: Journal) -> None:
