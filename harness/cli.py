@@ -95,13 +95,26 @@ def build_models(names: Sequence[str], model_args: list[str] | None, labels: lis
     return out
 
 
+def _checkpoint_errors() -> tuple[type[BaseException], ...]:
+    """What loading a broken checkpoint raises: files missing or unreadable (OSError), truncated or
+    garbage weights (safetensors, pickle, zip, EOF), weights or configs that do not fit the model
+    (RuntimeError, ValueError, KeyError), a package the checkpoint's code needs (ImportError)."""
+    import pickle
+    import zipfile
+
+    from safetensors import SafetensorError
+
+    return (OSError, ValueError, RuntimeError, KeyError, EOFError, ImportError, pickle.UnpicklingError,
+            zipfile.BadZipFile, SafetensorError)
+
+
 def _load_model(cls: type, name: str, options: dict[str, str]):
     log.info("loading model %s", name)
     try:
         return cls(options)
-    except (HarnessError, KeyboardInterrupt):
+    except HarnessError:
         raise
-    except Exception as exc:  # a broken checkpoint (corrupt weights, missing tokenizer files...)
+    except _checkpoint_errors() as exc:
         log.debug("model %s failed to load", name, exc_info=True)
         given = ", ".join(f"{k}={v}" for k, v in options.items()) or "default options"
         first = (str(exc).strip().splitlines() or [""])[0][:300]

@@ -32,7 +32,7 @@ def load_builtins() -> None:
         for ep in entry_points(group=group):
             try:
                 ep.load()
-            except Exception as exc:  # a broken plug-in must not hide the others
+            except Exception as exc:  # third-party code may raise anything; one broken plug-in must not hide the others
                 log.warning("could not load plug-in %s from entry point group %s: %s", ep.value, group, exc)
 
 
@@ -54,6 +54,6 @@ def include(path: str | Path) -> None:
         sys.modules[mod_name] = module
         try:
             spec.loader.exec_module(module)
-        except Exception as exc:
+        except Exception as exc:  # the user's file may raise anything: named, with its type, as theirs
             del sys.modules[mod_name]
             raise HarnessError(f"--include {f}: importing it failed: {type(exc).__name__}: {exc}") from exc

@@ -227,7 +227,7 @@ def _load_parquet(files: Sequence[str], split: str) -> Any:
     name = split if re.fullmatch(r"\w+(\.\w+)*", split) else "data"
     try:
         return datasets.load_dataset("parquet", data_files={name: list(files)}, split=name)
-    except Exception as exc:  # a garbage or truncated file: pyarrow/datasets raise many kinds
+    except _parquet_errors() as exc:  # a garbage or truncated file
         log.debug("parquet read failed", exc_info=True)
         if _parquet_rows(files) == 0:
             raise DataError(f"the parquet file(s) {', '.join(map(str, files[:3]))} of split {split!r} have no rows; "
@@ -238,13 +238,22 @@ def _load_parquet(files: Sequence[str], split: str) -> Any:
                         f"is each a complete parquet file?") from None
 
 
+def _parquet_errors() -> tuple[type[BaseException], ...]:
+    """What reading a bad parquet file raises: pyarrow's errors (ArrowInvalid is also a ValueError,
+    ArrowIOError an OSError) and datasets' wrapping of them while it prepares the split."""
+    import pyarrow
+    from datasets.exceptions import DatasetsError
+
+    return (OSError, ValueError, pyarrow.ArrowException, DatasetsError)
+
+
 def _parquet_rows(files: Sequence[str]) -> int | None:
     """Rows in readable parquet files (None if any cannot be read as parquet)."""
-    try:
-        import pyarrow.parquet as pq
+    import pyarrow.parquet as pq
 
+    try:
         return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
-    except Exception:
+    except _parquet_errors():
         return None
 
 

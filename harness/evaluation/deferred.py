@@ -85,7 +85,7 @@ def load_or_defer(cls: type[Model], raw_options: dict[str, Any], load: Callable[
     try:
         options = dataclasses.asdict(build_options(cls.Options, dict(raw_options), f"model {name}"))
         key = preload_key(name, cls.version, options)
-    except Exception as exc:  # an option naming an unreadable file: load and let the adapter say so
+    except (HarnessError, OSError) as exc:  # bad options, or one naming an unreadable file: the load says so
         log.debug("model %s: no identity before loading (%s)", name, exc)
         return load()
     record = known_model_config(key)
@@ -107,7 +107,7 @@ def load_or_defer(cls: type[Model], raw_options: dict[str, Any], load: Callable[
         traits = {t: sorted(v) if isinstance(v, frozenset) else v
                   for t in TRAITS if (v := getattr(model, t, None)) is not None or hasattr(model, t)}
         remember_model_config(key, _plain({"config": model.config(), "traits": traits}))
-    except Exception as exc:  # a config that is not JSON: it is simply never deferred
+    except (TypeError, ValueError, OSError) as exc:  # a config that is not JSON, or an unwritable cache: never deferred
         log.debug("model %s: config not remembered (%s)", name, exc)
     return model
 
