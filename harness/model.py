@@ -22,7 +22,7 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Hashable, Mapping, Sequence, TypeVar
+from typing import Any, Callable, ClassVar, Hashable, Iterable, Mapping, Sequence, TypeVar
 
 from harness.errors import HarnessError
 from harness.options import build_options
@@ -143,10 +143,10 @@ class Model:
         """Called once per evaluation cell with the support set. Only models that answer
         from the data itself (null baselines, retrieval) need it; the default ignores it."""
 
-    def prefetch_media(self, media: Sequence[Media]) -> None:
-        """Called once per cell before its batches with the distinct media they will show (queries' and
-        demos'): an adapter that caches vision features may encode the ones it lacks now, in large
-        batches, instead of a few per query batch. The default does nothing."""
+    def prefetch_media(self, media: Iterable[Media]) -> None:
+        """Called once per cell before its batches with the media they will show (queries' and demos',
+        lazily, with repeats): an adapter that caches vision features may encode the ones it lacks now,
+        in large batches, instead of a few per query batch. The default does nothing (and draws none)."""
 
     def generate(self, requests: Sequence[GenerateRequest]) -> list[str]:
         """Each request's output, in order: requests grouped by their GenerationConfig (a batch from the

@@ -474,17 +474,11 @@ class Runner:
         return result
 
     def _prefetch(self, todo: list[Example], demos_for: Callable[[Example], list[Example]], text_only: bool) -> None:
-        """The distinct media the cell's remaining prompts show, to the model's ``prefetch_media``
-        (encode them in large batches up front; a duck-typed plug-in may lack the hook)."""
+        """The media the cell's remaining prompts show, lazily, to the model's ``prefetch_media`` (a
+        model that does not prefetch never draws a demo for it; a duck-typed plug-in may lack the hook)."""
         prefetch = getattr(self.model, "prefetch_media", None)
-        if prefetch is None:
-            return
-        media: dict[str, Any] = {}
-        for q in todo:
-            for ex in ([] if text_only else demos_for(q)) + [q]:
-                for m in ex.media:
-                    media.setdefault(m.identity, m)
-        prefetch(list(media.values()))
+        if prefetch is not None:
+            prefetch(m for q in todo for ex in ([] if text_only else demos_for(q)) + [q] for m in ex.media)
 
     @staticmethod
     def _wait_for_shards(journal: Journal) -> None:

@@ -24,7 +24,7 @@ import hashlib
 import inspect
 import logging
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Iterable, Literal, Sequence
 
 from harness.store.identity import media_key
 from harness.errors import HarnessError, MediaError
@@ -148,7 +148,7 @@ class OpenFlamingo(Model):
     #: images per vision call when a cell's distinct images are encoded up front (prefetch_media)
     PREFETCH_BATCH = 64
 
-    def prefetch_media(self, media: Sequence[Media]) -> None:
+    def prefetch_media(self, media: Iterable[Media]) -> None:
         """Encode the images a cell will show that the feature cache lacks, ``PREFETCH_BATCH`` a call,
         when they all fit its budget beside what it holds (else each batch encodes its own, as before).
         An unreadable image fails only the samples that show it, later: its chunk is left to them.
@@ -156,8 +156,13 @@ class OpenFlamingo(Model):
         if not self.options.prefetch:
             return
         cache = self._features
-        missing = list({media_key(m): m for m in media if isinstance(m, Image)
-                        and media_key(m) not in cache}.values())
+        seen: set[str] = set()
+        missing = []
+        for m in media:  # each image once (demos recur across queries), its file stat read once
+            if isinstance(m, Image) and m.identity not in seen:
+                seen.add(m.identity)
+                if media_key(m) not in cache:
+                    missing.append(m)
         item = self.net.num_latents * self.net.vis_dim * self.net.dtype.itemsize
         room = (cache.budget_bytes - cache.nbytes) // item if item else 0
         cap = self.options.feature_cache_size
