@@ -43,6 +43,7 @@ OPTION_RANGES: dict[str, tuple[Any, str]] = {
     "length_penalty": (math.isfinite, "a finite number"),
     "ensemble": (_positive, "an integer >= 1 (demo orders to average)"),
     "rices_batch_size": (_positive, "an integer >= 1"),
+    "nested_shots": (lambda v: v >= 0, "an integer >= 0 (0: independent draws per shot count)"),
 }
 
 
@@ -117,8 +118,6 @@ class TaskOptions:
 
     def __post_init__(self) -> None:
         check_option_ranges(self)  # every option checked once, here, wherever the options come from
-        if self.nested_shots < 0:
-            raise HarnessError(f"nested_shots must be >= 0 (0: independent draws per shot count), got {self.nested_shots}")
         if self.nested_shots and self.sampler == "rices":
             raise HarnessError("nested_shots is for random demos; RICES demos are already nested (the k most "
                                "similar images); drop nested_shots")

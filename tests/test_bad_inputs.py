@@ -211,7 +211,8 @@ def test_options_are_range_checked_where_they_are_defined():
     load_builtins()
     for name in task_names():
         options = get_task_class(name).Options
-        for key, value in (("support_size", "0"), ("zero_shot_text_demos", "-1"), ("rices_batch_size", "0")):
+        for key, value in (("support_size", "0"), ("zero_shot_text_demos", "-1"), ("rices_batch_size", "0"),
+                           ("nested_shots", "-1")):
             with pytest.raises(HarnessError, match=f"^task {name}: option {key}={value}: must be"):
                 build_options(options, {key: value}, f"task {name}")
         if "ensemble" in {f for f in options.__dataclass_fields__}:

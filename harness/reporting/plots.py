@@ -120,11 +120,8 @@ def plot_series(df: pd.DataFrame, out: str | Path, band: Band = "std", formats: 
     shots = sorted(df["shots"].unique())
     colors = {s: f"C{i % 10}" for i, s in enumerate(shots)}
     dashes = ["-", "--", ":", "-."]
-    ncols = min(3, len(tasks))
-    nrows = math.ceil(len(tasks) / ncols)
     with plt.rc_context(_RC):
-        fig, axes = plt.subplots(nrows, ncols, figsize=(COLUMN_IN if ncols == 1 else PAGE_IN, 2.1 * nrows + 0.1),
-                                 squeeze=False)
+        fig, axes, ncols = _grid(plt, len(tasks))
         handles = {}
         for ax, task in zip(axes.flat, tasks):
             sub = df[df["task"] == task]
@@ -141,24 +138,39 @@ def plot_series(df: pd.DataFrame, out: str | Path, band: Band = "std", formats: 
                     if band == "std" and (g["seeds"] > 1).any():
                         sd = g["std"].fillna(0.0).to_numpy()
                         ax.fill_between(x, y - sd, y + sd, color=colors[s], alpha=0.18, linewidth=0)
-            ax.set_title(task)
-            ax.set_xlabel("training step")
-            ax.set_ylabel(sub["metric"].iloc[0])
-            ax.grid(True, axis="y", linewidth=0.4, alpha=0.5)
-        for ax in list(axes.flat)[len(tasks):]:
-            ax.set_visible(False)
-        fig.tight_layout()
-        what = "band: ±1 std over seeds" if band == "std" else None
-        fig.legend(list(handles.values()), list(handles), loc="upper center", bbox_to_anchor=(0.5, 0.0),
-                   ncol=min(len(handles), 3 if ncols == 1 else 5), frameon=False, title=what, title_fontsize=7)
+            _label(ax, task, "training step", sub["metric"].iloc[0])
+        _finish(fig, axes, len(tasks), handles, ncols, "band: ±1 std over seeds" if band == "std" else "")
         return _save(plt, fig, out, exts, dpi)
 
 
+def _grid(plt, n_tasks: int):
+    """A panel per task, up to three a row, a column or a page wide: (figure, axes, columns)."""
+    ncols = min(3, n_tasks)
+    nrows = math.ceil(n_tasks / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(COLUMN_IN if ncols == 1 else PAGE_IN, 2.1 * nrows + 0.1),
+                             squeeze=False)
+    return fig, axes, ncols
+
+
+def _label(ax, task: str, xlabel: str, metric: str) -> None:
+    ax.set_title(task)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(metric)
+    ax.grid(True, axis="y", linewidth=0.4, alpha=0.5)
+
+
+def _finish(fig, axes, n_tasks: int, handles: dict, ncols: int, title: str):
+    """Unused panels hidden, the layout tightened, one legend below the panels; returns the legend."""
+    for ax in list(axes.flat)[n_tasks:]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    return fig.legend(list(handles.values()), list(handles), loc="upper center", bbox_to_anchor=(0.5, 0.0),
+                      ncol=min(len(handles), 3 if ncols == 1 else 5), frameon=False, title=title or None,
+                      title_fontsize=7)
+
+
 def _figure(plt, df: pd.DataFrame, tasks: list[str], checkpoints: list[str], style, band: Band):
-    ncols = min(3, len(tasks))
-    nrows = math.ceil(len(tasks) / ncols)
-    width = COLUMN_IN if ncols == 1 else PAGE_IN
-    fig, axes = plt.subplots(nrows, ncols, figsize=(width, 2.1 * nrows + 0.1), squeeze=False)
+    fig, axes, ncols = _grid(plt, len(tasks))
     handles = {}
     for ax, task in zip(axes.flat, tasks):
         sub = df[df["task"] == task]
@@ -179,18 +191,10 @@ def _figure(plt, df: pd.DataFrame, tasks: list[str], checkpoints: list[str], sty
         ax.set_xticklabels([str(s) for s in shots])
         ax.minorticks_off()
         ax.set_xlim(shots[0] - 0.1 if shots[0] == 0 else shots[0] / 1.3, shots[-1] * 1.3 if shots[-1] else 1)
-        ax.set_title(task)
-        ax.set_xlabel("shots")
-        ax.set_ylabel(sub["metric"].iloc[0])
-        ax.grid(True, axis="y", linewidth=0.4, alpha=0.5)
-    for ax in list(axes.flat)[len(tasks):]:
-        ax.set_visible(False)
-    fig.tight_layout()
+        _label(ax, task, "shots", sub["metric"].iloc[0])
     what = {"std": "band: ±1 std over seeds", "ci": "band: 95% CI over queries",
             "ci-demos": "band: 95% CI over queries and demo draws", "none": ""}[band]
-    ncol = min(len(handles), 3 if ncols == 1 else 5)
-    legend = fig.legend(list(handles.values()), list(handles), loc="upper center", bbox_to_anchor=(0.5, 0.0),
-                        ncol=ncol, frameon=False, title=what or None, title_fontsize=7)
+    legend = _finish(fig, axes, len(tasks), handles, ncols, what)
     legend._legend_box.align = "center"
     return fig
 
